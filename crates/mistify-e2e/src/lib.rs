@@ -1,0 +1,214 @@
+//! Test support shared by every crate's integration tests, and the home of the
+//! end-to-end tests (`tests/`).
+//!
+//! [`binary`] and [`example`] build the workspace's binaries and examples once per test
+//! process (`cargo build --workspace --bins --examples`, a quick no-op when they are up
+//! to date) and return their paths under `target/`. [`Daemon`] runs one as a child
+//! process that is killed when the test ends. [`free_port`] picks a free loopback port.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The workspace root (the directory of the top-level `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| here.to_path_buf())
+}
+
+/// `tests/fixtures` of the workspace.
+pub fn fixtures_dir() -> PathBuf {
+    workspace_root().join("tests").join("fixtures")
+}
+
+/// `../shared` beside the workspace, when this checkout has one.
+pub fn shared_dir() -> Option<PathBuf> {
+    let dir = workspace_root().parent()?.join("shared");
+    dir.is_dir().then_some(dir)
+}
+
+/// The profile directory the running test was built into (`target/debug` or
+/// `target/release`): the test executable lives in its `deps/`.
+fn profile_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| workspace_root().join("target").join("debug"))
+}
+
+fn build_once() -> &'static Result<PathBuf, String> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let profile = profile_dir();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let mut cmd = Command::new(cargo);
+        cmd.arg("build")
+            .arg("--manifest-path")
+            .arg(workspace_root().join("Cargo.toml"))
+            .args(["--workspace", "--bins", "--examples", "--quiet"]);
+        if profile.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .map_err(|e| format!("cannot run cargo to build the workspace: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "cargo build --workspace --bins --examples failed: {status}"
+            ));
+        }
+        Ok(profile)
+    })
+}
+
+fn built(path: PathBuf) -> PathBuf {
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// Path of the workspace binary `name`, built if needed.
+///
+/// # Panics
+/// When the build fails or the binary does not exist: the test cannot run.
+pub fn binary(name: &str) -> PathBuf {
+    match build_once() {
+        Ok(profile) => built(profile.join(name)),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Path of the example `name` of any workspace crate, built if needed.
+///
+/// # Panics
+/// As [`binary`].
+pub fn example(name: &str) -> PathBuf {
+    match build_once() {
+        Ok(profile) => built(profile.join("examples").join(name)),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Whether the test suite `suite` is skipped through `MISTIFY_SKIP=suite,…` (a comma
+/// list; `make test` lists skipped suites at the end, CI never sets it). A skipped test
+/// says so on stderr and returns early.
+pub fn skipped(suite: &str) -> bool {
+    let skip = std::env::var("MISTIFY_SKIP").unwrap_or_default();
+    let hit = skip.split(',').any(|s| s.trim() == suite);
+    if hit {
+        eprintln!("SKIPPED: suite {suite:?} (MISTIFY_SKIP={skip})");
+    }
+    hit
+}
+
+/// A port that was free on 127.0.0.1 a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("nothing listens on {addr} after {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct Daemon {
+    child: Child,
+    name: String,
+    pub port: u16,
+}
+
+impl Daemon {
+    /// Starts `program args…`, then waits until `127.0.0.1:port` accepts connections.
+    ///
+    /// # Panics
+    /// When it cannot start or does not listen within 30 s.
+    pub fn start(program: &Path, args: &[String], port: u16) -> Daemon {
+        let name = program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let mut daemon = Daemon { child, name, port };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if let Err(e) = wait_for_port(addr, Duration::from_secs(30)) {
+            let status = daemon.child.try_wait().ok().flatten();
+            panic!(
+                "{} did not start ({e}; exit status {status:?})",
+                daemon.name
+            );
+        }
+        daemon
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit; returns whether it exited.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `python3 tests/tools/replay.py ARGS…` (the wire replay tool) and returns
+/// whether it passed, with its output.
+pub fn replay(args: &[String]) -> (bool, String) {
+    let tool = workspace_root()
+        .join("tests")
+        .join("tools")
+        .join("replay.py");
+    let output = Command::new("python3")
+        .arg(&tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", tool.display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build and the tests need, when any is missing.
+# A quick no-op when everything is present. Run as root on Debian 12 (apt-get);
+# elsewhere it only checks and says what to install.
+#
+# MISTIFY_SKIP=etcd,zfs,...  leaves out the packages of the skipped test suites only;
+# build prerequisites are always required.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+skip=",${MISTIFY_SKIP:-},"
+skipped() { [[ "$skip" == *",$1,"* ]]; }
+
+# package -> what needs it
+declare -A need=(
+  [pkg-config]="build (libvirt bindings)"
+  [libvirt-dev]="build (libvirt bindings); its libvirt0 carries the test:/// driver"
+  [protobuf-compiler]="build (etcd client)"
+)
+skipped replay  || need[python3]="wire replay tests (tests/tools/replay.py)"
+skipped etcd    || { need[etcd-server]="lochness tests (a real etcd)"; need[etcd-client]="lochness tests (etcdctl)"; }
+skipped zfs     || need[zfs-fuse]="storage sub-agent tests (a real ZFS pool)"
+
+installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
+
+missing=()
+if command -v dpkg-query >/dev/null 2>&1; then
+  for p in "${!need[@]}"; do installed "$p" || missing+=("$p"); done
+else
+  echo "install-deps: not a Debian system (no dpkg-query); checking commands only" >&2
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  IFS=$'\n' missing=($(sort <<<"${missing[*]}")); unset IFS
+  echo "install-deps: missing Debian packages: ${missing[*]}"
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-deps: cannot install them (need root and apt-get). Run as root:" >&2
+    echo "  apt-get update && apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  # Daemons shipped by these packages (etcd, zfs-fuse) must not be started here.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; created_policy=1
+  fi
+  rc=0
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+  [ "$created_policy" = 0 ] || rm -f "$policy"
+  if [ "$rc" != 0 ]; then
+    echo "install-deps: apt-get install ${missing[*]} failed (exit $rc)" >&2
+    exit 1
+  fi
+  for p in "${missing[@]}"; do
+    installed "$p" || { echo "install-deps: $p is still not installed" >&2; exit 1; }
+  done
+  echo "install-deps: installed ${missing[*]}"
+fi
+
+# The commands and files the build and tests use, whatever installed them.
+fail=0
+check() {  # description, test command...
+  local what=$1; shift
+  if ! "$@" >/dev/null 2>&1; then
+    echo "install-deps: missing $what" >&2
+    fail=1
+  fi
+}
+check "pkg-config" command -v pkg-config
+check "libvirt development files (pkg-config libvirt)" pkg-config --exists libvirt
+check "protoc (protobuf-compiler)" command -v protoc
+skipped replay || check "python3" command -v python3
+skipped etcd   || { check "etcd (etcd-server)" command -v etcd; check "etcdctl (etcd-client)" command -v etcdctl; }
+skipped zfs    || { check "zfs-fuse" test -x /usr/sbin/zfs-fuse -o -x /usr/bin/zfs-fuse; check "zfs/zpool commands (zfs-fuse)" command -v zpool; }
+[ "$fail" = 0 ] || { echo "install-deps: prerequisites are missing (see above)" >&2; exit 1; }
+echo "install-deps: all prerequisites present"
