@@ -8,7 +8,7 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -170,19 +170,20 @@ impl Daemon {
         self.child.id()
     }
 
-    /// Sends SIGTERM and waits up to `timeout` for the exit; returns whether it exited.
-    pub fn terminate(&mut self, timeout: Duration) -> bool {
+    /// Sends SIGTERM and waits up to `timeout` for the exit; its status, or `None` when
+    /// it is still running.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        false
+        None
     }
 }
 
