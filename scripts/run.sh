@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
 # `make run`: the hypervisor stack with the dev configuration in config/.
-# Only part of the stack exists yet: this starts what exists and says what is missing.
+# Not every part exists yet: this starts what exists and says what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=../config/dev.env
 . config/dev.env
 
 cargo build --workspace --bins --examples --locked
+mkdir -p target/dev
+pids=()
+stop() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap stop EXIT INT TERM
+
+target/debug/examples/test-rpc-service --port "${TEST_RPC_PORT}" --log-level warn &
+pids+=($!)
+target/debug/mistify-agent -a "${AGENT_ADDRESS}" -c "${AGENT_CONFIG}" --log-level info --log-format pretty &
+pids+=($!)
 cat <<TXT
-make run: the stack is not complete yet.
-  running : test-rpc-service (fake sub-agent answering every Test.* method) on 127.0.0.1:${TEST_RPC_PORT}
-  missing : mistify-agent, mistify-libvirt, mistify-zfs, mistify-supervisor (not written yet)
-  try     : curl -s -H 'Content-Type: application/json' \\
-              -d '{"method":"Test.ListImages","params":[{}],"id":1}' http://127.0.0.1:${TEST_RPC_PORT}/_mistify_RPC_
-Ctrl-C stops it.
+make run:
+  agent    : mistify-agent on http://${AGENT_ADDRESS} (config ${AGENT_CONFIG}, store target/dev/agent.redb)
+  behind it: test-rpc-service, a fake sub-agent with canned answers, on 127.0.0.1:${TEST_RPC_PORT}
+  missing  : mistify-libvirt, mistify-zfs, mistify-supervisor (not written yet)
+  try      : curl -s -XPOST http://${AGENT_ADDRESS}/guests -d '{"memory":512,"cpu":1}'
+             curl -s http://${AGENT_ADDRESS}/guests
+Ctrl-C stops everything.
 TXT
-exec target/debug/examples/test-rpc-service --port "${TEST_RPC_PORT}"
+wait -n "${pids[@]}"

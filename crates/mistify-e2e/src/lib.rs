@@ -6,6 +6,8 @@
 //! to date) and return their paths under `target/`. [`Daemon`] runs one as a child
 //! process that is killed when the test ends. [`free_port`] picks a free loopback port.
 
+pub mod recorded;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -170,12 +172,21 @@ impl Daemon {
         self.child.id()
     }
 
-    /// Sends SIGTERM and waits up to `timeout` for the exit; its status, or `None` when
-    /// it is still running.
-    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    /// `kill -9`: the process gets no chance to clean up.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn signal_term(&self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -184,6 +195,13 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit; its status, or `None` when
+    /// it is still running.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.signal_term();
+        self.wait_exit(timeout)
     }
 }
 

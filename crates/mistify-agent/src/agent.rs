@@ -1,0 +1,629 @@
+//! The agent core: services, runners, pipelines, job submission and execution, start-up
+//! recovery and draining. The REST layer (`crate::api`) only translates HTTP to these
+//! calls.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::FutureExt;
+use mistify_client::{Guest, ImageRequest, Job, JobStatus, SnapshotRequest};
+use mistify_rpc::merge::merge;
+use mistify_rpc::{Client, RawStream, Service, ServiceConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc, Notify};
+
+use crate::config::{ActionDef, ActionType, Config, StageDef};
+use crate::error::AgentError;
+use crate::metrics::Metrics;
+use crate::runner::{Runner, AGENT_RUNNER};
+use crate::store::Store;
+
+/// The message of jobs found running when the agent starts.
+pub const RESTARTED: &str = "agent restarted before the job finished";
+/// The message of jobs still queued for a guest that was deleted.
+pub const GUEST_DELETED: &str = "guest deleted";
+/// The message of a cancelled job.
+pub const CANCELLED: &str = "cancelled";
+
+/// What an async job runs; stored with the job so it survives a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Work {
+    /// A guest action on the guest as stored when the job starts.
+    Guest { action: String, guest_id: String },
+    /// `fetchImage` / `deleteImage` (or their container variants).
+    Image {
+        action: String,
+        request: ImageRequest,
+    },
+    /// `createSnapshot`, `deleteSnapshot`, `rollbackSnapshot`.
+    Snapshot {
+        action: String,
+        request: SnapshotRequest,
+    },
+}
+
+impl Work {
+    pub fn action(&self) -> &str {
+        match self {
+            Work::Guest { action, .. }
+            | Work::Image { action, .. }
+            | Work::Snapshot { action, .. } => action,
+        }
+    }
+}
+
+/// How the agent is set up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Config,
+    pub db_path: PathBuf,
+    pub joblog_max: usize,
+    /// How long a SIGTERM waits for running jobs.
+    pub drain_timeout: Duration,
+}
+
+/// The agent.
+pub struct Agent {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub metrics: Metrics,
+    services: HashMap<String, Service>,
+    runners: Mutex<HashMap<String, Arc<Runner>>>,
+    draining: AtomicBool,
+    running: AtomicUsize,
+    idle: Notify,
+    job_events: broadcast::Sender<String>,
+    drain_timeout: Duration,
+}
+
+fn now() -> chrono::DateTime<Utc> {
+    Utc::now()
+}
+
+/// The MAC given to a NIC that has none: `02:` and the first five bytes of the MD5 of the
+/// guest id (the first NIC; lochness's rule) or of `<id>-<index>` (further NICs).
+pub fn derived_mac(guest_id: &str, index: usize) -> String {
+    let digest = if index == 0 {
+        md5::compute(guest_id.as_bytes())
+    } else {
+        md5::compute(format!("{guest_id}-{index}").as_bytes())
+    };
+    let mut mac = String::from("02");
+    for b in &digest.0[..5] {
+        mac.push_str(&format!(":{b:02x}"));
+    }
+    mac
+}
+
+impl Agent {
+    /// Opens the store, recovers jobs interrupted by a crash or a stop, creates the
+    /// runners and starts their workers.
+    pub fn start(settings: Settings) -> Result<Arc<Agent>, AgentError> {
+        let store = Arc::new(Store::open(&settings.db_path, settings.joblog_max)?);
+        let client = Client::new();
+        let services = settings
+            .config
+            .services
+            .iter()
+            .map(|(name, def)| {
+                let cfg = ServiceConfig::local(def.port)
+                    .path(def.path.clone())
+                    .timeout(def.timeout)
+                    .idle_timeout(def.timeout)
+                    .max_pending(def.max_pending);
+                (name.clone(), client.service(name.clone(), cfg))
+            })
+            .collect();
+        let (job_events, _) = broadcast::channel(1024);
+        let agent = Arc::new(Agent {
+            config: settings.config,
+            store,
+            metrics: Metrics::default(),
+            services,
+            runners: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            running: AtomicUsize::new(0),
+            idle: Notify::new(),
+            job_events,
+            drain_timeout: settings.drain_timeout,
+        });
+        agent.recover()?;
+        Ok(agent)
+    }
+
+    fn recover(self: &Arc<Self>) -> Result<(), AgentError> {
+        let stamp = now();
+        for (job, _) in self.store.jobs_in(JobStatus::Running)? {
+            self.store.update_job(&job.id, |j| {
+                j.status = JobStatus::Error;
+                j.message = RESTARTED.into();
+                j.updated_at = stamp;
+                true
+            })?;
+            self.metrics.job_finished(JobStatus::Error);
+            tracing::warn!(job = %job.id, guest = %job.guest_id, action = %job.action, "{RESTARTED}");
+        }
+        self.ensure_runner(AGENT_RUNNER);
+        for guest in self.store.guests() {
+            self.ensure_runner(&guest.id);
+        }
+        for (job, spec) in self.store.jobs_in(JobStatus::Queued)? {
+            let resumed = spec
+                .and_then(|s| serde_json::from_value::<Work>(s).ok())
+                .and_then(|_| self.runner(&job.guest_id))
+                .and_then(|r| r.reserve().ok());
+            match resumed {
+                Some(reservation) => {
+                    tracing::info!(job = %job.id, guest = %job.guest_id, action = %job.action, "resuming queued job");
+                    reservation.send(job.id);
+                }
+                None => {
+                    self.finish_job(
+                        &job.id,
+                        Err(
+                            "cannot resume after a restart: guest deleted or job unreadable".into(),
+                        ),
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ runners
+
+    /// The runner of `id`, if any.
+    pub fn runner(&self, id: &str) -> Option<Arc<Runner>> {
+        self.runners.lock().ok().and_then(|r| r.get(id).cloned())
+    }
+
+    /// The runner of `id`, created (and its worker started) if needed.
+    pub fn ensure_runner(self: &Arc<Self>, id: &str) -> Arc<Runner> {
+        let Ok(mut runners) = self.runners.lock() else {
+            // A poisoned lock means a panic while holding it; nothing sensible remains.
+            let (runner, _) = Runner::new(id);
+            return runner;
+        };
+        if let Some(r) = runners.get(id) {
+            return r.clone();
+        }
+        let (runner, rx) = Runner::new(id);
+        runners.insert(id.to_string(), runner.clone());
+        tokio::spawn(self.clone().worker(runner.clone(), rx));
+        runner
+    }
+
+    fn remove_runner(&self, id: &str) {
+        if let Ok(mut runners) = self.runners.lock() {
+            runners.remove(id);
+        }
+    }
+
+    /// Queue depth of every runner (for metrics).
+    pub fn queue_depths(&self) -> Vec<(String, usize)> {
+        self.runners
+            .lock()
+            .map(|r| r.values().map(|r| (r.id.clone(), r.depth())).collect())
+            .unwrap_or_default()
+    }
+
+    // ----------------------------------------------------------------- services
+
+    pub fn action(&self, name: &str) -> Result<&ActionDef, AgentError> {
+        self.config
+            .action(name)
+            .ok_or_else(|| AgentError::NotConfigured(name.to_string()))
+    }
+
+    fn service(&self, stage: &StageDef) -> Result<&Service, AgentError> {
+        self.services
+            .get(&stage.service)
+            .ok_or_else(|| AgentError::Internal(format!("unknown service {}", stage.service)))
+    }
+
+    /// Every configured service with its URL (for `/healthz`).
+    pub fn services(&self) -> impl Iterator<Item = (&String, &Service)> {
+        self.services.iter()
+    }
+
+    async fn call_stage(
+        &self,
+        stage: &StageDef,
+        request: &impl Serialize,
+    ) -> Result<Value, AgentError> {
+        let service = self.service(stage)?;
+        let start = Instant::now();
+        let result = service.call_raw(&stage.method, request).await;
+        self.metrics.rpc_latency(
+            &stage.service,
+            &stage.method,
+            start.elapsed(),
+            result.is_ok(),
+        );
+        let raw = result?;
+        serde_json::from_str(raw.get())
+            .map_err(|e| AgentError::Stage(format!("{}: unreadable result: {e}", stage.method)))
+    }
+
+    // --------------------------------------------------------------- pipelines
+
+    /// Runs a guest action's stages: each stage gets the guest the previous one
+    /// returned, with its own args; every returned guest is stored under the guest's id.
+    async fn run_guest(&self, action: &str, guest_id: &str) -> Result<Guest, AgentError> {
+        let def = self.action(action)?;
+        let mut guest = self
+            .store
+            .guest(guest_id)
+            .map(|g| (*g).clone())
+            .ok_or_else(|| AgentError::Stage(GUEST_DELETED.into()))?;
+        let mut response = json!({"guest": null});
+        for stage in &def.stages {
+            let request = mistify_rpc::GuestRequest {
+                guest: Some(guest.clone()),
+                action: action.to_string(),
+                args: stage.args.clone(),
+            };
+            merge(&mut response, self.call_stage(stage, &request).await?);
+            let returned = response
+                .get("guest")
+                .filter(|g| g.is_object())
+                .ok_or_else(|| {
+                    AgentError::Stage(format!("{}: sub-agent returned no guest", stage.method))
+                })?;
+            let mut next: Guest = serde_json::from_value(returned.clone()).map_err(|e| {
+                AgentError::Stage(format!("{}: unreadable guest: {e}", stage.method))
+            })?;
+            if next.id != guest_id {
+                tracing::warn!(guest = guest_id, returned = %next.id, stage = %stage.method,
+                    "sub-agent returned another guest id; stored under the pipeline's id");
+                next.id = guest_id.to_string();
+            }
+            let store = self.store.clone();
+            let to_store = next.clone();
+            store.blocking(move |s| s.put_guest(&to_store)).await?;
+            guest = next;
+        }
+        Ok(guest)
+    }
+
+    /// Runs the stages of an image or snapshot action: the same request for each, the
+    /// results merged into one response.
+    pub async fn run_plain(
+        &self,
+        action: &str,
+        request: &impl Serialize,
+        empty: Value,
+    ) -> Result<Value, AgentError> {
+        let def = self.action(action)?;
+        let mut response = empty;
+        for stage in &def.stages {
+            merge(&mut response, self.call_stage(stage, request).await?);
+        }
+        Ok(response)
+    }
+
+    /// Runs a metrics action: each stage gets its own request with its args.
+    pub async fn run_metrics(
+        &self,
+        action: &str,
+        guest: &Guest,
+        kind: &str,
+    ) -> Result<Value, AgentError> {
+        let def = self.action(action)?;
+        let mut response = json!({"guest": null, "type": ""});
+        for stage in &def.stages {
+            let request = mistify_rpc::GuestMetricsRequest {
+                guest: Some(guest.clone()),
+                kind: kind.to_string(),
+                args: stage.args.clone(),
+            };
+            merge(&mut response, self.call_stage(stage, &request).await?);
+        }
+        Ok(response)
+    }
+
+    /// Runs an Info guest action (e.g. `status`) and stores the guest it returns.
+    pub async fn run_guest_info(&self, action: &str, guest_id: &str) -> Result<Guest, AgentError> {
+        self.run_guest(action, guest_id).await
+    }
+
+    /// Opens the byte stream of a Stream action's one stage.
+    pub async fn open_stream(
+        &self,
+        action: &str,
+        request: &impl Serialize,
+    ) -> Result<RawStream, AgentError> {
+        let def = self.action(action)?;
+        let stage = def
+            .stages
+            .first()
+            .ok_or_else(|| AgentError::Internal(format!("{action} has no stage")))?;
+        Ok(self.service(stage)?.stream(request).await?)
+    }
+
+    // --------------------------------------------------------------------- jobs
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Logs a `Queued` job for `work` on runner `runner_id` and queues it; the job id.
+    pub async fn submit(
+        self: &Arc<Self>,
+        runner_id: &str,
+        work: Work,
+    ) -> Result<String, AgentError> {
+        if self.is_draining() {
+            return Err(AgentError::Unavailable {
+                message: "the agent is shutting down".into(),
+                retry_after: 10,
+            });
+        }
+        let def = self.action(work.action())?;
+        if def.kind != ActionType::Async {
+            return Err(AgentError::Internal(format!(
+                "{} is not an async action",
+                work.action()
+            )));
+        }
+        let runner = self.runner(runner_id).ok_or(AgentError::NotFound)?;
+        let reservation = runner.reserve()?;
+        let stamp = now();
+        let job = Job {
+            id: uuid::Uuid::new_v4().to_string(),
+            guest_id: runner_id.to_string(),
+            action: work.action().to_string(),
+            queued_at: stamp,
+            updated_at: stamp,
+            ..Job::default()
+        };
+        let spec = serde_json::to_value(&work).map_err(|e| AgentError::Internal(e.to_string()))?;
+        let record = job.clone();
+        self.store
+            .blocking(move |s| s.add_job(&record, Some(spec)))
+            .await?;
+        reservation.send(job.id.clone());
+        let _ = self.job_events.send(job.id.clone());
+        Ok(job.id)
+    }
+
+    /// Marks job `id` done; `Err(message)` for a failure.
+    fn finish_job(&self, id: &str, outcome: Result<(), String>) -> Result<(), AgentError> {
+        let stamp = now();
+        let status = if outcome.is_ok() {
+            JobStatus::Complete
+        } else {
+            JobStatus::Error
+        };
+        self.store.update_job(id, |j| {
+            j.status = status;
+            j.message = outcome.err().unwrap_or_default();
+            j.updated_at = stamp;
+            true
+        })?;
+        self.metrics.job_finished(status);
+        let _ = self.job_events.send(id.to_string());
+        Ok(())
+    }
+
+    /// Cancels a job that has not started: it becomes `Error` / `cancelled`.
+    pub async fn cancel(self: &Arc<Self>, id: &str) -> Result<Job, AgentError> {
+        let stamp = now();
+        let key = id.to_string();
+        let outcome = self
+            .store
+            .blocking(move |s| {
+                s.update_job(&key, |j| {
+                    if j.status != JobStatus::Queued {
+                        return false;
+                    }
+                    j.status = JobStatus::Error;
+                    j.message = CANCELLED.into();
+                    j.updated_at = stamp;
+                    true
+                })
+            })
+            .await?;
+        match outcome {
+            None => Err(AgentError::NotFound),
+            Some((job, true)) => {
+                self.metrics.job_finished(JobStatus::Error);
+                let _ = self.job_events.send(job.id.clone());
+                Ok(job)
+            }
+            Some((job, false)) => Err(AgentError::Conflict(format!(
+                "job {} is {} and can no longer be cancelled",
+                job.id, job.status
+            ))),
+        }
+    }
+
+    /// The job, once it is done or `wait` has passed.
+    pub async fn wait_job(&self, id: &str, wait: Duration) -> Result<Job, AgentError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut events = self.job_events.subscribe();
+        loop {
+            let job = self.store.job(id)?.ok_or(AgentError::NotFound)?;
+            if job.status.is_done() || tokio::time::Instant::now() >= deadline {
+                return Ok(job);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    Err(_) => break,
+                    Ok(Ok(event)) if event != id => continue,
+                    Ok(_) => break,
+                }
+            }
+        }
+    }
+
+    async fn worker(self: Arc<Self>, runner: Arc<Runner>, mut rx: mpsc::Receiver<String>) {
+        while let Some(job_id) = rx.recv().await {
+            runner.dequeued();
+            if self.is_draining() {
+                // Left Queued in the store: it runs after the next start.
+                break;
+            }
+            self.running.fetch_add(1, Ordering::SeqCst);
+            let deleted = self.run_job(&job_id).await;
+            if self.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+                self.idle.notify_waiters();
+            }
+            if deleted {
+                self.retire(&runner, rx).await;
+                return;
+            }
+        }
+    }
+
+    /// After a successful delete: no more jobs for this guest.
+    async fn retire(&self, runner: &Runner, mut rx: mpsc::Receiver<String>) {
+        self.remove_runner(&runner.id);
+        rx.close();
+        while let Ok(id) = rx.try_recv() {
+            runner.dequeued();
+            if let Err(e) = self.fail_if_queued(&id) {
+                tracing::error!(job = %id, "cannot fail a job of a deleted guest: {e}");
+            }
+        }
+        // Jobs logged but never sent (a submission racing the delete).
+        if let Ok(jobs) = self.store.guest_jobs(&runner.id, usize::MAX) {
+            for job in jobs.iter().filter(|j| j.status == JobStatus::Queued) {
+                let _ = self.fail_if_queued(&job.id);
+            }
+        }
+    }
+
+    fn fail_if_queued(&self, id: &str) -> Result<(), AgentError> {
+        let stamp = now();
+        let changed = self.store.update_job(id, |j| {
+            if j.status != JobStatus::Queued {
+                return false;
+            }
+            j.status = JobStatus::Error;
+            j.message = GUEST_DELETED.into();
+            j.updated_at = stamp;
+            true
+        })?;
+        if matches!(changed, Some((_, true))) {
+            self.metrics.job_finished(JobStatus::Error);
+            let _ = self.job_events.send(id.to_string());
+        }
+        Ok(())
+    }
+
+    /// Runs one queued job; true when it deleted its guest.
+    async fn run_job(&self, id: &str) -> bool {
+        let stamp = now();
+        let started = self.store.update_job(id, |j| {
+            if j.status != JobStatus::Queued {
+                return false;
+            }
+            j.status = JobStatus::Running;
+            j.started_at = stamp;
+            j.updated_at = stamp;
+            true
+        });
+        match started {
+            Ok(Some((_, true))) => {}
+            Ok(_) => return false, // cancelled or pruned meanwhile
+            Err(e) => {
+                tracing::error!(job = id, "cannot start the job: {e}");
+                return false;
+            }
+        }
+        let _ = self.job_events.send(id.to_string());
+        let work = match self.store.job_spec(id) {
+            Ok(Some(spec)) => serde_json::from_value::<Work>(spec).map_err(|e| e.to_string()),
+            Ok(None) => Err("the job has no spec".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let outcome = match work {
+            Ok(work) => AssertUnwindSafe(self.execute(&work))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(AgentError::Internal("the pipeline panicked".into()))),
+            Err(e) => Err(AgentError::Internal(format!("cannot read the job: {e}"))),
+        };
+        let deleted = matches!(outcome, Ok(true));
+        let result = outcome.map(|_| ()).map_err(|e| e.to_string());
+        if let Err(message) = &result {
+            tracing::warn!(job = id, "job failed: {message}");
+        }
+        if let Err(e) = self.finish_job(id, result) {
+            tracing::error!(job = id, "cannot record the end of the job: {e}");
+        }
+        deleted
+    }
+
+    /// Executes `work`; `Ok(true)` when it deleted its guest.
+    async fn execute(&self, work: &Work) -> Result<bool, AgentError> {
+        match work {
+            Work::Guest { action, guest_id } => {
+                self.run_guest(action, guest_id).await?;
+                if action == "delete" || action == "containerDelete" {
+                    let store = self.store.clone();
+                    let id = guest_id.clone();
+                    store.blocking(move |s| s.delete_guest(&id)).await?;
+                    return Ok(true);
+                }
+                Ok(false)
+            }
+            Work::Image { action, request } => {
+                self.run_plain(action, request, json!({"images": null}))
+                    .await?;
+                Ok(false)
+            }
+            Work::Snapshot { action, request } => {
+                self.run_plain(action, request, json!({"snapshots": null}))
+                    .await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Stops accepting work, lets running jobs finish within the drain timeout, and
+    /// leaves queued jobs `Queued` for the next start.
+    pub async fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        loop {
+            let notified = self.idle.notified();
+            let running = self.running.load(Ordering::SeqCst);
+            if running == 0 {
+                tracing::info!("no job running; stopping");
+                return;
+            }
+            tracing::info!(running, "waiting for running jobs before stopping");
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::warn!(
+                    running = self.running.load(Ordering::SeqCst),
+                    "drain timeout: stopping with jobs running (they will be marked failed on restart)"
+                );
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::derived_mac;
+
+    #[test]
+    fn derived_macs_are_local_and_stable() {
+        let a = derived_mac("5a0c7d7e-0000-4000-8000-000000000001", 0);
+        assert!(a.starts_with("02:") && a.len() == 17, "{a}");
+        assert_eq!(a, derived_mac("5a0c7d7e-0000-4000-8000-000000000001", 0));
+        assert_ne!(a, derived_mac("5a0c7d7e-0000-4000-8000-000000000001", 1));
+        // md5("") = d41d8cd98f00b204e9800998ecf8427e
+        assert_eq!(derived_mac("", 0), "02:d4:1d:8c:d9:8f");
+    }
+}

@@ -1,0 +1,225 @@
+//! The REST API: routes, the shared request helpers and the middleware of the agent.
+//! One file per resource; every handler returns `Result<Response, AgentError>` and the
+//! error becomes the original JSON error body at this edge.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+
+use crate::agent::Agent;
+use crate::error::{json_response, AgentError};
+
+mod guests;
+mod images;
+mod jobs;
+mod metadata;
+mod snapshots;
+mod system;
+
+/// Largest request body the agent reads (1 MiB); larger bodies get 413.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+/// The header carrying the pipeline (job) id.
+pub const JOB_ID_HEADER: &str = "X-Guest-Job-ID";
+
+pub type AppState = Arc<Agent>;
+
+/// The agent's complete router with its middleware.
+pub fn router(agent: Arc<Agent>) -> Router {
+    let snapshot_routes = |prefix: &str| {
+        Router::new()
+            .route(
+                &format!("{prefix}/snapshots"),
+                get(snapshots::list).post(snapshots::create),
+            )
+            .route(
+                &format!("{prefix}/snapshots/{{name}}"),
+                get(snapshots::get_one).delete(snapshots::delete),
+            )
+            .route(
+                &format!("{prefix}/snapshots/{{name}}/rollback"),
+                post(snapshots::rollback),
+            )
+            .route(
+                &format!("{prefix}/snapshots/{{name}}/download"),
+                get(snapshots::download),
+            )
+    };
+    let api = Router::new()
+        .route(
+            "/metadata",
+            get(metadata::get_hypervisor).patch(metadata::patch_hypervisor),
+        )
+        .route("/images", get(images::list).post(images::fetch))
+        .route("/images/{id}", get(images::get_one).delete(images::delete))
+        .route("/jobs", get(jobs::list))
+        .route("/jobs/{job}", get(jobs::get_one).delete(jobs::cancel))
+        .route("/guests", get(guests::list).post(guests::create))
+        .route("/guests/{id}", get(guests::get_one))
+        .route("/guests/{id}/jobs", get(jobs::list_guest))
+        .route("/guests/{id}/jobs/{job}", get(jobs::get_guest_job))
+        .route(
+            "/guests/{id}/metadata",
+            get(metadata::get_guest).patch(metadata::patch_guest),
+        )
+        .route("/guests/{id}/metrics/{kind}", get(guests::metrics))
+        .route("/guests/{id}/{action}", post(guests::action))
+        .merge(snapshot_routes("/guests/{id}"))
+        .merge(snapshot_routes("/guests/{id}/disks/{disk}"))
+        .route("/healthz", get(system::healthz))
+        .route("/metrics", get(system::metrics))
+        .route("/openapi.json", get(system::openapi))
+        .method_not_allowed_fallback(|| async { AgentError::MethodNotAllowed.into_response() })
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                "404 page not found\n",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            agent.clone(),
+            count_and_gate,
+        ))
+        .with_state(agent);
+    mistify_rpc::http::with_common_layers(api).layer(axum::middleware::from_fn(strict_slash))
+}
+
+/// A path with a trailing slash answers 301 to the path without it (gorilla's
+/// strict-slash routing).
+async fn strict_slash(request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    // The original's profiling routes are not served: no redirect into them either.
+    if path.len() > 1 && path.ends_with('/') && !path.starts_with("/debug/") {
+        let mut location = path.trim_end_matches('/').to_string();
+        if location.is_empty() {
+            location.push('/');
+        }
+        if let Some(query) = request.uri().query() {
+            location.push('?');
+            location.push_str(query);
+        }
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            return (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, value)]).into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Counts requests by route template and status; answers 503 to changes while the
+/// agent drains.
+async fn count_and_gate(State(agent): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = request.method().clone();
+    let response = if agent.is_draining() && method != Method::GET && method != Method::HEAD {
+        AgentError::Unavailable {
+            message: "the agent is shutting down".into(),
+            retry_after: 10,
+        }
+        .into_response()
+    } else {
+        next.run(request).await
+    };
+    agent
+        .metrics
+        .request(method.as_str(), &route, response.status().as_u16());
+    response
+}
+
+/// Refuses ids that are unsafe in a path, a dataset name or a store key: empty, `/`,
+/// `..`, `@`, `;`, whitespace, control characters. No UUID or number check: an unknown
+/// well-formed id is simply not found.
+pub fn check_id(what: &str, id: &str) -> Result<(), AgentError> {
+    let bad = id.is_empty()
+        || id.len() > 256
+        || id.contains("..")
+        || id.chars().any(|c| {
+            c == '/' || c == '@' || c == ';' || c == '\\' || c.is_whitespace() || c.is_control()
+        });
+    if bad {
+        return Err(AgentError::BadRequest(format!("invalid {what} {id:?}")));
+    }
+    Ok(())
+}
+
+/// Reads the whole body, up to [`BODY_LIMIT`].
+pub async fn read_body(body: Body) -> Result<Bytes, AgentError> {
+    axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            AgentError::TooLarge(BODY_LIMIT)
+        } else {
+            AgentError::BadRequest(format!("cannot read the request body: {e}"))
+        }
+    })
+}
+
+/// Decodes a JSON body; an empty body is an error (`EOF`, as Go's decoder said) unless
+/// `empty_ok`, when it decodes as `{}`.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], empty_ok: bool) -> Result<T, AgentError> {
+    let text = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        if !empty_ok {
+            return Err(AgentError::BadRequest("EOF".into()));
+        }
+        &b"{}"[..]
+    } else {
+        bytes
+    };
+    serde_json::from_slice(text).map_err(|e| AgentError::BadRequest(e.to_string()))
+}
+
+/// Sets `X-Guest-Job-ID` on a response.
+pub fn with_job_id(mut response: Response, job_id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(job_id) {
+        response.headers_mut().insert(JOB_ID_HEADER, v);
+    }
+    response
+}
+
+/// 202 with `body`, `X-Guest-Job-ID` and `Location: /jobs/{id}`.
+pub fn accepted(job_id: &str, body: &impl serde::Serialize) -> Response {
+    let mut response = with_job_id(json_response(StatusCode::ACCEPTED, body), job_id);
+    if let Ok(v) = HeaderValue::from_str(&format!("/jobs/{job_id}")) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
+}
+
+/// A fresh id for the header of an Info or Stream pipeline (never logged as a job).
+pub fn pipeline_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_id;
+
+    #[test]
+    fn unsafe_ids() {
+        for bad in [
+            "", "a/b", "..", "a..b", "x@y", "a;b", "a b", "a\tb", "a\u{0}b", "\\x",
+        ] {
+            assert!(check_id("id", bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            "5a0c7d7e-0000-4000-8000-000000000001",
+            "vda",
+            "0",
+            "snap-1433160000",
+            "a.b_c",
+        ] {
+            assert!(check_id("id", good).is_ok(), "{good:?}");
+        }
+    }
+}

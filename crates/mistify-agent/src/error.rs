@@ -1,0 +1,130 @@
+//! The agent's one error type and its mapping, at the HTTP edge, to the original error
+//! body `{"message","code","stack"}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use mistify_client::ErrorBody;
+use mistify_rpc::RpcError;
+
+/// Everything a request or a job can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Unknown guest, job, image or snapshot (`not found`, as the original said).
+    #[error("not found")]
+    NotFound,
+    /// The request is malformed or its input unsafe; nothing was changed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The action (already prefixed) is not in the configuration.
+    #[error("{0}: Not configured")]
+    NotConfigured(String),
+    /// The route exists but not this action word.
+    #[error("unknown action {0:?}")]
+    UnknownAction(String),
+    /// The request conflicts with the current state (duplicate id, job already running).
+    #[error("{0}")]
+    Conflict(String),
+    /// Back-pressure: a full queue or a draining agent. `retry_after` in seconds.
+    #[error("{message}")]
+    Unavailable { message: String, retry_after: u64 },
+    /// A known path with another method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The request body is larger than the agent accepts.
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
+    /// A sub-agent call failed.
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    /// A stage returned something unusable (e.g. no guest).
+    #[error("{0}")]
+    Stage(String),
+    /// The local store failed.
+    #[error("store: {0}")]
+    Store(String),
+    /// Anything else that is the agent's own fault.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl AgentError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AgentError::NotFound | AgentError::NotConfigured(_) | AgentError::UnknownAction(_) => {
+                StatusCode::NOT_FOUND
+            }
+            AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AgentError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AgentError::Conflict(_) => StatusCode::CONFLICT,
+            AgentError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            AgentError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AgentError::Rpc(RpcError::Transport { .. }) => StatusCode::BAD_GATEWAY,
+            AgentError::Rpc(RpcError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            // The sub-agent answered with an error: the original reported 500 with its text.
+            AgentError::Rpc(_)
+            | AgentError::Stage(_)
+            | AgentError::Store(_)
+            | AgentError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<redb::Error> for AgentError {
+    fn from(e: redb::Error) -> Self {
+        AgentError::Store(e.to_string())
+    }
+}
+
+macro_rules! store_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for AgentError {
+            fn from(e: $t) -> Self {
+                AgentError::Store(e.to_string())
+            }
+        }
+    )*};
+}
+store_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// A JSON response with `Content-Type: application/json` and Go's trailing newline.
+pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(mut bytes) => {
+            bytes.push(b'\n');
+            (
+                status,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                bytes,
+            )
+                .into_response()
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the reply: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response =
+            json_response(status, &ErrorBody::new(status.as_u16(), self.to_string()));
+        if let AgentError::Unavailable { retry_after, .. } = self {
+            if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}

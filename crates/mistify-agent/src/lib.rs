@@ -1,0 +1,82 @@
+//! The mistify hypervisor agent: the REST API operators and controllers call, the
+//! configured action pipelines of JSON-RPC stages to sub-agents, per-guest runners, and
+//! the durable job log.
+//!
+//! [`run`] is what the binary does; [`Agent::start`] and [`api::router`] let tests and
+//! embedders assemble the same pieces.
+
+pub mod agent;
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+pub mod runner;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use agent::{Agent, Settings, Work};
+pub use config::Config;
+pub use error::AgentError;
+
+/// Serves the agent on `listener` until `shutdown` resolves; then stops taking work
+/// (503), waits (bounded) for running jobs, and finishes the requests in flight.
+pub async fn serve(
+    agent: Arc<Agent>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = api::router(agent.clone());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let drainer = agent.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        drainer.drain().await;
+        let _ = stop_tx.send(());
+    });
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = stop_rx.await;
+    })
+    .await
+}
+
+/// Starts the agent with `settings` on `address` and serves until SIGTERM or Ctrl-C.
+pub async fn run(settings: Settings, address: SocketAddr) -> Result<(), String> {
+    let agent = Agent::start(settings).map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    if !address.ip().is_loopback() {
+        tracing::warn!(%address, "listening beyond loopback without authentication");
+    }
+    tracing::info!(%address, "mistify-agent serving");
+    serve(agent, listener, mistify_rpc::http::shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!("mistify-agent stopped");
+    Ok(())
+}
+
+/// Parses the original's `--address` forms: `:8080` (every interface), `host:port`.
+pub fn parse_address(text: &str) -> Result<SocketAddr, String> {
+    let full = if text.starts_with(':') {
+        format!("0.0.0.0{text}")
+    } else {
+        text.to_string()
+    };
+    if let Ok(addr) = full.parse() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs;
+    full.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("invalid address {text:?} (expected :PORT or HOST:PORT)"))
+}

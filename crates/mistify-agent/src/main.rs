@@ -1,0 +1,93 @@
+//! `mistify-agent`: flags, logging, then the library's `run`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use mistify_agent::config::{Config, DEFAULT_DB_PATH, DEFAULT_JOBLOG_MAX};
+use mistify_agent::Settings;
+use mistify_rpc::http::{init_tracing, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "mistify-agent",
+    version,
+    about = "The mistify hypervisor agent"
+)]
+struct Flags {
+    /// Listen address of the REST API (`:PORT` means every interface).
+    #[arg(short, long, default_value = ":8080")]
+    address: String,
+    /// debug, info, warning, error, critical or fatal (or a tracing filter).
+    #[arg(short, long, default_value = "warning")]
+    log_level: String,
+    /// Config file (agent.json); repeat to merge several.
+    #[arg(short = 'c', long = "config-file", required = true)]
+    config_file: Vec<PathBuf>,
+    /// Store file; overrides the config's `dbpath` (default /var/lib/mistify/agent.redb).
+    #[arg(long)]
+    db_path: Option<PathBuf>,
+    /// json or pretty.
+    #[arg(long, default_value = "json")]
+    log_format: LogFormat,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Longest wait for running jobs on SIGTERM, in seconds.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout: u64,
+}
+
+/// The original's level names, as tracing filters.
+fn level(name: &str) -> &str {
+    match name {
+        "warning" => "warn",
+        "critical" | "fatal" | "panic" => "error",
+        other => other,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let flags = Flags::parse();
+    if let Err(e) = init_tracing(level(&flags.log_level), flags.log_format) {
+        eprintln!("mistify-agent: {e}");
+        std::process::exit(2);
+    }
+    let config = match Config::load(&flags.config_file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mistify-agent: invalid configuration:\n{e}");
+            std::process::exit(2);
+        }
+    };
+    if flags.check_config {
+        println!(
+            "configuration OK: {} actions, {} services",
+            config.actions.len(),
+            config.services.len()
+        );
+        return;
+    }
+    let address = match mistify_agent::parse_address(&flags.address) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("mistify-agent: {e}");
+            std::process::exit(2);
+        }
+    };
+    let settings = Settings {
+        db_path: flags
+            .db_path
+            .or_else(|| config.db_path.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DB_PATH)),
+        joblog_max: config.joblog_max.unwrap_or(DEFAULT_JOBLOG_MAX),
+        drain_timeout: Duration::from_secs(flags.drain_timeout),
+        config,
+    };
+    if let Err(e) = mistify_agent::run(settings, address).await {
+        tracing::error!("{e}");
+        eprintln!("mistify-agent: {e}");
+        std::process::exit(1);
+    }
+}

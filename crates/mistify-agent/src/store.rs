@@ -1,0 +1,496 @@
+//! The agent's durable local state in one redb file: guests, hypervisor metadata and
+//! the job log.
+//!
+//! * Guests are also kept in memory (reads never touch the disk); every change is written
+//!   to the file first.
+//! * A job update is one small write of that job's record. The log is ordered by a
+//!   sequence number and indexed per guest; it is pruned on insert to `joblog_max`
+//!   (finished jobs first — a queued or running job is never dropped).
+//! * A job that must survive a restart carries its spec (what to run) beside it.
+//!
+//! Calls are blocking (a commit waits for the disk): async code runs them through
+//! [`Store::blocking`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use mistify_client::{Guest, Job, JobStatus};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::error::AgentError;
+
+const GUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("guests");
+const METADATA: TableDefinition<&str, &str> = TableDefinition::new("hypervisor-metadata");
+const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+const JOB_ORDER: TableDefinition<u64, &str> = TableDefinition::new("job-order");
+const GUEST_JOBS: TableDefinition<(&str, u64), &str> = TableDefinition::new("guest-jobs");
+
+/// What a stored job record holds: the job as the API shows it, its place in the log,
+/// and (while it may still run) what to run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    job: Job,
+    seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spec: Option<serde_json::Value>,
+}
+
+/// The store. Cheap to share behind an `Arc`.
+pub struct Store {
+    db: Database,
+    joblog_max: usize,
+    guests: RwLock<BTreeMap<String, Arc<Guest>>>,
+    /// Serializes guest writes so the memory copy follows the file's order.
+    guest_writes: Mutex<()>,
+}
+
+fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, AgentError> {
+    serde_json::to_vec(value).map_err(|e| AgentError::Internal(format!("encoding: {e}")))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, AgentError> {
+    serde_json::from_slice(bytes).map_err(|e| AgentError::Store(format!("corrupt {what}: {e}")))
+}
+
+/// The first bytes of every SQLite database file (what the Go agent wrote).
+const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
+
+impl Store {
+    /// Opens (or creates) the store at `path`. A SQLite file from the Go agent is refused
+    /// with a message saying how to import it.
+    pub fn open(path: &Path, joblog_max: usize) -> Result<Store, AgentError> {
+        if let Ok(mut f) = std::fs::File::open(path) {
+            let mut head = [0u8; 16];
+            if std::io::Read::read_exact(&mut f, &mut head).is_ok() && head == SQLITE_MAGIC {
+                return Err(AgentError::Store(format!(
+                    "{} is a database of the Go mistify-agent (SQLite); move it aside and import it with \
+                     `mistify-agent import-go-db {}`",
+                    path.display(),
+                    path.display()
+                )));
+            }
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| AgentError::Store(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let db = Database::create(path)
+            .map_err(|e| AgentError::Store(format!("{}: {e}", path.display())))?;
+        {
+            let txn = db.begin_write()?;
+            txn.open_table(GUESTS)?;
+            txn.open_table(METADATA)?;
+            txn.open_table(JOBS)?;
+            txn.open_table(JOB_ORDER)?;
+            txn.open_table(GUEST_JOBS)?;
+            txn.commit()?;
+        }
+        let mut guests = BTreeMap::new();
+        {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(GUESTS)?;
+            for entry in table.iter()? {
+                let (k, v) = entry?;
+                let guest: Guest = parse(v.value(), "guest")?;
+                guests.insert(k.value().to_string(), Arc::new(guest));
+            }
+        }
+        Ok(Store {
+            db,
+            joblog_max: joblog_max.max(1),
+            guests: RwLock::new(guests),
+            guest_writes: Mutex::new(()),
+        })
+    }
+
+    /// Runs `f` on a blocking thread (store calls wait for the disk).
+    pub async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T, AgentError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, AgentError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| AgentError::Internal(format!("store task failed: {e}")))?
+    }
+
+    // ------------------------------------------------------------------ guests
+
+    /// Every guest, in id order.
+    pub fn guests(&self) -> Vec<Arc<Guest>> {
+        self.guests
+            .read()
+            .map(|g| g.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn guest_count(&self) -> usize {
+        self.guests.read().map(|g| g.len()).unwrap_or(0)
+    }
+
+    pub fn guest(&self, id: &str) -> Option<Arc<Guest>> {
+        self.guests.read().ok().and_then(|g| g.get(id).cloned())
+    }
+
+    /// Writes `guest` under its id.
+    pub fn put_guest(&self, guest: &Guest) -> Result<(), AgentError> {
+        self.write_guest(guest, false).map(|_| ())
+    }
+
+    /// Writes `guest` only if no guest has its id; false when one does.
+    pub fn insert_new_guest(&self, guest: &Guest) -> Result<bool, AgentError> {
+        self.write_guest(guest, true)
+    }
+
+    fn write_guest(&self, guest: &Guest, only_new: bool) -> Result<bool, AgentError> {
+        let _w = self
+            .guest_writes
+            .lock()
+            .map_err(|_| AgentError::Internal("guest lock poisoned".into()))?;
+        if only_new && self.guest(&guest.id).is_some() {
+            return Ok(false);
+        }
+        let bytes = json(guest)?;
+        let txn = self.db.begin_write()?;
+        txn.open_table(GUESTS)?
+            .insert(guest.id.as_str(), bytes.as_slice())?;
+        txn.commit()?;
+        if let Ok(mut g) = self.guests.write() {
+            g.insert(guest.id.clone(), Arc::new(guest.clone()));
+        }
+        Ok(true)
+    }
+
+    /// Removes guest `id`; true when it existed.
+    pub fn delete_guest(&self, id: &str) -> Result<bool, AgentError> {
+        let _w = self
+            .guest_writes
+            .lock()
+            .map_err(|_| AgentError::Internal("guest lock poisoned".into()))?;
+        let txn = self.db.begin_write()?;
+        let existed = txn.open_table(GUESTS)?.remove(id)?.is_some();
+        txn.commit()?;
+        if let Ok(mut g) = self.guests.write() {
+            g.remove(id);
+        }
+        Ok(existed)
+    }
+
+    // ---------------------------------------------------------------- metadata
+
+    /// The hypervisor metadata.
+    pub fn metadata(&self) -> Result<BTreeMap<String, String>, AgentError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(METADATA)?;
+        let mut out = BTreeMap::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.insert(k.value().to_string(), v.value().to_string());
+        }
+        Ok(out)
+    }
+
+    /// Sets every non-empty value and deletes keys whose value is empty or `None`, in
+    /// one transaction; returns the whole map after.
+    pub fn patch_metadata(
+        &self,
+        patch: &BTreeMap<String, Option<String>>,
+    ) -> Result<BTreeMap<String, String>, AgentError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(METADATA)?;
+            for (k, v) in patch {
+                match v.as_deref() {
+                    None | Some("") => {
+                        table.remove(k.as_str())?;
+                    }
+                    Some(v) => {
+                        table.insert(k.as_str(), v)?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        self.metadata()
+    }
+
+    // -------------------------------------------------------------------- jobs
+
+    /// Adds a new job (and what to run, for jobs that must survive a restart), pruning
+    /// the oldest finished jobs beyond `joblog_max`, in one transaction.
+    pub fn add_job(&self, job: &Job, spec: Option<serde_json::Value>) -> Result<(), AgentError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut order = txn.open_table(JOB_ORDER)?;
+            let seq = order.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+            let record = Record {
+                job: job.clone(),
+                seq,
+                spec,
+            };
+            let mut jobs = txn.open_table(JOBS)?;
+            let mut per_guest = txn.open_table(GUEST_JOBS)?;
+            jobs.insert(job.id.as_str(), json(&record)?.as_slice())?;
+            order.insert(seq, job.id.as_str())?;
+            if !job.guest_id.is_empty() {
+                per_guest.insert((job.guest_id.as_str(), seq), job.id.as_str())?;
+            }
+            let excess = order.len()?.saturating_sub(self.joblog_max as u64);
+            if excess > 0 {
+                let mut doomed = Vec::new();
+                for entry in order.iter()? {
+                    if doomed.len() as u64 >= excess {
+                        break;
+                    }
+                    let (seq, id) = entry?;
+                    let id = id.value().to_string();
+                    let record: Option<Record> = match jobs.get(id.as_str())? {
+                        Some(v) => Some(parse(v.value(), "job")?),
+                        None => None,
+                    };
+                    match record {
+                        Some(r) if !r.job.status.is_done() => continue,
+                        Some(r) => doomed.push((seq.value(), id, r.job.guest_id)),
+                        None => doomed.push((seq.value(), id, String::new())),
+                    }
+                }
+                for (seq, id, guest) in doomed {
+                    order.remove(seq)?;
+                    jobs.remove(id.as_str())?;
+                    if !guest.is_empty() {
+                        per_guest.remove((guest.as_str(), seq))?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn record(&self, id: &str) -> Result<Option<Record>, AgentError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(JOBS)?;
+        let value = table.get(id)?;
+        value.map(|v| parse(v.value(), "job")).transpose()
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<Job>, AgentError> {
+        Ok(self.record(id)?.map(|r| r.job))
+    }
+
+    /// What to run for job `id`, if it was stored with one.
+    pub fn job_spec(&self, id: &str) -> Result<Option<serde_json::Value>, AgentError> {
+        Ok(self.record(id)?.and_then(|r| r.spec))
+    }
+
+    /// Applies `change` to job `id` in one transaction when `change` returns true;
+    /// the job after (or as it was, when unchanged). `None` for an unknown job. A job
+    /// that is done drops its spec.
+    pub fn update_job(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Job) -> bool,
+    ) -> Result<Option<(Job, bool)>, AgentError> {
+        let txn = self.db.begin_write()?;
+        let outcome = {
+            let mut jobs = txn.open_table(JOBS)?;
+            let record: Option<Record> = match jobs.get(id)? {
+                Some(v) => Some(parse(v.value(), "job")?),
+                None => None,
+            };
+            match record {
+                None => None,
+                Some(mut record) => {
+                    let changed = change(&mut record.job);
+                    if changed {
+                        if record.job.status.is_done() {
+                            record.spec = None;
+                        }
+                        jobs.insert(id, json(&record)?.as_slice())?;
+                    }
+                    Some((record.job, changed))
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(outcome)
+    }
+
+    /// The newest `limit` jobs, newest first.
+    pub fn jobs(&self, limit: usize) -> Result<Vec<Job>, AgentError> {
+        let txn = self.db.begin_read()?;
+        let order = txn.open_table(JOB_ORDER)?;
+        let jobs = txn.open_table(JOBS)?;
+        let mut out = Vec::new();
+        for entry in order.iter()?.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, id) = entry?;
+            if let Some(v) = jobs.get(id.value())? {
+                out.push(parse::<Record>(v.value(), "job")?.job);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest `limit` jobs of guest `guest`, newest first.
+    pub fn guest_jobs(&self, guest: &str, limit: usize) -> Result<Vec<Job>, AgentError> {
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(GUEST_JOBS)?;
+        let jobs = txn.open_table(JOBS)?;
+        let mut out = Vec::new();
+        for entry in index.range((guest, 0u64)..=(guest, u64::MAX))?.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, id) = entry?;
+            if let Some(v) = jobs.get(id.value())? {
+                out.push(parse::<Record>(v.value(), "job")?.job);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every job in `status`, oldest first, with its spec (start-up recovery).
+    pub fn jobs_in(
+        &self,
+        status: JobStatus,
+    ) -> Result<Vec<(Job, Option<serde_json::Value>)>, AgentError> {
+        let txn = self.db.begin_read()?;
+        let order = txn.open_table(JOB_ORDER)?;
+        let jobs = txn.open_table(JOBS)?;
+        let mut out = Vec::new();
+        for entry in order.iter()? {
+            let (_, id) = entry?;
+            if let Some(v) = jobs.get(id.value())? {
+                let record: Record = parse(v.value(), "job")?;
+                if record.job.status == status {
+                    out.push((record.job, record.spec));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of jobs in the log.
+    pub fn job_count(&self) -> Result<u64, AgentError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(JOB_ORDER)?.len()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mistify_client::serde_go::go_time;
+
+    fn job(id: &str, guest: &str, status: JobStatus) -> Job {
+        Job {
+            id: id.into(),
+            guest_id: guest.into(),
+            action: "reboot".into(),
+            status,
+            queued_at: go_time::zero(),
+            ..Job::default()
+        }
+    }
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("mistify-store-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir.join("agent.redb")
+    }
+
+    #[test]
+    fn guests_metadata_and_jobs_survive_reopen() {
+        let path = temp("reopen");
+        {
+            let s = Store::open(&path, 10).unwrap();
+            let g = Guest {
+                id: "g1".into(),
+                memory: 512,
+                ..Guest::default()
+            };
+            assert!(s.insert_new_guest(&g).unwrap());
+            assert!(!s.insert_new_guest(&g).unwrap());
+            let patch = [
+                ("a".to_string(), Some("1".to_string())),
+                ("b".to_string(), Some("2".to_string())),
+            ]
+            .into();
+            s.patch_metadata(&patch).unwrap();
+            let patch = [
+                ("a".to_string(), None),
+                ("b".to_string(), Some(String::new())),
+            ]
+            .into();
+            assert!(s.patch_metadata(&patch).unwrap().is_empty());
+            let patch = [("c".to_string(), Some("3".to_string()))].into();
+            s.patch_metadata(&patch).unwrap();
+            s.add_job(
+                &job("j1", "g1", JobStatus::Queued),
+                Some(serde_json::json!({"x": 1})),
+            )
+            .unwrap();
+            s.add_job(&job("j2", "g2", JobStatus::Queued), None)
+                .unwrap();
+            s.update_job("j1", |j| {
+                j.status = JobStatus::Complete;
+                true
+            })
+            .unwrap();
+        }
+        let s = Store::open(&path, 10).unwrap();
+        assert_eq!(s.guest("g1").unwrap().memory, 512);
+        assert_eq!(
+            s.metadata().unwrap(),
+            [("c".to_string(), "3".to_string())].into()
+        );
+        let ids: Vec<_> = s.jobs(10).unwrap().into_iter().map(|j| j.id).collect();
+        assert_eq!(ids, ["j2", "j1"]);
+        assert_eq!(
+            s.guest_jobs("g1", 10).unwrap()[0].status,
+            JobStatus::Complete
+        );
+        assert!(
+            s.job_spec("j1").unwrap().is_none(),
+            "a finished job drops its spec"
+        );
+        assert_eq!(s.jobs_in(JobStatus::Queued).unwrap().len(), 1);
+        assert!(s.delete_guest("g1").unwrap());
+        assert!(s.guest("g1").is_none());
+    }
+
+    #[test]
+    fn pruning_keeps_active_jobs() {
+        let s = Store::open(&temp("prune"), 3).unwrap();
+        s.add_job(&job("active", "g", JobStatus::Running), None)
+            .unwrap();
+        for i in 0..6 {
+            s.add_job(&job(&format!("done{i}"), "g", JobStatus::Complete), None)
+                .unwrap();
+        }
+        let ids: Vec<_> = s.jobs(100).unwrap().into_iter().map(|j| j.id).collect();
+        assert_eq!(ids, ["done5", "done4", "active"]);
+        assert_eq!(s.guest_jobs("g", 100).unwrap().len(), 3);
+        assert_eq!(s.job_count().unwrap(), 3);
+    }
+
+    #[test]
+    fn a_go_sqlite_file_is_refused() {
+        let path = temp("sqlite");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut bytes = SQLITE_MAGIC.to_vec();
+        bytes.extend([0u8; 100]);
+        std::fs::write(&path, bytes).unwrap();
+        let err = Store::open(&path, 10).err().unwrap().to_string();
+        assert!(
+            err.contains("Go mistify-agent") && err.contains("import-go-db"),
+            "{err}"
+        );
+    }
+}
