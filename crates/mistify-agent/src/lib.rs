@@ -9,6 +9,7 @@ pub mod agent;
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod import;
 pub mod metrics;
 pub mod openapi;
 pub mod runner;

@@ -12,9 +12,12 @@ use mistify_rpc::http::{init_tracing, LogFormat};
 #[command(
     name = "mistify-agent",
     version,
-    about = "The mistify hypervisor agent"
+    about = "The mistify hypervisor agent",
+    subcommand_negates_reqs = true
 )]
 struct Flags {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Listen address of the REST API (`:PORT` means every interface).
     #[arg(short, long, default_value = ":8080")]
     address: String,
@@ -38,6 +41,16 @@ struct Flags {
     drain_timeout: u64,
 }
 
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Copy the guests, metadata and job log of a Go agent's SQLite database into the
+    /// store (`--db-path`, default /var/lib/mistify/agent.redb).
+    ImportGoDb {
+        /// The Go agent's database file.
+        path: PathBuf,
+    },
+}
+
 /// The original's level names, as tracing filters.
 fn level(name: &str) -> &str {
     match name {
@@ -53,6 +66,13 @@ async fn main() {
     if let Err(e) = init_tracing(level(&flags.log_level), flags.log_format) {
         eprintln!("mistify-agent: {e}");
         std::process::exit(2);
+    }
+    if let Some(Command::ImportGoDb { path }) = &flags.command {
+        let dest = flags
+            .db_path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DB_PATH));
+        std::process::exit(import(path.as_path(), &dest));
     }
     let config = match Config::load(&flags.config_file) {
         Ok(c) => c,
@@ -89,5 +109,38 @@ async fn main() {
         tracing::error!("{e}");
         eprintln!("mistify-agent: {e}");
         std::process::exit(1);
+    }
+}
+
+fn import(go_db: &std::path::Path, dest: &std::path::Path) -> i32 {
+    if go_db.canonicalize().ok() == dest.canonicalize().ok() {
+        eprintln!("mistify-agent: the Go database is the destination; move it aside first");
+        return 2;
+    }
+    let store = match mistify_agent::store::Store::open(dest, DEFAULT_JOBLOG_MAX) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mistify-agent: {e}");
+            return 1;
+        }
+    };
+    match mistify_agent::import::import_go_db(go_db, &store) {
+        Ok(report) => {
+            println!(
+                "imported {} guests, {} metadata keys, {} jobs into {}",
+                report.guests,
+                report.metadata,
+                report.jobs,
+                dest.display()
+            );
+            for line in &report.skipped {
+                println!("skipped: {line}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("mistify-agent: {e}");
+            1
+        }
     }
 }

@@ -44,7 +44,11 @@ fn accepted(schema: Value) -> Value {
         "content": json_content(schema)})
 }
 
-fn op(summary: &str, params: Vec<Value>, body: Option<Value>, responses: Value) -> Value {
+/// An operation; every one also documents the error body as its `default` answer (400,
+/// 404, 413, 500, 502, 503, 504).
+fn op(summary: &str, params: Vec<Value>, body: Option<Value>, mut responses: Value) -> Value {
+    responses["default"] =
+        error("an error: bad input, not found, a failed or unreachable sub-agent, a full queue");
     let mut o = json!({"summary": summary, "parameters": params, "responses": responses});
     if let Some(schema) = body {
         o["requestBody"] = json!({"required": false, "content": json_content(schema)});
@@ -106,6 +110,15 @@ fn schemas() -> Value {
     })
 }
 
+/// Adds `GuestInput`, `NicInput`, `DiskInput`: what request bodies may be.
+fn with_inputs(mut schemas: Value) -> Value {
+    for name in ["Guest", "Nic", "Disk"] {
+        let lenient = input(&schemas[name]);
+        schemas[format!("{name}Input")] = lenient;
+    }
+    schemas
+}
+
 fn snapshot_paths(paths: &mut serde_json::Map<String, Value>, prefix: &str, extra: Vec<Value>) {
     let id = param("id", "path", "guest id");
     let name = param("name", "path", "snapshot name");
@@ -139,6 +152,24 @@ fn snapshot_paths(paths: &mut serde_json::Map<String, Value>, prefix: &str, extr
                     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
             "404": error("not found")}))
     }));
+}
+
+/// The lenient input form of `schema`: nothing required (every field defaults to its
+/// zero value), references to the input forms of the nested types.
+fn input(schema: &Value) -> Value {
+    match schema {
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .filter(|(k, _)| *k != "required")
+                .map(|(k, v)| match (k.as_str(), v.as_str()) {
+                    ("$ref", Some(r)) => (k.clone(), Value::String(format!("{r}Input"))),
+                    _ => (k.clone(), input(v)),
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(input).collect()),
+        other => other.clone(),
+    }
 }
 
 /// The document.
@@ -175,7 +206,7 @@ pub fn document() -> Value {
     }));
     paths.insert("/guests".into(), json!({
         "get": op("Every guest", vec![], None, json!({"200": ok("guests", nullable(array(r("Guest"))))})),
-        "post": op("Create a guest (Async create)", vec![], Some(r("Guest")), json!({
+        "post": op("Create a guest (Async create)", vec![], Some(r("GuestInput")), json!({
             "202": accepted(r("Guest")), "400": error("bad body or id"), "404": error("not configured"),
             "409": error("the id exists")}))
     }));
@@ -243,6 +274,6 @@ pub fn document() -> Value {
         "info": {"title": "mistify-agent", "version": env!("CARGO_PKG_VERSION"),
                  "description": "REST API of the mistify hypervisor agent (wire-compatible with the Go agent)."},
         "paths": paths,
-        "components": {"schemas": schemas()}
+        "components": {"schemas": with_inputs(schemas())}
     })
 }

@@ -164,6 +164,28 @@ impl Store {
         Ok(true)
     }
 
+    /// Writes many guests in one transaction (imports, benchmarks).
+    pub fn put_guests(&self, guests: &[Guest]) -> Result<(), AgentError> {
+        let _w = self
+            .guest_writes
+            .lock()
+            .map_err(|_| AgentError::Internal("guest lock poisoned".into()))?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(GUESTS)?;
+            for guest in guests {
+                table.insert(guest.id.as_str(), json(guest)?.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        if let Ok(mut g) = self.guests.write() {
+            for guest in guests {
+                g.insert(guest.id.clone(), Arc::new(guest.clone()));
+            }
+        }
+        Ok(())
+    }
+
     /// Removes guest `id`; true when it existed.
     pub fn delete_guest(&self, id: &str) -> Result<bool, AgentError> {
         let _w = self
@@ -263,6 +285,34 @@ impl Store {
                     if !guest.is_empty() {
                         per_guest.remove((guest.as_str(), seq))?;
                     }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Appends finished jobs (oldest first) in one transaction, without specs: imports
+    /// of another agent's log, benchmarks. Jobs beyond `joblog_max` are not kept.
+    pub fn import_jobs(&self, jobs: &[Job]) -> Result<(), AgentError> {
+        let skip = jobs.len().saturating_sub(self.joblog_max);
+        let txn = self.db.begin_write()?;
+        {
+            let mut order = txn.open_table(JOB_ORDER)?;
+            let mut table = txn.open_table(JOBS)?;
+            let mut per_guest = txn.open_table(GUEST_JOBS)?;
+            let mut seq = order.last()?.map(|(k, _)| k.value()).unwrap_or(0);
+            for job in &jobs[skip..] {
+                seq += 1;
+                let record = Record {
+                    job: job.clone(),
+                    seq,
+                    spec: None,
+                };
+                table.insert(job.id.as_str(), json(&record)?.as_slice())?;
+                order.insert(seq, job.id.as_str())?;
+                if !job.guest_id.is_empty() {
+                    per_guest.insert((job.guest_id.as_str(), seq), job.id.as_str())?;
                 }
             }
         }

@@ -153,18 +153,20 @@ pub enum GuestAction {
     Poweroff,
     Start,
     Suspend,
+    Resume,
     Delete,
 }
 
 impl GuestAction {
     /// Every action, in route-table order.
-    pub const ALL: [GuestAction; 7] = [
+    pub const ALL: [GuestAction; 8] = [
         GuestAction::Shutdown,
         GuestAction::Reboot,
         GuestAction::Restart,
         GuestAction::Poweroff,
         GuestAction::Start,
         GuestAction::Suspend,
+        GuestAction::Resume,
         GuestAction::Delete,
     ];
 
@@ -177,6 +179,7 @@ impl GuestAction {
             GuestAction::Poweroff => "poweroff",
             GuestAction::Start => "start",
             GuestAction::Suspend => "suspend",
+            GuestAction::Resume => "resume",
             GuestAction::Delete => "delete",
         }
     }
@@ -190,7 +193,7 @@ impl fmt::Display for GuestAction {
 
 /// The error of parsing an unknown guest action name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown guest action {0:?} (expected one of shutdown, reboot, restart, poweroff, start, suspend, delete)")]
+#[error("unknown guest action {0:?} (expected one of shutdown, reboot, restart, poweroff, start, suspend, resume, delete)")]
 pub struct UnknownGuestAction(pub String);
 
 impl From<UnknownGuestAction> for ClientError {

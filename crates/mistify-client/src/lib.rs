@@ -2,6 +2,7 @@
 //!
 //! The types serialize exactly as the Go agent's JSON (`docs/compat.md` lists the few
 //! deliberate differences) and decode leniently. [`Client`] covers every agent route.
+//! [`cli`] is the `mistify` operator CLI built on it (`docs/cli.md`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), mistify_client::ClientError> {
@@ -12,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cli;
 pub mod client;
 pub mod serde_go;
 pub mod stream;

@@ -347,7 +347,7 @@ async fn guest_action_hits_each_route() {
         .map(|s| (s.method.clone(), s.uri.clone()))
         .collect();
     let want: Vec<(String, String)> = [
-        "shutdown", "reboot", "restart", "poweroff", "start", "suspend", "delete",
+        "shutdown", "reboot", "restart", "poweroff", "start", "suspend", "resume", "delete",
     ]
     .iter()
     .map(|a| ("POST".to_string(), format!("/guests/{G}/{a}")))

@@ -105,6 +105,8 @@ pub mod fake {
     pub struct Control {
         /// Every method called, in order.
         pub calls: Arc<Mutex<Vec<String>>>,
+        /// The request of every snapshot call.
+        pub snapshot_requests: Arc<Mutex<Vec<SnapshotRequest>>>,
         /// When set, guest methods wait for a permit (one per call).
         pub gate: Arc<Mutex<Option<Arc<Semaphore>>>>,
     }
@@ -204,6 +206,7 @@ pub mod fake {
                 let c = c.clone();
                 async move {
                     c.calls.lock().unwrap().push(name.to_string());
+                    c.snapshot_requests.lock().unwrap().push(req.clone());
                     if req.id.contains("missing") {
                         return Err("not found".to_string());
                     }

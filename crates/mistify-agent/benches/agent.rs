@@ -1,0 +1,336 @@
+//! Agent figures, measured in one run on this machine (release build):
+//!
+//! * `GET /guests/{id}/metrics/cpu` through the agent vs the same `Test.CPUMetrics` call
+//!   made directly to `test-rpc-service`: requests/s, p50, p99, and the ratio;
+//! * `GET /guests` with 10 and with 10,000 guests;
+//! * one job update with 10, 1,000 and 100,000 jobs kept;
+//! * the agent's RSS idle, under load and with 10,000 guests.
+//!
+//! Load: 32 connections from 2 client threads (like `wrk -t2 -c32`) for `BENCH_SECONDS`
+//! (default 10) per figure. Run with `cargo bench -p mistify-agent --bench agent`.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use mistify_agent::store::Store;
+use mistify_client::{Guest, Job, JobStatus};
+use mistify_e2e::{binary, example, free_port, Daemon};
+
+struct Figures {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+/// `conns` requests in flight for `secs` seconds against one URL.
+fn load(
+    method: reqwest::Method,
+    url: &str,
+    body: Option<String>,
+    conns: usize,
+    secs: f64,
+) -> Figures {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(conns)
+            .build()
+            .expect("client");
+        let deadline = Instant::now() + Duration::from_secs_f64(secs);
+        let errors = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..conns)
+            .map(|_| {
+                let (client, url, body, method, errors) = (
+                    client.clone(),
+                    url.to_string(),
+                    body.clone(),
+                    method.clone(),
+                    errors.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut latencies = Vec::with_capacity(100_000);
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        let mut req = client.request(method.clone(), &url);
+                        if let Some(b) = &body {
+                            req = req
+                                .header("Content-Type", "application/json")
+                                .body(b.clone());
+                        }
+                        match req.send().await {
+                            Ok(r) if r.status().is_success() => {
+                                let _ = r.bytes().await;
+                                latencies.push(t.elapsed().as_micros() as u32);
+                            }
+                            _ => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.expect("load task"));
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        all.sort_unstable();
+        let pct = |p: f64| {
+            all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0) as f64
+                / 1000.0
+        };
+        Figures {
+            rps: all.len() as f64 / elapsed,
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            errors: errors.load(Ordering::Relaxed),
+        }
+    })
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Samples the peak RSS of `pid` while `f` runs.
+fn peak_rss_during<T>(pid: u32, f: impl FnOnce() -> T) -> (T, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (stop, peak) = (stop.clone(), peak.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let out = f();
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    (out, peak.load(Ordering::Relaxed))
+}
+
+fn config(dir: &Path, fake_port: u16) -> std::path::PathBuf {
+    let path = mistify_e2e::fixtures_dir()
+        .join("wire")
+        .join("agent-test-rpc.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
+    for s in config["services"]
+        .as_object_mut()
+        .expect("services")
+        .values_mut()
+    {
+        s["port"] = fake_port.into();
+        s["max_pending"] = 64.into();
+    }
+    let file = dir.join("agent.json");
+    std::fs::write(&file, config.to_string()).expect("config");
+    file
+}
+
+fn start_agent(config: &Path, db: &Path) -> Daemon {
+    let port = free_port();
+    let args = vec![
+        "-a".into(),
+        format!("127.0.0.1:{port}"),
+        "-c".into(),
+        config.display().to_string(),
+        "--db-path".into(),
+        db.display().to_string(),
+        "--log-level".into(),
+        "error".into(),
+    ];
+    Daemon::start(&binary("mistify-agent"), &args, port)
+}
+
+fn guest(i: usize) -> Guest {
+    Guest {
+        id: format!("00000000-0000-4000-8000-{i:012}"),
+        memory: 512,
+        cpu: 1,
+        state: "running".into(),
+        nics: vec![mistify_client::Nic {
+            network: "br0".into(),
+            model: "virtio".into(),
+            mac: format!("02:00:00:00:{:02x}:{:02x}", i / 256 % 256, i % 256),
+            ..Default::default()
+        }],
+        ..Guest::default()
+    }
+}
+
+fn job(i: usize, status: JobStatus) -> Job {
+    let now = Utc::now();
+    Job {
+        id: format!("10000000-0000-4000-8000-{i:012}"),
+        guest_id: guest(i % 50).id,
+        action: "reboot".into(),
+        queued_at: now,
+        updated_at: now,
+        status,
+        ..Job::default()
+    }
+}
+
+/// Mean time of one job update with `kept` jobs in the log.
+fn job_update(dir: &Path, kept: usize) -> Duration {
+    let store = Store::open(&dir.join(format!("jobs-{kept}.redb")), kept + 10).expect("store");
+    let jobs: Vec<Job> = (0..kept).map(|i| job(i, JobStatus::Complete)).collect();
+    store.import_jobs(&jobs).expect("import");
+    let probe = job(kept + 1, JobStatus::Queued);
+    store.add_job(&probe, None).expect("add");
+    let rounds = 200;
+    let start = Instant::now();
+    for i in 0..rounds {
+        store
+            .update_job(&probe.id, |j| {
+                j.message = format!("update {i}");
+                j.updated_at = Utc::now();
+                true
+            })
+            .expect("update");
+    }
+    start.elapsed() / rounds
+}
+
+fn main() {
+    let secs: f64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10.0);
+    let dir = std::env::temp_dir().join(format!("mistify-agent-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+
+    let fake_port = free_port();
+    let _fake = Daemon::start(
+        &example("test-rpc-service"),
+        &[
+            "--port".into(),
+            fake_port.to_string(),
+            "--log-level".into(),
+            "error".into(),
+        ],
+        fake_port,
+    );
+    let config = config(&dir, fake_port);
+
+    // 10 guests, stored as the agent would, then served.
+    let small = dir.join("small.redb");
+    Store::open(&small, 1000)
+        .expect("store")
+        .put_guests(&(0..10).map(guest).collect::<Vec<_>>())
+        .expect("guests");
+    let agent = start_agent(&config, &small);
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_idle = rss_kib(agent.pid());
+
+    let gid = guest(0).id;
+    let cpu_url = format!("{}/guests/{gid}/metrics/cpu", agent.url());
+    let (through, rss_load) = peak_rss_during(agent.pid(), || {
+        load(reqwest::Method::GET, &cpu_url, None, 32, secs)
+    });
+    let direct_body = serde_json::json!({
+        "method": "Test.CPUMetrics", "id": 1,
+        "params": [{"guest": guest(0), "type": "cpu"}],
+    })
+    .to_string();
+    let direct = load(
+        reqwest::Method::POST,
+        &format!("http://127.0.0.1:{fake_port}/_mistify_RPC_"),
+        Some(direct_body),
+        32,
+        secs,
+    );
+    let list10 = load(
+        reqwest::Method::GET,
+        &format!("{}/guests", agent.url()),
+        None,
+        32,
+        secs,
+    );
+    drop(agent);
+
+    let big = dir.join("big.redb");
+    Store::open(&big, 1000)
+        .expect("store")
+        .put_guests(&(0..10_000).map(guest).collect::<Vec<_>>())
+        .expect("guests");
+    let agent = start_agent(&config, &big);
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_10k = rss_kib(agent.pid());
+    let list10k = load(
+        reqwest::Method::GET,
+        &format!("{}/guests", agent.url()),
+        None,
+        32,
+        secs,
+    );
+    drop(agent);
+
+    let updates: Vec<(usize, Duration)> = [10, 1_000, 100_000]
+        .into_iter()
+        .map(|n| (n, job_update(&dir, n)))
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!(
+        "mistify-agent figures, {secs} s per load, 32 connections, 2 client threads, release build"
+    );
+    println!();
+    println!(
+        "{:<48} {:>10} {:>9} {:>9} {:>7}",
+        "load", "req/s", "p50 ms", "p99 ms", "errors"
+    );
+    for (name, f) in [
+        ("GET /guests/{id}/metrics/cpu through the agent", &through),
+        ("Test.CPUMetrics directly to test-rpc-service", &direct),
+        ("GET /guests, 10 guests", &list10),
+        ("GET /guests, 10,000 guests", &list10k),
+    ] {
+        println!(
+            "{name:<48} {:>10.0} {:>9.2} {:>9.2} {:>7}",
+            f.rps, f.p50_ms, f.p99_ms, f.errors
+        );
+    }
+    println!();
+    println!(
+        "agent / direct throughput ratio (metrics/cpu): {:.2}",
+        through.rps / direct.rps
+    );
+    println!();
+    println!("{:<48} {:>10}", "one job update, jobs kept", "mean");
+    for (n, d) in &updates {
+        println!("{:<48} {:>8.0}µs", format!("{n}"), d.as_secs_f64() * 1e6);
+    }
+    let base = updates[0].1.as_secs_f64();
+    println!(
+        "100,000 vs 10 jobs kept: {:.2}x",
+        updates[2].1.as_secs_f64() / base
+    );
+    println!();
+    println!("agent RSS: idle {:.1} MiB, peak under metrics load {:.1} MiB, idle with 10,000 guests {:.1} MiB",
+        rss_idle as f64 / 1024.0, rss_load as f64 / 1024.0, rss_10k as f64 / 1024.0);
+}
