@@ -16,6 +16,7 @@ declare -A need=(
   [pkg-config]="build (libvirt bindings)"
   [libvirt-dev]="build (libvirt bindings); its libvirt0 carries the test:/// driver"
   [protobuf-compiler]="build (etcd client)"
+  [libprotobuf-dev]="build (etcd client: the well-known .proto files)"
 )
 skipped replay  || need[python3]="wire replay tests (tests/tools/replay.py)"
 skipped etcd    || { need[etcd-server]="lochness tests (a real etcd)"; need[etcd-client]="lochness tests (etcdctl)"; }
@@ -70,6 +71,7 @@ check() {  # description, test command...
 check "pkg-config" command -v pkg-config
 check "libvirt development files (pkg-config libvirt)" pkg-config --exists libvirt
 check "protoc (protobuf-compiler)" command -v protoc
+check "google/protobuf/descriptor.proto (libprotobuf-dev)" test -f /usr/include/google/protobuf/descriptor.proto
 skipped replay || check "python3" command -v python3
 skipped etcd   || { check "etcd (etcd-server)" command -v etcd; check "etcdctl (etcd-client)" command -v etcdctl; }
 skipped zfs    || { check "zfs-fuse" test -x /usr/sbin/zfs-fuse -o -x /usr/bin/zfs-fuse; check "zfs/zpool commands (zfs-fuse)" command -v zpool; }

@@ -7,7 +7,10 @@
 //! * the agent's RSS idle, under load and with 10,000 guests.
 //!
 //! Load: 32 connections from 2 client threads (like `wrk -t2 -c32`) for `BENCH_SECONDS`
-//! (default 10) per figure. Run with `cargo bench -p mistify-agent --bench agent`.
+//! (default 10) per figure. Run with `cargo bench -p mistify-agent --bench agent` (builds
+//! the whole workspace in release first), or, building only what it needs:
+//! `cargo build --release -p mistify-agent -p mistify-rpc --bins --examples &&
+//!  MISTIFY_E2E_PREBUILT=1 cargo bench -p mistify-agent --bench agent`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

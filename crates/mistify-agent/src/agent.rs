@@ -16,12 +16,12 @@ use mistify_rpc::merge::merge;
 use mistify_rpc::{Client, RawStream, Service, ServiceConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::{broadcast, Notify};
 
 use crate::config::{ActionDef, ActionType, Config, StageDef};
 use crate::error::AgentError;
 use crate::metrics::Metrics;
-use crate::runner::{Runner, AGENT_RUNNER};
+use crate::runner::{Reservation, Runner, AGENT_RUNNER};
 use crate::store::Store;
 
 /// The message of jobs found running when the agent starts.
@@ -151,18 +151,18 @@ impl Agent {
             tracing::warn!(job = %job.id, guest = %job.guest_id, action = %job.action, "{RESTARTED}");
         }
         self.ensure_runner(AGENT_RUNNER);
-        for guest in self.store.guests() {
-            self.ensure_runner(&guest.id);
+        for id in self.store.guest_ids() {
+            self.ensure_runner(&id);
         }
         for (job, spec) in self.store.jobs_in(JobStatus::Queued)? {
             let resumed = spec
                 .and_then(|s| serde_json::from_value::<Work>(s).ok())
                 .and_then(|_| self.runner(&job.guest_id))
-                .and_then(|r| r.reserve().ok());
+                .and_then(|r| r.reserve().ok().map(|res| (r, res)));
             match resumed {
-                Some(reservation) => {
+                Some((runner, reservation)) => {
                     tracing::info!(job = %job.id, guest = %job.guest_id, action = %job.action, "resuming queued job");
-                    reservation.send(job.id);
+                    self.enqueue(&runner, reservation, job.id);
                 }
                 None => {
                     self.finish_job(
@@ -184,20 +184,30 @@ impl Agent {
         self.runners.lock().ok().and_then(|r| r.get(id).cloned())
     }
 
-    /// The runner of `id`, created (and its worker started) if needed.
-    pub fn ensure_runner(self: &Arc<Self>, id: &str) -> Arc<Runner> {
+    /// The runner of `id`, created if needed.
+    pub fn ensure_runner(&self, id: &str) -> Arc<Runner> {
         let Ok(mut runners) = self.runners.lock() else {
             // A poisoned lock means a panic while holding it; nothing sensible remains.
-            let (runner, _) = Runner::new(id);
-            return runner;
+            return Runner::new(id);
         };
-        if let Some(r) = runners.get(id) {
-            return r.clone();
+        runners
+            .entry(id.to_string())
+            .or_insert_with(|| Runner::new(id))
+            .clone()
+    }
+
+    /// Queues job `id` on `runner` and makes sure a worker runs it; a job refused
+    /// because the guest was deleted meanwhile becomes `Error` / `guest deleted`.
+    fn enqueue(self: &Arc<Self>, runner: &Arc<Runner>, reservation: Reservation, id: String) {
+        if let Err(id) = reservation.send(id) {
+            if let Err(e) = self.fail_if_queued(&id) {
+                tracing::error!(job = %id, "cannot fail a job of a deleted guest: {e}");
+            }
+            return;
         }
-        let (runner, rx) = Runner::new(id);
-        runners.insert(id.to_string(), runner.clone());
-        tokio::spawn(self.clone().worker(runner.clone(), rx));
-        runner
+        if runner.claim() {
+            tokio::spawn(self.clone().worker(runner.clone()));
+        }
     }
 
     fn remove_runner(&self, id: &str) {
@@ -317,12 +327,21 @@ impl Agent {
         kind: &str,
     ) -> Result<Value, AgentError> {
         let def = self.action(action)?;
+        /// `GuestMetricsRequest` by reference (same JSON), so the guest is not copied.
+        #[derive(Serialize)]
+        struct MetricsRequest<'a> {
+            guest: &'a Guest,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+            args: &'a std::collections::BTreeMap<String, String>,
+        }
         let mut response = json!({"guest": null, "type": ""});
         for stage in &def.stages {
-            let request = mistify_rpc::GuestMetricsRequest {
-                guest: Some(guest.clone()),
-                kind: kind.to_string(),
-                args: stage.args.clone(),
+            let request = MetricsRequest {
+                guest,
+                kind,
+                args: &stage.args,
             };
             merge(&mut response, self.call_stage(stage, &request).await?);
         }
@@ -389,8 +408,8 @@ impl Agent {
         self.store
             .blocking(move |s| s.add_job(&record, Some(spec)))
             .await?;
-        reservation.send(job.id.clone());
         let _ = self.job_events.send(job.id.clone());
+        self.enqueue(&runner, reservation, job.id.clone());
         Ok(job.id)
     }
 
@@ -464,36 +483,42 @@ impl Agent {
         }
     }
 
-    async fn worker(self: Arc<Self>, runner: Arc<Runner>, mut rx: mpsc::Receiver<String>) {
-        while let Some(job_id) = rx.recv().await {
-            runner.dequeued();
-            if self.is_draining() {
-                // Left Queued in the store: it runs after the next start.
-                break;
-            }
+    /// Runs the runner's queued jobs one at a time, then ends.
+    async fn worker(self: Arc<Self>, runner: Arc<Runner>) {
+        loop {
+            // While stopping, queued jobs stay `Queued`: they run after the next start.
+            let next = if self.is_draining() {
+                None
+            } else {
+                runner.pop()
+            };
+            let Some(job_id) = next else {
+                if runner.release() && !self.is_draining() {
+                    continue;
+                }
+                return;
+            };
             self.running.fetch_add(1, Ordering::SeqCst);
             let deleted = self.run_job(&job_id).await;
             if self.running.fetch_sub(1, Ordering::SeqCst) == 1 {
                 self.idle.notify_waiters();
             }
             if deleted {
-                self.retire(&runner, rx).await;
+                self.retire(&runner);
                 return;
             }
         }
     }
 
     /// After a successful delete: no more jobs for this guest.
-    async fn retire(&self, runner: &Runner, mut rx: mpsc::Receiver<String>) {
+    fn retire(&self, runner: &Runner) {
         self.remove_runner(&runner.id);
-        rx.close();
-        while let Ok(id) = rx.try_recv() {
-            runner.dequeued();
+        for id in runner.close() {
             if let Err(e) = self.fail_if_queued(&id) {
                 tracing::error!(job = %id, "cannot fail a job of a deleted guest: {e}");
             }
         }
-        // Jobs logged but never sent (a submission racing the delete).
+        // Jobs logged but never queued (a submission racing the delete).
         if let Ok(jobs) = self.store.guest_jobs(&runner.id, usize::MAX) {
             for job in jobs.iter().filter(|j| j.status == JobStatus::Queued) {
                 let _ = self.fail_if_queued(&job.id);

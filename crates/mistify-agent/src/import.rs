@@ -72,7 +72,7 @@ pub fn import_go_db(go_db: &Path, store: &Store) -> Result<ImportReport, AgentEr
                     }
                     if let Err(e) = check_id("guest id", &guest.id) {
                         report.skipped.push(format!("guest {key:?}: {e}"));
-                    } else if store.guest(&guest.id).is_some() {
+                    } else if store.has_guest(&guest.id) {
                         report
                             .skipped
                             .push(format!("guest {}: already in the store", guest.id));

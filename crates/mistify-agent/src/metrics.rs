@@ -60,7 +60,8 @@ impl Histogram {
 
 #[derive(Default)]
 struct Inner {
-    requests: BTreeMap<(String, String, u16), u64>,
+    /// route → (method, status, count): looked up without allocating on the hot path.
+    requests: BTreeMap<String, Vec<(String, u16, u64)>>,
     jobs: BTreeMap<&'static str, u64>,
     rpc: BTreeMap<(String, String), Histogram>,
     rpc_errors: BTreeMap<(String, String), u64>,
@@ -82,9 +83,18 @@ impl Metrics {
     /// One HTTP request on `route` (the route template, never the raw path).
     pub fn request(&self, method: &str, route: &str, status: u16) {
         if let Ok(mut m) = self.inner.lock() {
-            *m.requests
-                .entry((method.to_string(), route.to_string(), status))
-                .or_default() += 1;
+            if !m.requests.contains_key(route) {
+                m.requests.insert(route.to_string(), Vec::new());
+            }
+            if let Some(counts) = m.requests.get_mut(route) {
+                match counts
+                    .iter_mut()
+                    .find(|(m, s, _)| m == method && *s == status)
+                {
+                    Some((_, _, n)) => *n += 1,
+                    None => counts.push((method.to_string(), status, 1)),
+                }
+            }
         }
     }
 
@@ -117,13 +127,17 @@ impl Metrics {
             "# HELP mistify_agent_http_requests_total HTTP requests by method, route and status.\n",
         );
         out.push_str("# TYPE mistify_agent_http_requests_total counter\n");
-        for ((method, route, status), n) in &m.requests {
-            let _ = writeln!(
-                out,
-                "mistify_agent_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
-                escape(method),
-                escape(route)
-            );
+        for (route, counts) in &m.requests {
+            let mut counts = counts.clone();
+            counts.sort();
+            for (method, status, n) in counts {
+                let _ = writeln!(
+                    out,
+                    "mistify_agent_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
+                    escape(&method),
+                    escape(route)
+                );
+            }
         }
         out.push_str("# HELP mistify_agent_jobs_finished_total Async jobs finished, by outcome.\n");
         out.push_str("# TYPE mistify_agent_jobs_finished_total counter\n");

@@ -13,8 +13,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use bytes::Bytes;
 use mistify_client::{Guest, Job, JobStatus};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -41,9 +43,14 @@ struct Record {
 pub struct Store {
     db: Database,
     joblog_max: usize,
-    guests: RwLock<BTreeMap<String, Arc<Guest>>>,
+    /// Every guest as its JSON (a few hundred bytes each; parsed when asked for).
+    guests: RwLock<BTreeMap<String, Bytes>>,
     /// Serializes guest writes so the memory copy follows the file's order.
     guest_writes: Mutex<()>,
+    /// `GET /guests` as sent, rebuilt after a change.
+    list_json: RwLock<Option<Bytes>>,
+    /// Bumped by every guest change (so a list serialized meanwhile is not cached).
+    generation: AtomicU64,
 }
 
 fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, AgentError> {
@@ -53,6 +60,9 @@ fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, AgentError> {
 fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, AgentError> {
     serde_json::from_slice(bytes).map_err(|e| AgentError::Store(format!("corrupt {what}: {e}")))
 }
+
+/// redb's page cache: the guests live in memory anyway, the job log is read by pages.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The first bytes of every SQLite database file (what the Go agent wrote).
 const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
@@ -76,7 +86,9 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .map_err(|e| AgentError::Store(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let db = Database::create(path)
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
             .map_err(|e| AgentError::Store(format!("{}: {e}", path.display())))?;
         {
             let txn = db.begin_write()?;
@@ -93,8 +105,9 @@ impl Store {
             let table = txn.open_table(GUESTS)?;
             for entry in table.iter()? {
                 let (k, v) = entry?;
+                // Checked once here; the bytes are what `GET /guests` sends.
                 let guest: Guest = parse(v.value(), "guest")?;
-                guests.insert(k.value().to_string(), Arc::new(guest));
+                guests.insert(k.value().to_string(), Bytes::from(json(&guest)?));
             }
         }
         Ok(Store {
@@ -102,6 +115,8 @@ impl Store {
             joblog_max: joblog_max.max(1),
             guests: RwLock::new(guests),
             guest_writes: Mutex::new(()),
+            list_json: RwLock::new(None),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -119,20 +134,79 @@ impl Store {
 
     // ------------------------------------------------------------------ guests
 
-    /// Every guest, in id order.
-    pub fn guests(&self) -> Vec<Arc<Guest>> {
+    /// The id of every guest, in order.
+    pub fn guest_ids(&self) -> Vec<String> {
         self.guests
             .read()
-            .map(|g| g.values().cloned().collect())
+            .map(|g| g.keys().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The JSON of every guest (what `GET /guests` sends: `null` when there is none),
+    /// serialized once per change.
+    pub fn guests_json(&self) -> Result<Bytes, AgentError> {
+        if let Some(cached) = self.list_json.read().ok().and_then(|c| c.clone()) {
+            return Ok(cached);
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let bytes = {
+            let guests = self
+                .guests
+                .read()
+                .map_err(|_| AgentError::Internal("guest map poisoned".into()))?;
+            if guests.is_empty() {
+                Bytes::from_static(b"null\n")
+            } else {
+                let size: usize = guests.values().map(|g| g.len() + 1).sum();
+                let mut out = Vec::with_capacity(size + 2);
+                out.push(b'[');
+                for (i, guest) in guests.values().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(guest);
+                }
+                out.extend_from_slice(b"]\n");
+                Bytes::from(out)
+            }
+        };
+        // Only cache what is still current: a change since the snapshot bumped the
+        // generation (under the same lock as this check).
+        if let Ok(mut cache) = self.list_json.write() {
+            if self.generation.load(Ordering::SeqCst) == generation {
+                *cache = Some(bytes.clone());
+            }
+        }
+        Ok(bytes)
+    }
+
+    fn invalidate_list(&self) {
+        if let Ok(mut cache) = self.list_json.write() {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            *cache = None;
+        }
     }
 
     pub fn guest_count(&self) -> usize {
         self.guests.read().map(|g| g.len()).unwrap_or(0)
     }
 
+    /// Guest `id`, parsed from its stored JSON.
     pub fn guest(&self, id: &str) -> Option<Arc<Guest>> {
-        self.guests.read().ok().and_then(|g| g.get(id).cloned())
+        let bytes = self.guests.read().ok().and_then(|g| g.get(id).cloned())?;
+        match serde_json::from_slice::<Guest>(&bytes) {
+            Ok(guest) => Some(Arc::new(guest)),
+            Err(e) => {
+                // Written by `json` above: cannot happen short of memory corruption.
+                tracing::error!(guest = id, "unreadable guest in memory: {e}");
+                None
+            }
+        }
+    }
+
+    /// Whether guest `id` exists.
+    pub fn has_guest(&self, id: &str) -> bool {
+        self.guests.read().is_ok_and(|g| g.contains_key(id))
     }
 
     /// Writes `guest` under its id.
@@ -150,7 +224,7 @@ impl Store {
             .guest_writes
             .lock()
             .map_err(|_| AgentError::Internal("guest lock poisoned".into()))?;
-        if only_new && self.guest(&guest.id).is_some() {
+        if only_new && self.has_guest(&guest.id) {
             return Ok(false);
         }
         let bytes = json(guest)?;
@@ -159,8 +233,9 @@ impl Store {
             .insert(guest.id.as_str(), bytes.as_slice())?;
         txn.commit()?;
         if let Ok(mut g) = self.guests.write() {
-            g.insert(guest.id.clone(), Arc::new(guest.clone()));
+            g.insert(guest.id.clone(), Bytes::from(bytes));
         }
+        self.invalidate_list();
         Ok(true)
     }
 
@@ -170,19 +245,24 @@ impl Store {
             .guest_writes
             .lock()
             .map_err(|_| AgentError::Internal("guest lock poisoned".into()))?;
+        let encoded = guests
+            .iter()
+            .map(|g| json(g).map(|b| (g.id.clone(), b)))
+            .collect::<Result<Vec<_>, _>>()?;
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(GUESTS)?;
-            for guest in guests {
-                table.insert(guest.id.as_str(), json(guest)?.as_slice())?;
+            for (id, bytes) in &encoded {
+                table.insert(id.as_str(), bytes.as_slice())?;
             }
         }
         txn.commit()?;
         if let Ok(mut g) = self.guests.write() {
-            for guest in guests {
-                g.insert(guest.id.clone(), Arc::new(guest.clone()));
+            for (id, bytes) in encoded {
+                g.insert(id, Bytes::from(bytes));
             }
         }
+        self.invalidate_list();
         Ok(())
     }
 
@@ -198,6 +278,7 @@ impl Store {
         if let Ok(mut g) = self.guests.write() {
             g.remove(id);
         }
+        self.invalidate_list();
         Ok(existed)
     }
 
@@ -513,6 +594,40 @@ mod tests {
         assert_eq!(s.jobs_in(JobStatus::Queued).unwrap().len(), 1);
         assert!(s.delete_guest("g1").unwrap());
         assert!(s.guest("g1").is_none());
+    }
+
+    #[test]
+    fn the_cached_guest_list_follows_every_change() {
+        let s = Store::open(&temp("list"), 10).unwrap();
+        assert_eq!(&s.guests_json().unwrap()[..], b"null\n");
+        let mut g = Guest {
+            id: "g1".into(),
+            memory: 1,
+            ..Guest::default()
+        };
+        s.put_guest(&g).unwrap();
+        assert_eq!(
+            &s.guests_json().unwrap()[..],
+            b"[{\"id\":\"g1\",\"memory\":1}]\n"
+        );
+        g.memory = 2;
+        s.put_guest(&g).unwrap();
+        assert_eq!(
+            &s.guests_json().unwrap()[..],
+            b"[{\"id\":\"g1\",\"memory\":2}]\n"
+        );
+        s.put_guests(&[Guest {
+            id: "g0".into(),
+            ..Guest::default()
+        }])
+        .unwrap();
+        assert_eq!(
+            &s.guests_json().unwrap()[..],
+            b"[{\"id\":\"g0\"},{\"id\":\"g1\",\"memory\":2}]\n"
+        );
+        s.delete_guest("g0").unwrap();
+        s.delete_guest("g1").unwrap();
+        assert_eq!(&s.guests_json().unwrap()[..], b"null\n");
     }
 
     #[test]

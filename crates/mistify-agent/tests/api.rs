@@ -6,68 +6,30 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{agent, fake, raw, wait_done, TempDir};
-use mistify_client::{Client, Guest, GuestAction, JobStatus, Nic};
+use common::{raw, wait_done, Setup};
+use mistify_client::{Guest, GuestAction, JobStatus, Nic};
 use serde_json::Value;
 
-struct Setup {
-    _dir: TempDir,
-    control: fake::Control,
-    _fake: mistify_rpc::RunningServer,
-    agent: mistify_e2e::Daemon,
-    client: Client,
-}
-
+/// The `status`, `suspend` and `resume` stages make the fake set the guest's state.
 async fn setup() -> Setup {
-    let dir = TempDir::new("api");
-    let control = fake::Control::default();
-    let server = fake::start(control.clone()).await;
-    let config = fake::config(
-        server.addr().port(),
+    common::setup(
+        "api",
         &[
             ("status", "state", "running"),
             ("suspend", "state", "paused"),
             ("resume", "state", "running"),
         ],
-    );
-    let agent = agent(&config, dir.path(), &dir.path().join("agent.redb"), &[]);
-    let client = Client::new(&agent.url()).unwrap();
-    Setup {
-        _dir: dir,
-        control,
-        _fake: server,
-        agent,
-        client,
-    }
-}
-
-async fn new_guest(s: &Setup, guest: Guest) -> Guest {
-    let accepted = s.client.create_guest(&guest).await.unwrap();
-    assert_eq!(accepted.status, 202);
-    let job = wait_done(&s.client, accepted.job_id.as_deref().unwrap()).await;
-    assert_eq!(job.status, JobStatus::Complete, "{job:?}");
-    accepted.body
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_and_cancel() {
     let s = setup().await;
-    let id = new_guest(&s, Guest::default()).await.id;
+    let id = s.new_guest(Guest::default()).await.id;
     s.control.close_gate();
-    let running = s
-        .client
-        .guest_action(&id, GuestAction::Reboot)
-        .await
-        .unwrap()
-        .job_id
-        .unwrap();
-    let queued = s
-        .client
-        .guest_action(&id, GuestAction::Shutdown)
-        .await
-        .unwrap()
-        .job_id
-        .unwrap();
+    let running = s.queue(&id, GuestAction::Reboot).await;
+    let queued = s.queue(&id, GuestAction::Shutdown).await;
 
     let start = Instant::now();
     let job = s
@@ -117,7 +79,7 @@ async fn long_poll_and_cancel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_resume_and_refresh() {
     let s = setup().await;
-    let id = new_guest(&s, Guest::default()).await.id;
+    let id = s.new_guest(Guest::default()).await.id;
     for (action, state) in [
         (GuestAction::Suspend, "paused"),
         (GuestAction::Resume, "running"),
@@ -152,29 +114,11 @@ async fn suspend_resume_and_refresh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_fails_the_jobs_queued_behind_it() {
     let s = setup().await;
-    let id = new_guest(&s, Guest::default()).await.id;
+    let id = s.new_guest(Guest::default()).await.id;
     s.control.close_gate();
-    let reboot = s
-        .client
-        .guest_action(&id, GuestAction::Reboot)
-        .await
-        .unwrap()
-        .job_id
-        .unwrap();
-    let delete = s
-        .client
-        .guest_action(&id, GuestAction::Delete)
-        .await
-        .unwrap()
-        .job_id
-        .unwrap();
-    let restart = s
-        .client
-        .guest_action(&id, GuestAction::Restart)
-        .await
-        .unwrap()
-        .job_id
-        .unwrap();
+    let reboot = s.queue(&id, GuestAction::Reboot).await;
+    let delete = s.queue(&id, GuestAction::Delete).await;
+    let restart = s.queue(&id, GuestAction::Restart).await;
     s.control.open_gate();
     assert_eq!(
         wait_done(&s.client, &reboot).await.status,
@@ -206,14 +150,12 @@ async fn nics_without_mac_get_a_derived_one_and_metadata_works_without_a_map() {
         mac: mac.into(),
         ..Nic::default()
     };
-    let guest = new_guest(
-        &s,
-        Guest {
+    let guest = s
+        .new_guest(Guest {
             nics: vec![nic(""), nic("52:54:00:00:00:01"), nic("")],
             ..Guest::default()
-        },
-    )
-    .await;
+        })
+        .await;
     let stored = s.client.get_guest(&guest.id).await.unwrap();
     let macs: Vec<&str> = stored.nics.iter().map(|n| n.mac.as_str()).collect();
     assert_eq!(macs[0], mistify_agent::agent::derived_mac(&guest.id, 0));
@@ -256,7 +198,7 @@ async fn nics_without_mac_get_a_derived_one_and_metadata_works_without_a_map() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_requests_name_the_right_entity() {
     let s = setup().await;
-    let id = new_guest(&s, Guest::default()).await.id;
+    let id = s.new_guest(Guest::default()).await.id;
     let base = s.agent.url();
     let (status, headers, _) = raw(
         "POST",
@@ -300,7 +242,7 @@ async fn snapshot_requests_name_the_right_entity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_details_metrics_and_openapi() {
     let s = setup().await;
-    let id = new_guest(&s, Guest::default()).await.id;
+    let id = s.new_guest(Guest::default()).await.id;
     let base = s.agent.url();
     let no_redirect = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -7,42 +7,13 @@ use common::{agent, fake, raw, wait_done, TempDir};
 use mistify_client::{Client, Guest, GuestAction, JobStatus};
 use serde_json::Value;
 
-struct Setup {
-    _dir: TempDir,
-    control: fake::Control,
-    _fake: mistify_rpc::RunningServer,
-    agent: mistify_e2e::Daemon,
-    client: Client,
-}
-
-async fn setup(args: &[(&str, &str, &str)]) -> Setup {
-    let dir = TempDir::new("bad-input");
-    let control = fake::Control::default();
-    let server = fake::start(control.clone()).await;
-    let config = fake::config(server.addr().port(), args);
-    let agent = agent(&config, dir.path(), &dir.path().join("agent.redb"), &[]);
-    let client = Client::new(&agent.url()).unwrap();
-    Setup {
-        _dir: dir,
-        control,
-        _fake: server,
-        agent,
-        client,
-    }
-}
-
-async fn new_guest(s: &Setup) -> String {
-    let accepted = s
-        .client
-        .create_guest(&Guest {
-            memory: 256,
-            ..Guest::default()
-        })
-        .await
-        .unwrap();
-    let job = wait_done(&s.client, accepted.job_id.as_deref().unwrap()).await;
-    assert_eq!(job.status, JobStatus::Complete, "{job:?}");
-    accepted.body.id
+async fn new_guest(s: &common::Setup) -> String {
+    s.new_guest(Guest {
+        memory: 256,
+        ..Guest::default()
+    })
+    .await
+    .id
 }
 
 fn message(body: &str) -> String {
@@ -53,7 +24,7 @@ fn message(body: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bodies_are_400_or_413_and_change_nothing() {
-    let s = setup(&[]).await;
+    let s = common::setup("bad-input", &[]).await;
     let base = s.agent.url();
     for (method, path, body) in [
         ("POST", "/guests", "{bad json"),
@@ -84,7 +55,7 @@ async fn malformed_bodies_are_400_or_413_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsafe_ids_and_names_are_400_without_a_sub_agent_call() {
-    let s = setup(&[]).await;
+    let s = common::setup("bad-input", &[]).await;
     let id = new_guest(&s).await;
     let base = s.agent.url();
     let calls_before = s.control.calls().len();
@@ -129,7 +100,7 @@ async fn unsafe_ids_and_names_are_400_without_a_sub_agent_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_things_are_404() {
-    let s = setup(&[]).await;
+    let s = common::setup("bad-input", &[]).await;
     let id = new_guest(&s).await;
     let base = s.agent.url();
     let unknown = "00000000-0000-0000-0000-000000000000";
@@ -169,7 +140,7 @@ async fn unknown_things_are_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_guest_id_is_409_and_keeps_the_guest() {
-    let s = setup(&[]).await;
+    let s = common::setup("bad-input", &[]).await;
     let id = new_guest(&s).await;
     let body = format!(r#"{{"id": "{id}", "memory": 999}}"#);
     let (status, _, text) = raw("POST", &format!("{}/guests", s.agent.url()), Some(&body)).await;
@@ -212,7 +183,7 @@ async fn a_sub_agent_that_is_down_is_502_and_fails_the_job_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_is_503_with_retry_after() {
-    let s = setup(&[]).await;
+    let s = common::setup("bad-input", &[]).await;
     let id = new_guest(&s).await;
     s.control.close_gate();
     // One job runs (held at the gate), 100 wait: the next is refused.
@@ -251,10 +222,13 @@ async fn a_full_queue_is_503_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_and_guestless_stages_fail_the_job_not_the_agent() {
-    let s = setup(&[
-        ("reboot", "fail", "the disk is on fire"),
-        ("restart", "null_guest", "1"),
-    ])
+    let s = common::setup(
+        "bad-input",
+        &[
+            ("reboot", "fail", "the disk is on fire"),
+            ("restart", "null_guest", "1"),
+        ],
+    )
     .await;
     let id = new_guest(&s).await;
     let a = s

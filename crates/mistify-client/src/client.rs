@@ -82,6 +82,8 @@ pub enum ClientError {
         body: ErrorBody,
         /// The raw text of the answer.
         text: String,
+        /// The agent's `Retry-After` (a full queue, a draining agent), if it sent one.
+        retry_after: Option<Duration>,
     },
 
     /// The agent answered 2xx but the body did not decode as the expected JSON.
@@ -118,6 +120,14 @@ impl ClientError {
             ClientError::Api { body, .. } => Cow::Borrowed(body.message.as_str()),
             ClientError::InvalidInput(m) => Cow::Borrowed(m.as_str()),
             other => Cow::Owned(other.to_string()),
+        }
+    }
+
+    /// How long the agent asked to wait before retrying (`Retry-After` of a 503).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Api { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 
@@ -338,7 +348,19 @@ fn describe(method: &Method, url: &Url) -> String {
 }
 
 /// Builds the [`ClientError::Api`] for a non-2xx answer.
-fn api_error(status: StatusCode, raw: &[u8]) -> ClientError {
+/// The `Retry-After` header in seconds, if present and numeric.
+fn retry_after_of(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+fn api_error(status: StatusCode, raw: &[u8], retry_after: Option<Duration>) -> ClientError {
     let code = status.as_u16();
     let text = String::from_utf8_lossy(raw).into_owned();
     let body = parse_error_body(raw)
@@ -361,6 +383,7 @@ fn api_error(status: StatusCode, raw: &[u8]) -> ClientError {
         status: code,
         body,
         text,
+        retry_after,
     }
 }
 
@@ -481,12 +504,13 @@ impl Client {
         };
         let status = response.status();
         let job_id = job_id_of(response.headers());
+        let retry_after = retry_after_of(response.headers());
         let body = match response.bytes().await {
             Ok(b) => b,
             Err(e) => return Err(Self::transport_or_timeout(what, e, timeout)),
         };
         if !status.is_success() {
-            return Err(api_error(status, &body));
+            return Err(api_error(status, &body, retry_after));
         }
         Ok(Reply {
             what,
@@ -853,12 +877,13 @@ impl Client {
         };
         let status = response.status();
         if !status.is_success() {
+            let retry_after = retry_after_of(response.headers());
             let body = match tokio::time::timeout(after, response.bytes()).await {
                 Err(_) => return Err(ClientError::Timeout { what, after }),
                 Ok(Err(e)) => return Err(Self::transport_or_timeout(what, e, after)),
                 Ok(Ok(b)) => b,
             };
-            return Err(api_error(status, &body));
+            return Err(api_error(status, &body, retry_after));
         }
         let job_id = job_id_of(response.headers());
         let content_length = response.content_length();
@@ -988,18 +1013,40 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_is_read_from_the_header() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after_of(&headers), None);
+        headers.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after_of(&headers), Some(Duration::from_secs(7)));
+        let e = api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            b"full",
+            retry_after_of(&headers),
+        );
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        headers.insert(
+            reqwest::header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after_of(&headers), None);
+    }
+
+    #[test]
     fn api_errors_from_json_and_text() {
         let e = api_error(
             StatusCode::NOT_FOUND,
             br#"{"message":"not found","code":404,"stack":[]}"#,
+            None,
         );
         assert_eq!(e.status(), Some(404));
         assert_eq!(e.message(), "not found");
         assert_eq!(e.to_string(), "agent answered 404: not found");
 
-        let e = api_error(StatusCode::INTERNAL_SERVER_ERROR, b"boom\n");
+        let e = api_error(StatusCode::INTERNAL_SERVER_ERROR, b"boom\n", None);
         match &e {
-            ClientError::Api { status, body, text } => {
+            ClientError::Api {
+                status, body, text, ..
+            } => {
                 assert_eq!(*status, 500);
                 assert_eq!(body, &ErrorBody::new(500, "boom"));
                 assert_eq!(text, "boom\n");
@@ -1008,11 +1055,11 @@ mod tests {
         }
 
         // A JSON value that is not an error body counts as text.
-        let e = api_error(StatusCode::BAD_REQUEST, br#"{"x":1}"#);
+        let e = api_error(StatusCode::BAD_REQUEST, br#"{"x":1}"#, None);
         assert_eq!(e.message(), r#"{"x":1}"#);
 
         // An empty body falls back to the reason phrase.
-        let e = api_error(StatusCode::INTERNAL_SERVER_ERROR, b"");
+        let e = api_error(StatusCode::INTERNAL_SERVER_ERROR, b"", None);
         assert_eq!(e.message(), "Internal Server Error");
     }
 

@@ -1,35 +1,10 @@
 //! The `mistify` binary against a real agent (`mistify-agent`) with the fake sub-agent
 //! `test-rpc-service` behind it, each test on its own free ports and its own store.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use mistify_e2e::{binary, example, free_port, workspace_root, Daemon};
+use mistify_e2e::{binary, example, free_port, workspace_root, Daemon, TempDir};
 use serde_json::Value;
-
-/// A temporary directory removed at drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "mistify-cli-{name}-{}-{}",
-            std::process::id(),
-            nanos()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn nanos() -> u128 {
     use std::time::{SystemTime, UNIX_EPOCH};

@@ -396,7 +396,9 @@ async fn text_500_is_an_api_error_with_the_text() {
     .await;
     let err = server.client().list_jobs(None).await.unwrap_err();
     match &err {
-        ClientError::Api { status, body, text } => {
+        ClientError::Api {
+            status, body, text, ..
+        } => {
             assert_eq!(*status, 500);
             assert_eq!(body.message, "sub-agent exploded");
             assert_eq!(body.code, 500);

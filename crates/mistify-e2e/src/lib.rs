@@ -3,7 +3,8 @@
 //!
 //! [`binary`] and [`example`] build the workspace's binaries and examples once per test
 //! process (`cargo build --workspace --bins --examples`, a quick no-op when they are up
-//! to date) and return their paths under `target/`. [`Daemon`] runs one as a child
+//! to date) and return their paths under `target/`; with `MISTIFY_E2E_PREBUILT` set they
+//! only look (the caller built what it needs). [`Daemon`] runs one as a child
 //! process that is killed when the test ends. [`free_port`] picks a free loopback port.
 
 pub mod recorded;
@@ -47,6 +48,10 @@ fn build_once() -> &'static Result<PathBuf, String> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT.get_or_init(|| {
         let profile = profile_dir();
+        // Set by a caller that built what it needs itself (e.g. a benchmark of one crate).
+        if std::env::var_os("MISTIFY_E2E_PREBUILT").is_some() {
+            return Ok(profile);
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
         let mut cmd = Command::new(cargo);
         cmd.arg("build")
@@ -105,6 +110,39 @@ pub fn skipped(suite: &str) -> bool {
         eprintln!("SKIPPED: suite {suite:?} (MISTIFY_SKIP={skip})");
     }
     hit
+}
+
+/// A fresh directory under the system temp dir, removed with everything in it on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// `<tmp>/mistify-<name>-<pid>-<unique>`.
+    ///
+    /// # Panics
+    /// When the directory cannot be created: the test cannot run.
+    pub fn new(name: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("mistify-{name}-{}-{n}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A port that was free on 127.0.0.1 a moment ago.

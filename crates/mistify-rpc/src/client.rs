@@ -208,6 +208,7 @@ impl Client {
         Service {
             inner: Arc::new(ServiceInner {
                 name: name.into(),
+                parsed: reqwest::Url::parse(&url).ok(),
                 url,
                 limit: config.max_pending.map(|n| Arc::new(Semaphore::new(n))),
                 config,
@@ -227,6 +228,8 @@ impl Default for Client {
 struct ServiceInner {
     name: String,
     url: String,
+    /// `url` parsed once (an unparsable URL is reported by the first call).
+    parsed: Option<reqwest::Url>,
     config: ServiceConfig,
     limit: Option<Arc<Semaphore>>,
 }
@@ -324,6 +327,14 @@ impl Service {
         }
     }
 
+    /// The parsed endpoint URL, or a transport error naming the bad URL.
+    fn target(&self, method: &str) -> Result<reqwest::Url, RpcError> {
+        self.inner
+            .parsed
+            .clone()
+            .ok_or_else(|| self.error(method)(format!("invalid service URL {:?}", self.inner.url)))
+    }
+
     async fn permit(&self) -> Option<OwnedSemaphorePermit> {
         match &self.inner.limit {
             // The semaphore is never closed, so acquiring only waits.
@@ -379,7 +390,7 @@ impl Service {
         let _permit = self.permit().await;
         let response = self
             .http
-            .post(&self.inner.url)
+            .post(self.target(method)?)
             .header(CONTENT_TYPE, "application/json")
             .body(body)
             .send()
@@ -443,7 +454,7 @@ impl Service {
         let permit = self.permit().await;
         let send = self
             .http
-            .post(&self.inner.url)
+            .post(self.target(&what)?)
             .header(CONTENT_TYPE, "application/json")
             .body(body)
             .send();

@@ -375,3 +375,16 @@ async fn stream_calls_pass_status_and_bytes_through() {
     assert!(start.elapsed() < idle + Duration::from_secs(2));
     assert!(stream.body.next().await.is_none());
 }
+
+#[tokio::test]
+async fn an_invalid_service_url_is_a_transport_error_naming_it() {
+    let service = Client::new().service("bad", ServiceConfig::url("not a url"));
+    let err = service
+        .call::<_, GuestResponse>("Bad.Run", &guest_request("g"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RpcError::Transport { .. }), "{err:?}");
+    assert!(err.to_string().contains("not a url"), "{err}");
+    let err = service.stream(&serde_json::json!({})).await.unwrap_err();
+    assert!(err.to_string().contains("invalid service URL"), "{err}");
+}

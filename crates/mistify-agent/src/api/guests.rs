@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use mistify_client::{Guest, JobStatus};
 use serde_json::Value;
 
@@ -26,14 +26,18 @@ pub fn load(agent: &Agent, id: &str) -> Result<(Arc<Guest>, Arc<Runner>), AgentE
     Ok((guest, runner))
 }
 
-pub async fn list(State(agent): State<AppState>) -> Response {
-    let guests = agent.store.guests();
-    if guests.is_empty() {
-        // A Go nil slice: `null`, as the original answered.
-        return json_response(StatusCode::OK, &Value::Null);
-    }
-    let guests: Vec<&Guest> = guests.iter().map(|g| &**g).collect();
-    json_response(StatusCode::OK, &guests)
+/// Every guest (`null` when there is none, a Go nil slice, as the original answered).
+pub async fn list(State(agent): State<AppState>) -> Result<Response, AgentError> {
+    let body = agent.store.guests_json()?;
+    Ok((
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 pub async fn get_one(

@@ -115,11 +115,7 @@ async fn strict_slash(request: Request, next: Next) -> Response {
 /// Counts requests by route template and status; answers 503 to changes while the
 /// agent drains.
 async fn count_and_gate(State(agent): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
     let response = if agent.is_draining() && method != Method::GET && method != Method::HEAD {
         AgentError::Unavailable {
@@ -130,9 +126,13 @@ async fn count_and_gate(State(agent): State<AppState>, request: Request, next: N
     } else {
         next.run(request).await
     };
+    let route = route
+        .as_ref()
+        .map(MatchedPath::as_str)
+        .unwrap_or("unmatched");
     agent
         .metrics
-        .request(method.as_str(), &route, response.status().as_u16());
+        .request(method.as_str(), route, response.status().as_u16());
     response
 }
 

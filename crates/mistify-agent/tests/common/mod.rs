@@ -2,42 +2,12 @@
 //! at it, and the agent binary on free ports with its own store.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use mistify_e2e::{binary, example, free_port, Daemon};
 use serde_json::Value;
 
-/// A temporary directory removed at drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "mistify-agent-{name}-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn rand_suffix() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0)
-}
+pub use mistify_e2e::TempDir;
 
 /// The recorded test configuration with its services moved to `port`.
 pub fn test_config(port: u16) -> Value {
@@ -73,7 +43,9 @@ pub fn fake_subagent() -> Daemon {
 
 /// The agent with `config`, its store at `db`.
 pub fn agent(config: &Value, dir: &Path, db: &Path, extra: &[&str]) -> Daemon {
-    let file = dir.join(format!("agent-{}.json", rand_suffix()));
+    static CONFIGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CONFIGS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let file = dir.join(format!("agent-{n}.json"));
     std::fs::write(&file, config.to_string()).expect("config");
     let port = free_port();
     let mut args = vec![
@@ -293,4 +265,51 @@ pub async fn raw(
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     (status, headers, resp.text().await.expect("body"))
+}
+
+/// An agent with the in-process fake behind it, and a REST client of the agent.
+pub struct Setup {
+    pub dir: TempDir,
+    pub control: fake::Control,
+    pub fake: mistify_rpc::RunningServer,
+    pub agent: Daemon,
+    pub client: mistify_client::Client,
+}
+
+/// [`Setup`] with `fake::config(port, args)`.
+pub async fn setup(name: &str, args: &[(&str, &str, &str)]) -> Setup {
+    let dir = TempDir::new(name);
+    let control = fake::Control::default();
+    let fake = fake::start(control.clone()).await;
+    let config = fake::config(fake.addr().port(), args);
+    let agent = agent(&config, dir.path(), &dir.path().join("agent.redb"), &[]);
+    let client = mistify_client::Client::new(&agent.url()).expect("client");
+    Setup {
+        dir,
+        control,
+        fake,
+        agent,
+        client,
+    }
+}
+
+impl Setup {
+    /// Creates `guest`, waits for the create job to complete, returns the 202 body.
+    pub async fn new_guest(&self, guest: mistify_client::Guest) -> mistify_client::Guest {
+        let accepted = self.client.create_guest(&guest).await.expect("create");
+        assert_eq!(accepted.status, 202);
+        let job = wait_done(&self.client, accepted.job_id.as_deref().expect("job id")).await;
+        assert_eq!(job.status, mistify_client::JobStatus::Complete, "{job:?}");
+        accepted.body
+    }
+
+    /// Queues `action` on guest `id`; the job id.
+    pub async fn queue(&self, id: &str, action: mistify_client::GuestAction) -> String {
+        self.client
+            .guest_action(id, action)
+            .await
+            .expect("guest action")
+            .job_id
+            .expect("job id")
+    }
 }

@@ -1,0 +1,501 @@
+//! [`Hypervisor`] (§1.3, §3.5): a physical host, its subnet and guest links, its
+//! configuration and liveness, and the identity of the host we run on.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use etcd_client::Txn;
+use serde::Serialize;
+
+use crate::codec::{canonicalize, new_id, ser_ip, ser_mac, Mac, Obj};
+use crate::context::{backoff, build_trees, txn_get, Context, Kv, HYPERVISORS, MAX_ATTEMPTS};
+use crate::error::{Error, Result};
+use crate::flavor::Resources;
+use crate::subnet::Subnet;
+
+/// A physical host running a mistify agent.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hypervisor {
+    #[serde(skip)]
+    ctx: Context,
+    /// Lower-case UUID (also the host's hostname).
+    pub id: String,
+    /// Free-form key/values.
+    pub metadata: BTreeMap<String, String>,
+    /// Management address; the agent is reached there.
+    #[serde(serialize_with = "ser_ip")]
+    pub ip: Option<IpAddr>,
+    /// Netmask, stored as an address (`255.255.255.0`).
+    #[serde(serialize_with = "ser_ip")]
+    pub netmask: Option<IpAddr>,
+    /// Default gateway.
+    #[serde(serialize_with = "ser_ip")]
+    pub gateway: Option<IpAddr>,
+    /// MAC of the management interface.
+    #[serde(serialize_with = "ser_mac")]
+    pub mac: Option<Mac>,
+    /// What the host offers to guests.
+    pub total_resources: Resources,
+    /// What is left after the guests' flavors.
+    pub available_resources: Resources,
+    #[serde(skip)]
+    subnets: BTreeMap<String, String>,
+    #[serde(skip)]
+    guests: Vec<String>,
+    #[serde(skip)]
+    config: BTreeMap<String, String>,
+    #[serde(skip)]
+    alive: bool,
+    #[serde(skip)]
+    mod_revision: i64,
+    /// The metadata JSON as last read or written (what `mod_revision` refers to).
+    #[serde(skip)]
+    stored: Arc<[u8]>,
+}
+
+fn resources(o: Option<Obj>) -> Result<Resources> {
+    let mut r = Resources::default();
+    if let Some(o) = o {
+        r.apply(&o)?;
+    }
+    Ok(r)
+}
+
+impl Hypervisor {
+    fn blank(ctx: &Context, id: String) -> Hypervisor {
+        Hypervisor {
+            ctx: ctx.clone(),
+            id,
+            metadata: BTreeMap::new(),
+            ip: None,
+            netmask: None,
+            gateway: None,
+            mac: None,
+            total_resources: Resources::default(),
+            available_resources: Resources::default(),
+            subnets: BTreeMap::new(),
+            guests: Vec::new(),
+            config: BTreeMap::new(),
+            alive: false,
+            mod_revision: 0,
+            stored: Arc::from(&[][..]),
+        }
+    }
+
+    pub(crate) fn prefix(id: &str) -> String {
+        format!("{HYPERVISORS}{id}/")
+    }
+
+    pub(crate) fn metadata_key(id: &str) -> String {
+        format!("{HYPERVISORS}{id}/metadata")
+    }
+
+    /// Key of the heartbeat of hypervisor `id`.
+    pub fn heartbeat_key(id: &str) -> String {
+        format!("{HYPERVISORS}{id}/heartbeat")
+    }
+
+    pub(crate) fn guest_key(id: &str, guest: &str) -> String {
+        format!("{HYPERVISORS}{id}/guests/{guest}")
+    }
+
+    pub(crate) fn subnet_key(id: &str, subnet: &str) -> String {
+        format!("{HYPERVISORS}{id}/subnets/{subnet}")
+    }
+
+    /// The context this hypervisor was loaded with.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Applies a JSON document with the merge rules: a field overwrites only when present
+    /// and non-empty; both resource objects are always replaced (absent → zeros). On any
+    /// error nothing changes.
+    pub fn decode_json(&mut self, data: &[u8]) -> Result<()> {
+        let o = Obj::parse(data)?;
+        let id = o.string("id")?.filter(|s| !s.is_empty());
+        let metadata = o.map("metadata")?;
+        let ip = o.ip("ip")?;
+        let netmask = o.ip("netmask")?;
+        let gateway = o.ip("gateway")?;
+        let mac = o.mac("mac")?;
+        let total = resources(o.obj("total_resources")?)?;
+        let available = resources(o.obj("available_resources")?)?;
+        if let Some(v) = id {
+            self.id = v;
+        }
+        if let Some(v) = metadata {
+            self.metadata = v;
+        }
+        self.ip = ip.or(self.ip);
+        self.netmask = netmask.or(self.netmask);
+        self.gateway = gateway.or(self.gateway);
+        if mac.is_some() {
+            self.mac = mac;
+        }
+        self.total_resources = total;
+        self.available_resources = available;
+        Ok(())
+    }
+
+    /// Checks the id.
+    pub fn validate(&self) -> Result<()> {
+        if self.id.is_empty() {
+            return Err(Error::Invalid("no id".into()));
+        }
+        canonicalize(&self.id)
+            .map(|_| ())
+            .map_err(|_| Error::Invalid("invalid id".into()))
+    }
+
+    /// Subnet id → bridge name, as of the last load plus local changes.
+    pub fn subnets(&self) -> &BTreeMap<String, String> {
+        &self.subnets
+    }
+
+    /// Ids of the guests placed here, as of the last load plus local changes.
+    pub fn guests(&self) -> &[String] {
+        &self.guests
+    }
+
+    /// Per-hypervisor configuration, as of the last load plus local changes.
+    pub fn config(&self) -> &BTreeMap<String, String> {
+        &self.config
+    }
+
+    /// Whether the heartbeat key was present when this copy was loaded.
+    pub fn is_alive(&self) -> bool {
+        self.alive
+    }
+
+    /// Validates and writes the hypervisor with compare-and-swap on its revision.
+    pub async fn save(&mut self) -> Result<()> {
+        self.validate()?;
+        self.id = canonicalize(&self.id)?;
+        let key = Hypervisor::metadata_key(&self.id);
+        let json = self.to_json();
+        self.mod_revision = self
+            .ctx
+            .cas_put(&key, json.clone(), self.mod_revision)
+            .await?;
+        self.stored = Arc::from(json.as_bytes());
+        Ok(())
+    }
+
+    pub(crate) fn from_keys(ctx: &Context, id: &str, items: &[(String, Kv)]) -> Result<Hypervisor> {
+        let mut h = Hypervisor::blank(ctx, id.to_string());
+        let mut found = false;
+        for (tail, kv) in items {
+            if tail == "metadata" {
+                h.decode_json(&kv.value)?;
+                h.mod_revision = kv.mod_revision;
+                h.stored = Arc::from(kv.value.as_slice());
+                found = true;
+            } else if tail == "heartbeat" {
+                h.alive = true;
+            } else if let Some(s) = tail.strip_prefix("subnets/") {
+                h.subnets.insert(s.to_string(), kv.text());
+            } else if let Some(g) = tail.strip_prefix("guests/") {
+                h.guests.push(g.to_string());
+            } else if let Some(c) = tail.strip_prefix("config/") {
+                h.config.insert(c.to_string(), kv.text());
+            }
+        }
+        if !found {
+            return Err(Error::NotFound(Hypervisor::metadata_key(id)));
+        }
+        h.id = id.to_string();
+        Ok(h)
+    }
+
+    /// Reloads the hypervisor with its links, configuration and liveness in one ranged
+    /// read.
+    pub async fn refresh(&mut self) -> Result<()> {
+        let prefix = Hypervisor::prefix(&self.id);
+        let items = self.ctx.get_tree(&prefix).await?;
+        *self = Hypervisor::from_keys(&self.ctx, &self.id, &items)?;
+        Ok(())
+    }
+
+    /// Sets a configuration key of this hypervisor; an empty value deletes it.
+    pub async fn set_config(&mut self, key: &str, value: &str) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::Invalid("empty config key".into()));
+        }
+        let rel = format!("{}config/{key}", Hypervisor::prefix(&self.id));
+        let mut kv = self.ctx.kv();
+        if value.is_empty() {
+            kv.delete(self.ctx.abs(&rel), None).await?;
+            self.config.remove(key);
+        } else {
+            kv.put(self.ctx.abs(&rel), value, None).await?;
+            self.config.insert(key.to_string(), value.to_string());
+        }
+        Ok(())
+    }
+
+    /// Links `subnet` to this hypervisor through `bridge`; both must exist (checked in the
+    /// same transaction as the write).
+    pub async fn add_subnet(&mut self, subnet: &Subnet, bridge: &str) -> Result<()> {
+        if bridge.is_empty() {
+            return Err(Error::Invalid("empty bridge name".into()));
+        }
+        let ctx = &self.ctx;
+        let hmeta = Hypervisor::metadata_key(&self.id);
+        let smeta = Subnet::metadata_key(&subnet.id);
+        let txn = Txn::new()
+            .when(vec![ctx.cmp_present(&hmeta), ctx.cmp_present(&smeta)])
+            .and_then(vec![
+                ctx.op_put(&Hypervisor::subnet_key(&self.id, &subnet.id), bridge)
+            ])
+            .or_else(vec![ctx.op_get(&hmeta)]);
+        let resp = ctx.commit(txn).await?;
+        if !resp.succeeded() {
+            return Err(Error::NotFound(
+                if txn_get(ctx, &resp.op_responses(), 0).is_empty() {
+                    hmeta
+                } else {
+                    smeta
+                },
+            ));
+        }
+        self.subnets.insert(subnet.id.clone(), bridge.to_string());
+        Ok(())
+    }
+
+    /// Unlinks `subnet` (a missing link is fine).
+    pub async fn remove_subnet(&mut self, subnet: &Subnet) -> Result<()> {
+        self.ctx
+            .kv()
+            .delete(
+                self.ctx.abs(&Hypervisor::subnet_key(&self.id, &subnet.id)),
+                None,
+            )
+            .await?;
+        self.subnets.remove(&subnet.id);
+        Ok(())
+    }
+
+    /// Deletes the hypervisor and everything under its key (links, configuration,
+    /// heartbeat) in one transaction guarded by its revision. Refused while guests are
+    /// placed on it (checked against etcd, not only this copy).
+    pub async fn destroy(&mut self) -> Result<()> {
+        if !self.guests.is_empty() {
+            return Err(Error::Refused("not empty".into()));
+        }
+        if self.mod_revision == 0 {
+            return Err(Error::Invalid("not persisted".into()));
+        }
+        let ctx = &self.ctx;
+        let guests = format!("{}guests/", Hypervisor::prefix(&self.id));
+        let hmeta = Hypervisor::metadata_key(&self.id);
+        let txn = Txn::new()
+            .when(vec![
+                ctx.cmp_rev(&hmeta, self.mod_revision),
+                ctx.cmp_prefix_empty(&guests),
+            ])
+            .and_then(vec![ctx.op_delete_prefix(&Hypervisor::prefix(&self.id))])
+            .or_else(vec![ctx.op_get_prefix(&guests)]);
+        let resp = ctx.commit(txn).await?;
+        if !resp.succeeded() {
+            if !txn_get(ctx, &resp.op_responses(), 0).is_empty() {
+                return Err(Error::Refused("not empty".into()));
+            }
+            return Err(Error::Conflict(format!(
+                "{hmeta} was changed since it was read"
+            )));
+        }
+        self.mod_revision = 0;
+        Ok(())
+    }
+
+    /// Fails with [`Error::NotThisHypervisor`] unless [`hypervisor_id`] is this
+    /// hypervisor's id: for code that must run on the host itself.
+    pub fn verify_on_hv(&self) -> Result<()> {
+        if hypervisor_id() == self.id {
+            Ok(())
+        } else {
+            Err(Error::NotThisHypervisor)
+        }
+    }
+
+    /// Recomputes total and available resources from the host and the guests' flavors
+    /// and saves them, re-reading and retrying when the hypervisor was changed
+    /// concurrently. See [`crate::heartbeat::host_resources`] for the host side.
+    pub async fn update_resources(&mut self) -> Result<()> {
+        let dir = self
+            .config
+            .get("guestDiskDir")
+            .cloned()
+            .unwrap_or_else(|| crate::heartbeat::DEFAULT_GUEST_DISK_DIR.to_string());
+        self.update_resources_with(&dir).await
+    }
+
+    /// [`Hypervisor::update_resources`] with the guest-disk directory given explicitly.
+    pub async fn update_resources_with(&mut self, guest_disk_dir: &str) -> Result<()> {
+        let total = crate::heartbeat::host_resources(guest_disk_dir)?;
+        for attempt in 0..MAX_ATTEMPTS {
+            self.refresh().await?;
+            let used = crate::heartbeat::guests_usage(&self.ctx, &self.guests).await?;
+            self.total_resources = total;
+            self.available_resources = total.saturating_sub(&used);
+            match self.save().await {
+                Ok(()) => return Ok(()),
+                Err(Error::Conflict(_)) => backoff(attempt).await,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::TooManyConflicts {
+            what: format!("update resources of {}", self.id),
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    pub(crate) fn push_guest(&mut self, guest: &str) {
+        if !self.guests.iter().any(|g| g == guest) {
+            self.guests.push(guest.to_string());
+        }
+    }
+
+    pub(crate) fn drop_guest(&mut self, guest: &str) {
+        self.guests.retain(|g| g != guest);
+    }
+
+    pub(crate) fn drop_subnet(&mut self, subnet: &str) {
+        self.subnets.remove(subnet);
+    }
+
+    pub(crate) fn set_alive(&mut self, alive: bool) {
+        self.alive = alive;
+    }
+
+    pub(crate) fn set_revision(&mut self, rev: i64) {
+        self.mod_revision = rev;
+    }
+
+    /// The metadata as stored at [`Hypervisor::revision`] (this copy when never stored),
+    /// without this copy's unsaved changes.
+    pub(crate) fn stored_metadata(&self) -> Result<Hypervisor> {
+        if self.stored.is_empty() {
+            return Ok(self.clone());
+        }
+        let mut h = Hypervisor::blank(&self.ctx, self.id.clone());
+        h.decode_json(&self.stored)?;
+        h.id = self.id.clone();
+        h.mod_revision = self.mod_revision;
+        h.stored = self.stored.clone();
+        Ok(h)
+    }
+
+    /// Marks this copy's JSON as what is stored (after a transaction wrote it).
+    pub(crate) fn save_stored(&mut self) {
+        self.stored = Arc::from(self.to_json().as_bytes());
+    }
+
+    /// Takes the stored metadata (revision, resources, stored JSON) of `fresh`, keeping
+    /// this copy's other fields.
+    pub(crate) fn take_stored(&mut self, fresh: &Hypervisor) {
+        self.mod_revision = fresh.mod_revision;
+        self.total_resources = fresh.total_resources;
+        self.available_resources = fresh.available_resources;
+        self.stored = fresh.stored.clone();
+    }
+
+    pub(crate) fn insert_subnet(&mut self, subnet: &str, bridge: &str) {
+        self.subnets.insert(subnet.to_string(), bridge.to_string());
+    }
+
+    /// Takes the links, configuration and liveness of `old` (a copy whose metadata was
+    /// replaced by a watch event).
+    pub(crate) fn absorb_links(&mut self, old: Hypervisor) {
+        self.subnets = old.subnets;
+        self.guests = old.guests;
+        self.config = old.config;
+        self.alive = old.alive;
+    }
+}
+
+impl Context {
+    /// A new hypervisor with a fresh id (not saved).
+    pub fn new_hypervisor(&self) -> Hypervisor {
+        Hypervisor::blank(self, new_id())
+    }
+
+    /// Loads hypervisor `id` with its links, configuration and liveness.
+    pub async fn hypervisor(&self, id: &str) -> Result<Hypervisor> {
+        let mut h = Hypervisor::blank(self, canonicalize(id)?);
+        h.refresh().await?;
+        Ok(h)
+    }
+
+    /// Every hypervisor, fully loaded, from one ranged read. Broken entries (no or
+    /// undecodable metadata) are skipped with a warning instead of failing the listing.
+    pub async fn hypervisors(&self) -> Result<Vec<Hypervisor>> {
+        Ok(hypervisors_from(self, self.get_prefix(HYPERVISORS).await?))
+    }
+
+    /// Calls `f` for every hypervisor (see [`Context::hypervisors`]); stops at the first
+    /// error `f` returns.
+    pub async fn for_each_hypervisor<F: FnMut(Hypervisor) -> Result<()>>(
+        &self,
+        mut f: F,
+    ) -> Result<()> {
+        for h in self.hypervisors().await? {
+            f(h)?;
+        }
+        Ok(())
+    }
+
+    /// The first hypervisor (in key order) for which `pred` is true.
+    pub async fn first_hypervisor<F: FnMut(&Hypervisor) -> bool>(
+        &self,
+        mut pred: F,
+    ) -> Result<Option<Hypervisor>> {
+        Ok(self.hypervisors().await?.into_iter().find(|h| pred(h)))
+    }
+}
+
+pub(crate) fn hypervisors_from(ctx: &Context, kvs: Vec<Kv>) -> Vec<Hypervisor> {
+    build_trees(HYPERVISORS, kvs, |id, items| {
+        Hypervisor::from_keys(ctx, id, items)
+    })
+}
+
+static HYPERVISOR_ID: RwLock<String> = RwLock::new(String::new());
+
+/// Sets the process-wide id of the hypervisor we run on. An empty `id` falls back to
+/// `$HYPERVISOR_ID`, then to the hostname; the result must be a UUID and is stored
+/// lower-cased. On error the previous value is kept.
+pub fn set_hypervisor_id(id: &str) -> Result<String> {
+    let mut candidate = id.to_string();
+    if candidate.is_empty() {
+        candidate = std::env::var("HYPERVISOR_ID").unwrap_or_default();
+    }
+    if candidate.is_empty() {
+        candidate = hostname();
+    }
+    if candidate.is_empty() {
+        return Err(Error::NoHypervisorId);
+    }
+    let id = canonicalize(&candidate)?;
+    let mut guard = HYPERVISOR_ID.write().unwrap_or_else(|p| p.into_inner());
+    *guard = id.clone();
+    Ok(id)
+}
+
+/// The process-wide hypervisor id (empty until [`set_hypervisor_id`] succeeded).
+pub fn hypervisor_id() -> String {
+    HYPERVISOR_ID
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+crate::codec::stored_entity!(Hypervisor, "§1.3");

@@ -1,0 +1,102 @@
+//! lochness: the controller library of a mistify cluster, over etcd v3.
+//!
+//! Controllers link this crate to keep the cluster's model — [`Hypervisor`]s,
+//! [`Subnet`]s and their addresses, [`Network`]s, [`Flavor`]s, firewall groups
+//! ([`FwGroup`]), [`Guest`]s, [`Vlan`]s and [`VlanGroup`]s — and to place guests on
+//! agents. Everything lives in etcd under `lochness/…` (optionally below a [`Context`]
+//! prefix), in the key layout and JSON of the Go original, so existing tools keep reading
+//! it.
+//!
+//! What the port adds:
+//! - every entity's `save` is a compare-and-swap on its metadata key's `mod_revision`
+//!   (create-only when new); a stale copy gets [`Error::Conflict`];
+//! - every multi-key change (placing a guest, moving a subnet between networks, linking
+//!   VLANs, destroying an entity with its links) is **one etcd transaction** with revision
+//!   compares, retried with fresh state when it loses a race on shared state — all keys
+//!   change or none;
+//! - IPv4 addresses are handed out from a per-subnet index (`lochness/subnets/<id>/alloc`)
+//!   updated in the same transaction as the per-address keys; network, broadcast and
+//!   gateway addresses are never handed out;
+//! - listings are one ranged read; heartbeats are leases ([`Context::heartbeat`]);
+//!   placement works on a [`ClusterView`] a placer can keep current with a
+//!   [`Context::watch`].
+//!
+//! # Example
+//!
+//! A network with a subnet, a live hypervisor bridged onto it, and one guest placed on
+//! the best candidate (the same code is `examples/quickstart.rs`, which the test suite
+//! runs against a real etcd):
+//!
+//! ```no_run
+//! use lochness::{Context, Resources, DEFAULT_CANDIDATE_FUNCTIONS};
+//!
+//! # async fn demo() -> lochness::Result<()> {
+//! let ctx = Context::new(&["http://127.0.0.1:2379"], None).await?;
+//!
+//! let mut network = ctx.new_network();
+//! network.save().await?;
+//! let mut subnet = ctx.new_subnet();
+//! subnet.cidr = Some(lochness::codec::parse_cidr("192.168.100.0/24")?);
+//! subnet.start_range = lochness::codec::parse_ip("192.168.100.10")?;
+//! subnet.end_range = lochness::codec::parse_ip("192.168.100.200")?;
+//! subnet.gateway = lochness::codec::parse_ip("192.168.100.1")?;
+//! subnet.save().await?;
+//! network.add_subnet(&mut subnet).await?;
+//!
+//! let mut hv = ctx.new_hypervisor();
+//! hv.ip = lochness::codec::parse_ip("10.0.0.5")?;
+//! hv.total_resources = Resources { memory: 16384, disk: 1 << 20, cpu: 16 };
+//! hv.available_resources = hv.total_resources;
+//! hv.save().await?;
+//! hv.add_subnet(&subnet, "br0").await?;
+//! let _beat = ctx.heartbeat(&hv.id, std::time::Duration::from_secs(10)).await?;
+//!
+//! let mut flavor = ctx.new_flavor();
+//! flavor.image = "debian-12".into();
+//! flavor.resources = Resources { memory: 512, disk: 4096, cpu: 1 };
+//! flavor.save().await?;
+//!
+//! let mut guest = ctx.new_guest();
+//! guest.flavor = flavor.id.clone();
+//! guest.network = network.id.clone();
+//! let mut host = guest.candidates(&DEFAULT_CANDIDATE_FUNCTIONS).await?.remove(0);
+//! host.add_guest(&mut guest).await?; // address, link and guest: one transaction
+//! assert_eq!(guest.ip.map(|ip| ip.to_string()).as_deref(), Some("192.168.100.10"));
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod codec;
+pub mod context;
+pub mod error;
+pub mod flavor;
+pub mod fwgroup;
+pub mod guest;
+pub mod heartbeat;
+pub mod hypervisor;
+pub mod network;
+pub mod placement;
+pub mod subnet;
+pub mod vlan;
+pub mod watch;
+
+pub use agent::{Agent, MistifyAgent};
+pub use codec::{canonicalize, Mac};
+pub use context::Context;
+pub use error::{Error, Result};
+pub use flavor::{Flavor, Resources};
+pub use fwgroup::{FwGroup, FwRule};
+pub use guest::Guest;
+pub use heartbeat::Heartbeat;
+pub use hypervisor::{hypervisor_id, set_hypervisor_id, Hypervisor};
+pub use network::Network;
+pub use placement::{
+    candidate_has_resources, candidate_has_subnet, candidate_is_alive, candidate_randomize,
+    CandidateFunction, ClusterView, DEFAULT_CANDIDATE_FUNCTIONS,
+};
+pub use subnet::{AllocIndex, Subnet};
+pub use vlan::{Vlan, VlanGroup};
+pub use watch::{ChangeKind, EntityKind, WatchEvent, Watcher};

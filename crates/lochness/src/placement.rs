@@ -1,0 +1,294 @@
+//! Candidate selection (§3.8) over a [`ClusterView`]: an in-memory picture of
+//! hypervisors, networks, subnets and flavors that a placer loads with one read and can
+//! keep current from a watch ([`ClusterView::apply`]). The view may be stale; the
+//! transaction of [`Hypervisor::add_guest`] compares what matters and retries or fails.
+
+use std::collections::BTreeMap;
+
+use etcd_client::Txn;
+use rand::seq::SliceRandom;
+
+use crate::context::{
+    group_by_id, revision, txn_get, Context, Kv, FLAVORS, HYPERVISORS, NETWORKS, SUBNETS,
+};
+use crate::error::{Error, Result};
+use crate::flavor::{Flavor, Resources};
+use crate::guest::Guest;
+use crate::hypervisor::{hypervisors_from, Hypervisor};
+use crate::subnet::{AllocIndex, Subnet};
+
+/// A filter over candidate hypervisors for a guest.
+pub type CandidateFunction =
+    for<'a> fn(&Guest, &'a ClusterView, Vec<&'a Hypervisor>) -> Result<Vec<&'a Hypervisor>>;
+
+/// The default filters, in the spec's order: alive, has a subnet with a free address,
+/// has the resources, then shuffled.
+pub const DEFAULT_CANDIDATE_FUNCTIONS: [CandidateFunction; 4] = [
+    candidate_is_alive,
+    candidate_has_subnet,
+    candidate_has_resources,
+    candidate_randomize,
+];
+
+/// What placement needs to know about the cluster, as of [`ClusterView::revision`].
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    /// Hypervisors by id, with links and liveness.
+    pub hypervisors: BTreeMap<String, Hypervisor>,
+    /// Network id → its subnet ids.
+    pub networks: BTreeMap<String, Vec<String>>,
+    /// Subnets by id with their allocation index.
+    pub subnets: BTreeMap<String, (Option<Subnet>, AllocIndex)>,
+    /// Flavor id → resources.
+    pub flavors: BTreeMap<String, Resources>,
+    /// The etcd revision the view reflects (watch from `revision + 1` to keep it current).
+    pub revision: i64,
+}
+
+fn items(prefix: &str, kvs: Vec<Kv>) -> Vec<(String, Vec<(String, Kv)>)> {
+    group_by_id(prefix, kvs)
+}
+
+impl ClusterView {
+    /// Loads the view with one read-only transaction (four ranged reads).
+    pub async fn load(ctx: &Context) -> Result<ClusterView> {
+        let txn = Txn::new().and_then(vec![
+            ctx.op_get_prefix(HYPERVISORS),
+            ctx.op_get_prefix(NETWORKS),
+            ctx.op_get_prefix(SUBNETS),
+            ctx.op_get_prefix(FLAVORS),
+        ]);
+        let resp = ctx.txn(txn).await?;
+        let rev = revision(&resp);
+        let r = resp.op_responses();
+        let mut view = ClusterView {
+            revision: rev,
+            ..ClusterView::default()
+        };
+        for h in hypervisors_from(ctx, txn_get(ctx, &r, 0)) {
+            view.hypervisors.insert(h.id.clone(), h);
+        }
+        for (id, its) in items(NETWORKS, txn_get(ctx, &r, 1)) {
+            let subnets = its
+                .iter()
+                .filter_map(|(t, _)| t.strip_prefix("subnets/"))
+                .map(str::to_string)
+                .collect();
+            view.networks.insert(id, subnets);
+        }
+        for (id, its) in items(SUBNETS, txn_get(ctx, &r, 2)) {
+            let subnet = match Subnet::from_keys(ctx, &id, &its) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(subnet = %id, error = %e, "skipping broken subnet");
+                    continue;
+                }
+            };
+            let index = match its
+                .iter()
+                .find(|(t, _)| t == "alloc")
+                .map(|(_, kv)| AllocIndex::parse(&kv.text()))
+            {
+                Some(Ok(index)) => index,
+                _ => {
+                    let mut index = AllocIndex::default();
+                    for ip in subnet.addresses().keys() {
+                        if let Ok(ip) = ip.parse::<std::net::Ipv4Addr>() {
+                            index.insert(u32::from(ip));
+                        }
+                    }
+                    index
+                }
+            };
+            view.subnets.insert(id, (Some(subnet), index));
+        }
+        for kv in txn_get(ctx, &r, 3) {
+            if let Some(id) = kv.key[FLAVORS.len()..].strip_suffix("/metadata") {
+                if let Ok(f) = Flavor::from_stored(ctx, id, &kv.value, kv.mod_revision) {
+                    view.flavors.insert(id.to_string(), f.resources);
+                }
+            }
+        }
+        Ok(view)
+    }
+
+    /// Applies one change (`value` `None` = deleted) of a key under `lochness/`, as a
+    /// watch reports it, so that the view stays current without re-reading.
+    pub fn apply(&mut self, ctx: &Context, key: &str, value: Option<&[u8]>, mod_revision: i64) {
+        self.revision = self.revision.max(mod_revision);
+        if let Some(rest) = key.strip_prefix(HYPERVISORS) {
+            let (id, tail) = crate::context::split_id(rest);
+            if tail == "metadata" {
+                match value {
+                    None => {
+                        self.hypervisors.remove(id);
+                    }
+                    Some(v) => {
+                        let kv = Kv {
+                            key: key.to_string(),
+                            value: v.to_vec(),
+                            mod_revision,
+                            create_revision: 0,
+                        };
+                        if let Ok(mut h) =
+                            Hypervisor::from_keys(ctx, id, &[("metadata".to_string(), kv)])
+                        {
+                            if let Some(old) = self.hypervisors.remove(id) {
+                                h.absorb_links(old);
+                            }
+                            self.hypervisors.insert(id.to_string(), h);
+                        }
+                    }
+                }
+                return;
+            }
+            let Some(h) = self.hypervisors.get_mut(id) else {
+                return;
+            };
+            if tail == "heartbeat" {
+                h.set_alive(value.is_some());
+            } else if let Some(s) = tail.strip_prefix("subnets/") {
+                match value {
+                    Some(v) => h.insert_subnet(s, &String::from_utf8_lossy(v)),
+                    None => h.drop_subnet(s),
+                }
+            } else if let Some(g) = tail.strip_prefix("guests/") {
+                match value {
+                    Some(_) => h.push_guest(g),
+                    None => h.drop_guest(g),
+                }
+            }
+        } else if let Some(rest) = key.strip_prefix(NETWORKS) {
+            let (id, tail) = crate::context::split_id(rest);
+            if let Some(s) = tail.strip_prefix("subnets/") {
+                let list = self.networks.entry(id.to_string()).or_default();
+                list.retain(|x| x != s);
+                if value.is_some() {
+                    list.push(s.to_string());
+                }
+            } else if tail == "metadata" && value.is_none() {
+                self.networks.remove(id);
+            } else if tail == "metadata" {
+                self.networks.entry(id.to_string()).or_default();
+            }
+        } else if let Some(rest) = key.strip_prefix(SUBNETS) {
+            let (id, tail) = crate::context::split_id(rest);
+            if tail == "metadata" {
+                match value {
+                    None => {
+                        self.subnets.remove(id);
+                    }
+                    Some(v) => {
+                        let entry = self.subnets.entry(id.to_string()).or_default();
+                        entry.0 = Subnet::from_stored(ctx, id, v, mod_revision).ok();
+                    }
+                }
+            } else if tail == "alloc" {
+                let entry = self.subnets.entry(id.to_string()).or_default();
+                entry.1 = value
+                    .and_then(|v| AllocIndex::parse(&String::from_utf8_lossy(v)).ok())
+                    .unwrap_or_default();
+            }
+        } else if let Some(rest) = key.strip_prefix(FLAVORS) {
+            let (id, tail) = crate::context::split_id(rest);
+            if tail == "metadata" {
+                match value.and_then(|v| Flavor::from_stored(ctx, id, v, mod_revision).ok()) {
+                    Some(f) => {
+                        self.flavors.insert(id.to_string(), f.resources);
+                    }
+                    None => {
+                        self.flavors.remove(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// How many addresses subnet `id` still has free, per the view.
+    pub fn free_addresses(&self, id: &str) -> u64 {
+        match self.subnets.get(id) {
+            Some((Some(s), index)) => s.free_count(index),
+            _ => 0,
+        }
+    }
+}
+
+impl Guest {
+    /// Candidate hypervisors for this guest in `view`: every hypervisor, then each of
+    /// `fns` in order. [`Error::NoHypervisors`] when the view has none,
+    /// [`Error::NoSuitableHypervisors`] when a filter leaves none.
+    pub fn candidates_in<'a>(
+        &self,
+        view: &'a ClusterView,
+        fns: &[CandidateFunction],
+    ) -> Result<Vec<&'a Hypervisor>> {
+        let mut list: Vec<&Hypervisor> = view.hypervisors.values().collect();
+        if list.is_empty() {
+            return Err(Error::NoHypervisors);
+        }
+        for f in fns {
+            let before = list.len();
+            list = f(self, view, list)?;
+            tracing::debug!(guest = %self.id, before, after = list.len(), "candidate filter");
+            if list.is_empty() {
+                return Err(Error::NoSuitableHypervisors);
+            }
+        }
+        Ok(list)
+    }
+}
+
+/// Keeps the hypervisors whose heartbeat key is present.
+pub fn candidate_is_alive<'a>(
+    _: &Guest,
+    _: &'a ClusterView,
+    list: Vec<&'a Hypervisor>,
+) -> Result<Vec<&'a Hypervisor>> {
+    Ok(list.into_iter().filter(|h| h.is_alive()).collect())
+}
+
+/// Keeps the hypervisors that have a subnet of the guest's network with a free address.
+pub fn candidate_has_subnet<'a>(
+    g: &Guest,
+    view: &'a ClusterView,
+    list: Vec<&'a Hypervisor>,
+) -> Result<Vec<&'a Hypervisor>> {
+    let subnets = view
+        .networks
+        .get(&g.network)
+        .ok_or_else(|| Error::NotFound(crate::network::Network::metadata_key(&g.network)))?;
+    let usable: Vec<&String> = subnets
+        .iter()
+        .filter(|s| view.free_addresses(s) > 0)
+        .collect();
+    Ok(list
+        .into_iter()
+        .filter(|h| usable.iter().any(|s| h.subnets().contains_key(*s)))
+        .collect())
+}
+
+/// Keeps the hypervisors whose available resources cover the guest's flavor.
+pub fn candidate_has_resources<'a>(
+    g: &Guest,
+    view: &'a ClusterView,
+    list: Vec<&'a Hypervisor>,
+) -> Result<Vec<&'a Hypervisor>> {
+    let need = view
+        .flavors
+        .get(&g.flavor)
+        .ok_or_else(|| Error::NotFound(format!("{FLAVORS}{}/metadata", g.flavor)))?;
+    Ok(list
+        .into_iter()
+        .filter(|h| h.available_resources.covers(need))
+        .collect())
+}
+
+/// Shuffles the list uniformly.
+pub fn candidate_randomize<'a>(
+    _: &Guest,
+    _: &'a ClusterView,
+    mut list: Vec<&'a Hypervisor>,
+) -> Result<Vec<&'a Hypervisor>> {
+    list.shuffle(&mut rand::rng());
+    Ok(list)
+}

@@ -1,0 +1,661 @@
+//! Multi-key operations are single transactions: every key changes or none does, also
+//! when a conflicting write lands between an operation's read and its commit.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use lochness::context::CommitHook;
+use lochness::{AllocIndex, Context, Error, Guest, Hypervisor, Network, Resources, Subnet};
+
+struct World {
+    net: Network,
+    subnet: Subnet,
+    hv: Hypervisor,
+    flavor: lochness::Flavor,
+}
+
+async fn world(ctx: Context) -> World {
+    let flavor = common::flavor(&ctx, 128, 1024, 1).await;
+    let mut net = common::network(&ctx).await;
+    let subnet = common::subnet(
+        &ctx,
+        &mut net,
+        "192.168.100.0/24",
+        "192.168.100.1",
+        "192.168.100.10",
+        "192.168.100.1",
+    )
+    .await;
+    let mut hv = common::hypervisor(
+        &ctx,
+        Resources {
+            memory: 16384,
+            disk: 1048576,
+            cpu: 32,
+        },
+    )
+    .await;
+    hv.add_subnet(&subnet, "mistify0").await.unwrap();
+    World {
+        net,
+        subnet,
+        hv,
+        flavor,
+    }
+}
+
+/// Every address key of the subnet: ip → owner.
+async fn addresses(ctx: &Context, sid: &str) -> BTreeMap<String, String> {
+    let prefix = format!("lochness/subnets/{sid}/addresses/");
+    ctx.get_prefix(&prefix)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|kv| (kv.key[prefix.len()..].to_string(), kv.text()))
+        .collect()
+}
+
+async fn index(ctx: &Context, sid: &str) -> Option<String> {
+    common::raw(ctx, &format!("lochness/subnets/{sid}/alloc")).await
+}
+
+/// A hook that runs `f` once, before the first commit.
+fn once<F, Fut>(f: F) -> CommitHook
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let f = Arc::new(f);
+    Arc::new(move |n| {
+        let f = f.clone();
+        Box::pin(async move {
+            if n == 0 {
+                f().await;
+            }
+        })
+    })
+}
+
+#[tokio::test]
+async fn add_and_remove_guest_write_every_key() {
+    if mistify_e2e::skipped("etcd") {
+        return;
+    }
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let mut w = world(ctx.clone()).await;
+    let mut g = common::guest(&ctx, &w.flavor, &w.net);
+    w.hv.add_guest(&mut g).await.unwrap();
+    // Network (.0) and gateway (.1) are never handed out: the range starts at .1.
+    assert_eq!(g.ip.unwrap().to_string(), "192.168.100.2");
+    assert_eq!(g.bridge, "mistify0");
+    let stored = ctx.guest(&g.id).await.unwrap();
+    assert_eq!(
+        (stored.hypervisor.as_str(), stored.subnet.as_str()),
+        (w.hv.id.as_str(), w.subnet.id.as_str())
+    );
+    assert_eq!(stored.ip, g.ip);
+    // The flavor's resources are reserved on the hypervisor in the same transaction.
+    let stored_hv = ctx.hypervisor(&w.hv.id).await.unwrap();
+    assert_eq!(
+        stored_hv.available_resources,
+        Resources {
+            memory: 16384 - 128,
+            disk: 1048576 - 1024,
+            cpu: 31
+        }
+    );
+    assert_eq!(w.hv.available_resources, stored_hv.available_resources);
+    assert_eq!(w.hv.revision(), stored_hv.revision());
+    assert_eq!(
+        common::raw(
+            &ctx,
+            &format!("lochness/hypervisors/{}/guests/{}", w.hv.id, g.id)
+        )
+        .await,
+        Some(g.id.clone())
+    );
+    assert_eq!(
+        addresses(&ctx, &w.subnet.id).await,
+        BTreeMap::from([("192.168.100.2".to_string(), g.id.clone())])
+    );
+    assert_eq!(
+        index(&ctx, &w.subnet.id).await.as_deref(),
+        Some("192.168.100.2")
+    );
+    assert_eq!(
+        ctx.hypervisor(&w.hv.id).await.unwrap().guests(),
+        [g.id.clone()]
+    );
+    // Placing again is refused.
+    assert!(matches!(
+        w.hv.add_guest(&mut g).await,
+        Err(Error::Refused(_))
+    ));
+
+    // A hypervisor with a guest cannot be destroyed.
+    let mut loaded = ctx.hypervisor(&w.hv.id).await.unwrap();
+    assert!(matches!(loaded.destroy().await, Err(Error::Refused(_))));
+    // A subnet with a reservation cannot be destroyed.
+    assert!(matches!(w.subnet.destroy().await, Err(Error::Refused(_))));
+    assert!(
+        common::raw(&ctx, &format!("lochness/subnets/{}/metadata", w.subnet.id))
+            .await
+            .is_some()
+    );
+
+    // Someone else's hypervisor cannot remove it.
+    let mut other = common::hypervisor(&ctx, Resources::default()).await;
+    assert!(matches!(
+        other.remove_guest(&mut g).await,
+        Err(Error::Refused(_))
+    ));
+
+    w.hv.remove_guest(&mut g).await.unwrap();
+    assert_eq!(
+        ctx.hypervisor(&w.hv.id).await.unwrap().available_resources,
+        Resources {
+            memory: 16384,
+            disk: 1048576,
+            cpu: 32
+        }
+    );
+    let stored = ctx.guest(&g.id).await.unwrap();
+    assert!(
+        stored.hypervisor.is_empty()
+            && stored.subnet.is_empty()
+            && stored.ip.is_none()
+            && stored.bridge.is_empty()
+    );
+    assert!(addresses(&ctx, &w.subnet.id).await.is_empty());
+    assert_eq!(index(&ctx, &w.subnet.id).await.as_deref(), Some(""));
+    assert!(
+        common::keys(&ctx, &format!("lochness/hypervisors/{}/guests/", w.hv.id))
+            .await
+            .is_empty()
+    );
+
+    // Now both can go; the subnet takes its links with it. A stale copy that still
+    // lists no guest is checked against etcd too.
+    let mut again = common::guest(&ctx, &w.flavor, &w.net);
+    let mut stale = ctx.hypervisor(&w.hv.id).await.unwrap();
+    w.hv.add_guest(&mut again).await.unwrap();
+    assert!(matches!(stale.destroy().await, Err(Error::Refused(_))));
+    let mut seen = Vec::new();
+    w.hv.for_each_guest(|g| {
+        seen.push(g.id);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen, [again.id.clone()]);
+    w.hv.remove_guest(&mut again).await.unwrap();
+    let mut loaded = ctx.hypervisor(&w.hv.id).await.unwrap();
+    w.subnet.destroy().await.unwrap();
+    assert!(
+        common::keys(&ctx, &format!("lochness/subnets/{}/", w.subnet.id))
+            .await
+            .is_empty()
+    );
+    assert!(common::raw(
+        &ctx,
+        &format!("lochness/networks/{}/subnets/{}", w.net.id, w.subnet.id)
+    )
+    .await
+    .is_none());
+    assert!(common::raw(
+        &ctx,
+        &format!("lochness/hypervisors/{}/subnets/{}", w.hv.id, w.subnet.id)
+    )
+    .await
+    .is_none());
+    loaded.destroy().await.unwrap();
+    assert!(
+        common::keys(&ctx, &format!("lochness/hypervisors/{}/", w.hv.id))
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn destroying_a_placed_guest_releases_everything() {
+    if mistify_e2e::skipped("etcd") {
+        return;
+    }
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let mut w = world(ctx.clone()).await;
+    let mut g = common::guest(&ctx, &w.flavor, &w.net);
+    w.hv.add_guest(&mut g).await.unwrap();
+    g.destroy().await.unwrap();
+    assert!(common::keys(&ctx, &format!("lochness/guests/{}/", g.id))
+        .await
+        .is_empty());
+    assert!(addresses(&ctx, &w.subnet.id).await.is_empty());
+    assert!(
+        common::keys(&ctx, &format!("lochness/hypervisors/{}/guests/", w.hv.id))
+            .await
+            .is_empty()
+    );
+    let mut unsaved = common::guest(&ctx, &w.flavor, &w.net);
+    assert!(matches!(unsaved.destroy().await, Err(Error::Invalid(_))));
+}
+
+#[tokio::test]
+async fn injected_reservation_between_read_and_commit_is_retried() {
+    if mistify_e2e::skipped("etcd") {
+        return;
+    }
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let w = world(ctx.clone()).await;
+    let intruder_ctx = ctx.clone();
+    let sid = w.subnet.id.clone();
+    let hooked = ctx.with_commit_hook(once(move || {
+        let ctx = intruder_ctx.clone();
+        let sid = sid.clone();
+        async move {
+            let mut s = ctx.subnet(&sid).await.unwrap();
+            assert_eq!(
+                s.reserve_address("intruder").await.unwrap().to_string(),
+                "192.168.100.2"
+            );
+        }
+    }));
+    let mut hv = Hypervisor::clone(&w.hv);
+    let mut hv_hooked = hooked.hypervisor(&hv.id).await.unwrap();
+    let mut g = hooked.new_guest();
+    g.flavor = w.flavor.id.clone();
+    g.network = w.net.id.clone();
+    hv_hooked.add_guest(&mut g).await.unwrap();
+    assert_eq!(g.ip.unwrap().to_string(), "192.168.100.3");
+    assert_eq!(
+        addresses(&ctx, &w.subnet.id).await,
+        BTreeMap::from([
+            ("192.168.100.2".to_string(), "intruder".to_string()),
+            ("192.168.100.3".to_string(), g.id.clone())
+        ])
+    );
+    assert_eq!(
+        index(&ctx, &w.subnet.id).await.as_deref(),
+        Some("192.168.100.2-192.168.100.3")
+    );
+    hv.refresh().await.unwrap();
+    assert_eq!(hv.guests(), [g.id.clone()]);
+}
+
+#[tokio::test]
+async fn injected_guest_change_aborts_with_nothing_written() {
+    if mistify_e2e::skipped("etcd") {
+        return;
+    }
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let w = world(ctx.clone()).await;
+    let mut g = common::guest(&ctx, &w.flavor, &w.net);
+    g.save().await.unwrap();
+    let other = ctx.clone();
+    let gid = g.id.clone();
+    let hooked = ctx.with_commit_hook(once(move || {
+        let ctx = other.clone();
+        let gid = gid.clone();
+        async move {
+            let mut copy = ctx.guest(&gid).await.unwrap();
+            copy.metadata.insert("edited".into(), "yes".into());
+            copy.save().await.unwrap();
+        }
+    }));
+    let mut hv = hooked.hypervisor(&w.hv.id).await.unwrap();
+    let mut hooked_guest: Guest = hooked.guest(&g.id).await.unwrap();
+    let err = hv.add_guest(&mut hooked_guest).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err}");
+    // None of the operation's keys changed.
+    assert!(addresses(&ctx, &w.subnet.id).await.is_empty());
+    assert!(index(&ctx, &w.subnet.id).await.is_none());
+    assert!(
+        common::keys(&ctx, &format!("lochness/hypervisors/{}/guests/", w.hv.id))
+            .await
+            .is_empty()
+    );
+    let stored = ctx.guest(&g.id).await.unwrap();
+    assert!(stored.hypervisor.is_empty() && stored.ip.is_none());
+    assert_eq!(
+        stored.metadata.get("edited").map(String::as_str),
+        Some("yes")
+    );
+}
+
+#[tokio::test]
+async fn injected_unlink_of_the_subnet_leaves_nothing() {
+    if mistify_e2e::skipped("etcd") {
+        return;
+    }
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let w = world(ctx.clone()).await;
+    let other = ctx.clone();
+    let (hid, sid) = (w.hv.id.clone(), w.subnet.id.clone());
+    let hooked = ctx.with_commit_hook(once(move || {
+        let ctx = other.clone();
+        let (hid, sid) = (hid.clone(), sid.clone());
+        async move {
+            let mut h = ctx.hypervisor(&hid).await.unwrap();
+            let s = ctx.subnet(&sid).await.unwrap();
+            h.remove_subnet(&s).await.unwrap();
+        }
+    }));
+    let mut hv = hooked.hypervisor(&w.hv.id).await.unwrap();
+    let mut g = common::guest(&hooked, &w.flavor, &w.net);
+    let err = hv.add_guest(&mut g).await.unwrap_err();
+    assert!(matches!(err, Error::NoSuitableSubnet), "{err}");
+    assert!(
+        common::raw(&ctx, &format!("lochness/guests/{}/metadata", g.id))
+            .await
+            .is_none()
+    );
+    assert!(addresses(&ctx, &w.subnet.id).await.is_empty());
+    assert!(
+        common::keys(&ctx, &format!("lochness/hypervisors/{}/guests/", w.hv.id))
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn foreign_address_keys_are_respected_and_indexed() {
+    if mistify_e2e::skipped("etcd") {
+        return;
+    }
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let mut w = world(ctx.clone()).await;
+    // Another tool (that does not know the index) took .2 and .3 after the index existed.
+    let mut first = common::guest(&ctx, &w.flavor, &w.net);
+    w.hv.add_guest(&mut first).await.unwrap();
+    for ip in ["192.168.100.3", "192.168.100.4"] {
+        ctx.client()
+            .put(
+                ctx.abs(&format!("lochness/subnets/{}/addresses/{ip}", w.subnet.id)),
+                "legacy",
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let mut g = common::guest(&ctx, &w.flavor, &w.net);
+    w.hv.add_guest(&mut g).await.unwrap();
+    assert_eq!(g.ip.unwrap().to_string(), "192.168.100.5");
+    let idx = AllocIndex::parse(&index(&ctx, &w.subnet.id).await.unwrap()).unwrap();
+    for ip in [
+        "192.168.100.2",
+        "192.168.100.3",
+        "192.168.100.4",
+        "192.168.100.5",
+    ] {
+        assert!(idx.contains(ip.parse().unwrap()), "{ip}");
+    }
+    assert_eq!(
+        addresses(&ctx, &w.subnet.id)
+            .await
+            .get("192.168.100.3")
+            .map(String::as_str),
+        Some("legacy")
+    );
+}
+
+#[tokio::test]
+async fn reserve_until_exhausted_and_release() {
+    if mistify_e2e::skipped("etcd") {
+        return;
+    }
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let w = world(ctx.clone()).await;
+    let mut s = ctx.subnet(&w.subnet.id).await.unwrap();
+    // Range .1–.10 minus the gateway .1: nine addresses.
+    assert_eq!(s.available_addresses().len(), 9);
+    let mut got = Vec::new();
+    for i in 0..9 {
+        got.push(s.reserve_address(&format!("owner{i}")).await.unwrap());
+    }
+    assert!(matches!(
+        s.reserve_address("late").await,
+        Err(Error::NoAvailableAddresses)
+    ));
+    assert_eq!(addresses(&ctx, &s.id).await.len(), 9);
+    s.release_address(got[4]).await.unwrap();
+    s.release_address("192.168.100.200".parse().unwrap())
+        .await
+        .unwrap();
+    s.refresh().await.unwrap();
+    assert_eq!(s.addresses().len(), 8);
+    assert_eq!(s.available_addresses(), [got[4]]);
+    assert_eq!(s.reserve_address("again").await.unwrap(), got[4]);
+    // A range ending at 255.255.255.255 ends (the broadcast address is not handed out).
+    let mut net = common::network(&ctx).await;
+    let mut top = common::subnet(
+        &ctx,
+        &mut net,
+        "255.255.255.0/24",
+        "255.255.255.250",
+        "255.255.255.255",
+        "255.255.255.1",
+    )
+    .await;
+    assert_eq!(top.available_addresses().len(), 5);
+    for _ in 0..5 {
+        top.reserve_address("x").await.unwrap();
+    }
+    assert!(matches!(
+        top.reserve_address("x").await,
+        Err(Error::NoAvailableAddresses)
+    ));
+    assert!(common::raw(
+        &ctx,
+        &format!("lochness/subnets/{}/addresses/255.255.255.255", top.id)
+    )
+    .await
+    .is_none());
+    // IPv6 subnets are refused.
+    let mut v6 = ctx.new_subnet();
+    v6.cidr = Some(lochness::codec::parse_cidr("fd00::/120").unwrap());
+    v6.start_range = Some("fd00::10".parse().unwrap());
+    v6.end_range = Some("fd00::20".parse().unwrap());
+    assert!(matches!(v6.save().await, Err(Error::InvalidCidr(m)) if m.contains("IPv6")));
+}
+
+#[tokio::test]
+async fn network_links_are_atomic() {
+    if mistify_e2e::skipped("etcd") {
+        return;
+    }
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let mut a = common::network(&ctx).await;
+    let mut b = common::network(&ctx).await;
+    let mut s = common::subnet(
+        &ctx,
+        &mut a,
+        "10.1.0.0/24",
+        "10.1.0.10",
+        "10.1.0.20",
+        "10.1.0.1",
+    )
+    .await;
+    assert_eq!(ctx.subnet(&s.id).await.unwrap().network, a.id);
+    assert_eq!(ctx.network(&a.id).await.unwrap().subnets(), [s.id.clone()]);
+    // Moving it to b removes a's link in the same transaction.
+    b.add_subnet(&mut s).await.unwrap();
+    assert!(ctx.network(&a.id).await.unwrap().subnets().is_empty());
+    assert_eq!(ctx.subnet(&s.id).await.unwrap().network, b.id);
+
+    // A stale subnet copy: conflict, and no link is written.
+    let mut stale = ctx.subnet(&s.id).await.unwrap();
+    s.metadata.insert("x".into(), "y".into());
+    s.save().await.unwrap();
+    assert!(matches!(
+        a.add_subnet(&mut stale).await,
+        Err(Error::Conflict(_))
+    ));
+    assert!(ctx.network(&a.id).await.unwrap().subnets().is_empty());
+    assert_eq!(ctx.subnet(&s.id).await.unwrap().network, b.id);
+
+    // Missing network: not found, nothing written.
+    let mut ghost = ctx.new_network();
+    assert!(ghost.add_subnet(&mut s).await.is_err());
+    assert!(common::raw(
+        &ctx,
+        &format!("lochness/networks/{}/subnets/{}", ghost.id, s.id)
+    )
+    .await
+    .is_none());
+
+    b.remove_subnet(&mut s).await.unwrap();
+    assert!(ctx.subnet(&s.id).await.unwrap().network.is_empty());
+    assert!(ctx.network(&b.id).await.unwrap().subnets().is_empty());
+
+    // Hypervisor links need both ends.
+    let mut h = common::hypervisor(&ctx, Resources::default()).await;
+    let ghost_subnet = ctx.new_subnet();
+    assert!(matches!(
+        h.add_subnet(&ghost_subnet, "br0").await,
+        Err(Error::NotFound(_))
+    ));
+    h.add_subnet(&s, "br0").await.unwrap();
+    assert_eq!(
+        ctx.hypervisor(&h.id)
+            .await
+            .unwrap()
+            .subnets()
+            .get(&s.id)
+            .map(String::as_str),
+        Some("br0")
+    );
+    h.remove_subnet(&s).await.unwrap();
+    h.remove_subnet(&s).await.unwrap();
+    assert!(ctx.hypervisor(&h.id).await.unwrap().subnets().is_empty());
+}
+
+#[tokio::test]
+async fn a_full_hypervisor_is_refused() {
+    if mistify_e2e::skipped("etcd") {
+        return;
+    }
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let flavor = common::flavor(&ctx, 4096, 1024, 1).await;
+    let mut net = common::network(&ctx).await;
+    let s = common::subnet(
+        &ctx,
+        &mut net,
+        "10.7.0.0/24",
+        "10.7.0.10",
+        "10.7.0.20",
+        "10.7.0.1",
+    )
+    .await;
+    let mut h = common::hypervisor(
+        &ctx,
+        Resources {
+            memory: 6000,
+            disk: 1 << 20,
+            cpu: 8,
+        },
+    )
+    .await;
+    h.add_subnet(&s, "br0").await.unwrap();
+    let mut first = common::guest(&ctx, &flavor, &net);
+    h.add_guest(&mut first).await.unwrap();
+    // A stale copy still thinks there is room: the transaction's compare catches it.
+    let mut stale = ctx.hypervisor(&h.id).await.unwrap();
+    stale.available_resources.memory = 6000;
+    let mut second = common::guest(&ctx, &flavor, &net);
+    assert!(matches!(
+        h.add_guest(&mut second).await,
+        Err(Error::InsufficientResources(_))
+    ));
+    assert!(matches!(
+        stale.add_guest(&mut second).await,
+        Err(Error::InsufficientResources(_))
+    ));
+    assert!(
+        common::raw(&ctx, &format!("lochness/guests/{}/metadata", second.id))
+            .await
+            .is_none()
+    );
+    assert_eq!(addresses(&ctx, &s.id).await.len(), 1);
+    assert_eq!(
+        ctx.hypervisor(&h.id)
+            .await
+            .unwrap()
+            .available_resources
+            .memory,
+        6000 - 4096
+    );
+}
+
+#[tokio::test]
+async fn add_guest_bad_input_writes_nothing() {
+    if mistify_e2e::skipped("etcd") {
+        return;
+    }
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let mut w = world(ctx.clone()).await;
+    let other_net = common::network(&ctx).await;
+    let cases: Vec<(&str, Guest)> = vec![
+        ("unknown flavor", {
+            let mut g = common::guest(&ctx, &w.flavor, &w.net);
+            g.flavor = lochness::codec::new_id();
+            g
+        }),
+        ("unknown network", {
+            let mut g = common::guest(&ctx, &w.flavor, &w.net);
+            g.network = lochness::codec::new_id();
+            g
+        }),
+        (
+            "network without a subnet here",
+            common::guest(&ctx, &w.flavor, &other_net),
+        ),
+        ("invalid network id", {
+            let mut g = common::guest(&ctx, &w.flavor, &w.net);
+            g.network = "nope".into();
+            g
+        }),
+    ];
+    for (name, mut g) in cases {
+        let err = w.hv.add_guest(&mut g).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::NotFound(_) | Error::NoSuitableSubnet | Error::Invalid(_)
+            ),
+            "{name}: {err}"
+        );
+        assert!(
+            common::raw(&ctx, &format!("lochness/guests/{}/metadata", g.id))
+                .await
+                .is_none(),
+            "{name}"
+        );
+    }
+    assert!(addresses(&ctx, &w.subnet.id).await.is_empty());
+    assert!(
+        common::keys(&ctx, &format!("lochness/hypervisors/{}/guests/", w.hv.id))
+            .await
+            .is_empty()
+    );
+}

@@ -1,0 +1,173 @@
+//! Candidate selection over a cluster view.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use lochness::{
+    candidate_has_resources, candidate_has_subnet, candidate_is_alive, candidate_randomize,
+    ClusterView, Error, Resources, DEFAULT_CANDIDATE_FUNCTIONS,
+};
+
+#[tokio::test]
+async fn candidates_filter_dead_full_and_subnetless_hypervisors() {
+    if mistify_e2e::skipped("etcd") {
+        return;
+    }
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let flavor = common::flavor(&ctx, 128, 1024, 1).await;
+    let mut net = common::network(&ctx).await;
+    let s = common::subnet(
+        &ctx,
+        &mut net,
+        "192.168.100.0/24",
+        "192.168.100.2",
+        "192.168.100.10",
+        "192.168.100.1",
+    )
+    .await;
+    let big = Resources {
+        memory: 16384,
+        disk: 1048576,
+        cpu: 32,
+    };
+    let mut dead = common::hypervisor(&ctx, big).await;
+    dead.add_subnet(&s, "br0").await.unwrap();
+    let no_subnet = common::hypervisor(&ctx, big).await;
+    common::mark_alive(&ctx, &no_subnet.id).await;
+    let mut full = common::hypervisor(
+        &ctx,
+        Resources {
+            memory: 64,
+            disk: 1048576,
+            cpu: 32,
+        },
+    )
+    .await;
+    full.add_subnet(&s, "br0").await.unwrap();
+    common::mark_alive(&ctx, &full.id).await;
+    let mut good = common::hypervisor(&ctx, big).await;
+    good.add_subnet(&s, "br0").await.unwrap();
+    common::mark_alive(&ctx, &good.id).await;
+
+    let g = common::guest(&ctx, &flavor, &net);
+    let found = g.candidates(&DEFAULT_CANDIDATE_FUNCTIONS).await.unwrap();
+    assert_eq!(
+        found.iter().map(|h| h.id.clone()).collect::<Vec<_>>(),
+        [good.id.clone()]
+    );
+
+    let view = ClusterView::load(&ctx).await.unwrap();
+    let ids = |v: Vec<&lochness::Hypervisor>| {
+        v.into_iter().map(|h| h.id.clone()).collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        ids(g.candidates_in(&view, &[candidate_is_alive]).unwrap()),
+        BTreeSet::from([no_subnet.id.clone(), full.id.clone(), good.id.clone()])
+    );
+    assert_eq!(
+        ids(g.candidates_in(&view, &[candidate_has_subnet]).unwrap()),
+        BTreeSet::from([dead.id.clone(), full.id.clone(), good.id.clone()])
+    );
+    assert_eq!(
+        ids(g.candidates_in(&view, &[candidate_has_resources]).unwrap()),
+        BTreeSet::from([dead.id.clone(), no_subnet.id.clone(), good.id.clone()])
+    );
+    let all = ids(g.candidates_in(&view, &[]).unwrap());
+    assert_eq!(
+        ids(g.candidates_in(&view, &[candidate_randomize]).unwrap()),
+        all
+    );
+
+    // An exhausted subnet takes its hypervisors out.
+    let mut sub = ctx.subnet(&s.id).await.unwrap();
+    while sub.reserve_address("filler").await.is_ok() {}
+    let view = ClusterView::load(&ctx).await.unwrap();
+    assert_eq!(view.free_addresses(&s.id), 0);
+    assert!(matches!(
+        g.candidates_in(&view, &DEFAULT_CANDIDATE_FUNCTIONS),
+        Err(Error::NoSuitableHypervisors)
+    ));
+
+    // Unknown flavor: the resource filter fails with a typed error.
+    let mut other = g.clone();
+    other.flavor = lochness::codec::new_id();
+    assert!(matches!(
+        other.candidates_in(&view, &[candidate_has_resources]),
+        Err(Error::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn no_hypervisors_at_all() {
+    if mistify_e2e::skipped("etcd") {
+        return;
+    }
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let flavor = common::flavor(&ctx, 128, 1024, 1).await;
+    let net = common::network(&ctx).await;
+    let g = common::guest(&ctx, &flavor, &net);
+    assert!(matches!(
+        g.candidates(&DEFAULT_CANDIDATE_FUNCTIONS).await,
+        Err(Error::NoHypervisors)
+    ));
+}
+
+#[tokio::test]
+async fn view_follows_applied_changes() {
+    if mistify_e2e::skipped("etcd") {
+        return;
+    }
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let flavor = common::flavor(&ctx, 128, 1024, 1).await;
+    let mut net = common::network(&ctx).await;
+    let s = common::subnet(
+        &ctx,
+        &mut net,
+        "10.5.0.0/24",
+        "10.5.0.2",
+        "10.5.0.3",
+        "10.5.0.1",
+    )
+    .await;
+    let mut h = common::hypervisor(
+        &ctx,
+        Resources {
+            memory: 1024,
+            disk: 1 << 20,
+            cpu: 4,
+        },
+    )
+    .await;
+    h.add_subnet(&s, "br0").await.unwrap();
+    let mut view = ClusterView::load(&ctx).await.unwrap();
+    assert!(!view.hypervisors[&h.id].is_alive());
+    let hb_key = format!("lochness/hypervisors/{}/heartbeat", h.id);
+    view.apply(&ctx, &hb_key, Some(b"now"), view.revision + 1);
+    assert!(view.hypervisors[&h.id].is_alive());
+    let g = common::guest(&ctx, &flavor, &net);
+    assert_eq!(
+        g.candidates_in(&view, &DEFAULT_CANDIDATE_FUNCTIONS)
+            .unwrap()
+            .len(),
+        1
+    );
+    view.apply(
+        &ctx,
+        &format!("lochness/subnets/{}/alloc", s.id),
+        Some(b"10.5.0.2-10.5.0.3"),
+        view.revision + 1,
+    );
+    assert_eq!(view.free_addresses(&s.id), 0);
+    assert!(g
+        .candidates_in(&view, &DEFAULT_CANDIDATE_FUNCTIONS)
+        .is_err());
+    view.apply(&ctx, &hb_key, None, view.revision + 1);
+    assert!(!view.hypervisors[&h.id].is_alive());
+}
