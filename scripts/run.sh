@@ -14,15 +14,19 @@ trap stop EXIT INT TERM
 
 target/debug/examples/test-rpc-service --port "${TEST_RPC_PORT}" --log-level warn &
 pids+=($!)
+target/debug/mistify-libvirt --uri "${LIBVIRT_URI}" --port "${LIBVIRT_PORT}" --log-level warn &
+pids+=($!)
 target/debug/mistify-agent -a "${AGENT_ADDRESS}" -c "${AGENT_CONFIG}" --log-level info --log-format pretty &
 pids+=($!)
 cat <<TXT
 make run:
   agent    : mistify-agent on http://${AGENT_ADDRESS} (config ${AGENT_CONFIG}, store target/dev/agent.redb)
-  behind it: test-rpc-service, a fake sub-agent with canned answers, on 127.0.0.1:${TEST_RPC_PORT}
-  missing  : mistify-libvirt, mistify-zfs, mistify-supervisor (not written yet)
+  behind it: mistify-libvirt on 127.0.0.1:${LIBVIRT_PORT} (libvirt ${LIBVIRT_URI}) for guest actions,
+             test-rpc-service (canned answers) on 127.0.0.1:${TEST_RPC_PORT} standing in for storage
+  missing  : mistify-zfs, mistify-supervisor (not written yet)
   try      : curl -s -XPOST http://${AGENT_ADDRESS}/guests -d '{"memory":512,"cpu":1}'
-             curl -s http://${AGENT_ADDRESS}/guests
+             curl -s -XPOST http://${AGENT_ADDRESS}/guests/<id>/start
+             curl -s "http://${AGENT_ADDRESS}/guests/<id>?refresh=true"
 Ctrl-C stops everything.
 TXT
 wait -n "${pids[@]}"

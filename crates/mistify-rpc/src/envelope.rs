@@ -58,9 +58,10 @@ impl RawRequest<'_> {
         }
     }
 
-    /// The id token, `None` for a notification (absent id, or `null` in v1).
-    pub fn reply_id(&self) -> Option<&RawValue> {
-        match (self.id, self.dialect()) {
+    /// The id token when answering in `dialect`, `None` for a notification (absent id,
+    /// or `null` in v1).
+    pub fn reply_id(&self, dialect: Dialect) -> Option<&RawValue> {
+        match (self.id, dialect) {
             (None, _) => None,
             (Some(id), Dialect::V1) if id.get() == "null" => None,
             (Some(id), _) => Some(id),
@@ -155,10 +156,11 @@ mod tests {
         let r: RawRequest =
             serde_json::from_str(r#"{"method":"A.B","params":[],"id":null}"#).unwrap();
         assert_eq!(r.dialect(), Dialect::V1);
-        assert!(r.reply_id().is_none());
+        assert!(r.reply_id(r.dialect()).is_none());
         let r: RawRequest =
             serde_json::from_str(r#"{"jsonrpc":"2.0","method":"A.B","id":null}"#).unwrap();
         assert_eq!(r.dialect(), Dialect::V2);
-        assert_eq!(r.reply_id().map(|i| i.get()), Some("null"));
+        assert_eq!(r.reply_id(r.dialect()).map(|i| i.get()), Some("null"));
+        assert!(r.reply_id(Dialect::V1).is_none());
     }
 }

@@ -41,7 +41,26 @@ pub fn with_common_layers(router: Router) -> Router {
                 .no_deflate()
                 .no_zstd(),
         )
+        .layer(axum::middleware::map_response(go_vary))
         .layer(axum::middleware::from_fn(log_request))
+}
+
+/// Writes the `Vary` of gzip replies as Go did (`Accept-Encoding`, not the lower-case
+/// spelling of the compression layer); header values are compared verbatim by some
+/// clients and by the recorded fixtures.
+async fn go_vary(mut response: Response) -> Response {
+    let vary = response
+        .headers()
+        .get(header::VARY)
+        .map(|v| v.as_bytes().to_vec());
+    if let Some(v) = vary {
+        if v.eq_ignore_ascii_case(b"accept-encoding") {
+            response
+                .headers_mut()
+                .insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+        }
+    }
+    response
 }
 
 /// `GET /healthz` answering `{"status":"ok","service":NAME,"version":VERSION}`.

@@ -67,12 +67,25 @@ pub struct Server {
     routes: Router,
     path: String,
     body_limit: usize,
+    v1_only: bool,
 }
 
 struct Registry {
     methods: HashMap<String, Handler>,
     services: HashSet<String>,
     body_limit: usize,
+    v1_only: bool,
+}
+
+impl Registry {
+    /// The dialect `req` is answered in.
+    fn dialect(&self, req: &RawRequest<'_>) -> Dialect {
+        if self.v1_only {
+            Dialect::V1
+        } else {
+            req.dialect()
+        }
+    }
 }
 
 impl Server {
@@ -85,7 +98,16 @@ impl Server {
             routes: Router::new(),
             path: RPC_PATH.to_string(),
             body_limit: DEFAULT_BODY_LIMIT,
+            v1_only: false,
         }
+    }
+
+    /// Speak gorilla/rpc v1 only, exactly as the Go sub-agents did: a `jsonrpc` member is
+    /// ignored (the reply stays v1) and a batch is a malformed request. For sub-agents
+    /// whose replies must match their Go original byte for byte.
+    pub fn v1_only(mut self) -> Self {
+        self.v1_only = true;
+        self
     }
 
     /// The version `/healthz` reports (default: this crate's version).
@@ -173,6 +195,7 @@ impl Server {
             methods: self.methods,
             services,
             body_limit: self.body_limit,
+            v1_only: self.v1_only,
         });
         let rpc = Router::new()
             .route(&self.path, any(rpc_endpoint))
@@ -407,7 +430,7 @@ async fn rpc_endpoint(State(registry): State<Arc<Registry>>, request: Request) -
             )
         }
     };
-    if text.trim_start().starts_with('[') {
+    if text.trim_start().starts_with('[') && !registry.v1_only {
         return batch(&registry, text).await;
     }
     match serde_json::from_str::<RawRequest>(text) {
@@ -416,7 +439,7 @@ async fn rpc_endpoint(State(registry): State<Arc<Registry>>, request: Request) -
             with_method_name(response, method)
         }
         // Unreadable: answer in v2 only when the text claims to be 2.0.
-        Err(e) if text.contains("\"jsonrpc\"") => json_reply(
+        Err(e) if !registry.v1_only && text.contains("\"jsonrpc\"") => json_reply(
             StatusCode::OK,
             envelope::v2_error(codes::PARSE_ERROR, &format!("parse error: {e}"), None),
         ),
@@ -436,11 +459,11 @@ fn with_method_name(mut response: Response, method: Option<String>) -> Response 
 
 /// Runs one request; returns the HTTP response and the method name (for the log).
 async fn single(registry: &Registry, req: &RawRequest<'_>) -> (Response, Option<String>) {
-    let dialect = req.dialect();
+    let dialect = registry.dialect(req);
     let method = req.method.and_then(envelope::as_str);
     let outcome = call(registry, req, method.as_deref()).await;
     let response = match dialect {
-        Dialect::V1 => v1_response(outcome, req.reply_id()),
+        Dialect::V1 => v1_response(outcome, req.reply_id(dialect)),
         Dialect::V2 => match v2_reply(outcome, req) {
             Some(body) => json_reply(StatusCode::OK, body),
             None => StatusCode::NO_CONTENT.into_response(),
@@ -454,7 +477,7 @@ async fn call(
     req: &RawRequest<'_>,
     method: Option<&str>,
 ) -> Result<String, CallError> {
-    let dialect = req.dialect();
+    let dialect = registry.dialect(req);
     let bad = |code: i64, message: String| CallError::Request { code, message };
     if dialect == Dialect::V2 && req.jsonrpc.and_then(envelope::as_str).as_deref() != Some("2.0") {
         return Err(bad(

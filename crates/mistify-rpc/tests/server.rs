@@ -405,6 +405,11 @@ async fn gzip_only_when_asked_extra_routes_and_healthz() {
         .await
         .unwrap();
     assert_eq!(raw.headers()["content-encoding"], "gzip");
+    assert_eq!(
+        raw.headers()["vary"],
+        "Accept-Encoding",
+        "spelled as Go wrote it"
+    );
     let plain = reqwest::Client::new()
         .post(format!("{}/_mistify_RPC_", server.url()))
         .header("Content-Type", "application/json")
@@ -432,4 +437,55 @@ async fn gzip_only_when_asked_extra_routes_and_healthz() {
     assert_eq!(health["service"], "test");
     assert!(health["version"].as_str().is_some_and(|v| !v.is_empty()));
     server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_v1_only_server_ignores_the_jsonrpc_member_as_gorilla_did() {
+    let server = Server::new("legacy")
+        .v1_only()
+        .method("Test.Echo", |req: GuestRequest| async move {
+            Ok::<_, String>(GuestResponse {
+                guest: req.guest,
+                ..Default::default()
+            })
+        })
+        .bind(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let r = post(
+        &server,
+        r#"{"jsonrpc":"2.0","method":"Test.Echo","params":[{"guest":{"id":"x"}}],"id":5}"#,
+    )
+    .await;
+    assert_eq!(
+        r.text,
+        "{\"result\":{\"guest\":{\"id\":\"x\"}},\"error\":null,\"id\":5}\n"
+    );
+    let r = post(
+        &server,
+        r#"{"jsonrpc":"2.0","method":"Test.Nope","params":[{}],"id":5}"#,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.text.as_str()),
+        (400, "rpc: can't find method \"Test.Nope\"")
+    );
+    let r = post(
+        &server,
+        r#"{"jsonrpc":"2.0","method":"Test.Echo","params":[{}],"id":null}"#,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.text.as_str()),
+        (200, ""),
+        "a null id is a v1 notification"
+    );
+    let r = post(
+        &server,
+        r#"[{"jsonrpc":"2.0","method":"Test.Echo","params":[{}],"id":1}]"#,
+    )
+    .await;
+    assert_eq!(r.status, 400, "no batches in v1");
 }

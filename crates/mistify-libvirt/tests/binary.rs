@@ -1,0 +1,232 @@
+//! The `mistify-libvirt` binary over real HTTP on libvirt's test driver.
+
+mod common;
+
+use common::*;
+use mistify_rpc::Guest;
+
+#[tokio::test]
+async fn every_method_through_the_lifecycle() {
+    if mistify_e2e::skipped("libvirt") {
+        return;
+    }
+    let (_daemon, svc) = start_binary(&["--max-connections", "2"]);
+    let id = guest_id();
+    let file = DiskFile::new(&id);
+    let guest = full_guest(&id, &file);
+
+    // Defined, not booted; disks renamed; the request's state kept.
+    let created = call(&svc, "CreateGuest", Some(&guest)).await.unwrap();
+    let devices: Vec<_> = created
+        .disks
+        .iter()
+        .map(|d| (d.device.as_str(), d.bus.as_str()))
+        .collect();
+    assert_eq!(devices, [("vda", "virtio"), ("vdb", "virtio")]);
+    assert_eq!(created.state, "create");
+    assert_eq!(created.kind, "kvm");
+    assert_eq!(status(&svc, &created).await.unwrap(), "shutoff");
+
+    // A retry converges.
+    let again = call(&svc, "CreateGuest", Some(&guest)).await.unwrap();
+    assert_eq!(again, created);
+
+    // Metrics of a shut-off guest are libvirt's refusal.
+    let err = metrics(&svc, "CPUMetrics", &created).await.unwrap_err();
+    assert!(err.to_string().contains("domain is not running"), "{err}");
+
+    let g = call(&svc, "Run", Some(&created)).await.unwrap();
+    assert_eq!(g.state, "running");
+    // NIC devices come from libvirt; the name libvirt has no alias for stays.
+    assert_eq!(g.nics[0].device, "testnet0");
+    assert_eq!(g.nics[1].device, "testnet1");
+    assert_eq!(g.nics[0].name, "eth0");
+    assert_eq!(status(&svc, &g).await.unwrap(), "running");
+
+    let g = call(&svc, "Shutdown", Some(&g)).await.unwrap();
+    assert_eq!(g.state, "shutoff");
+    assert_eq!(status(&svc, &g).await.unwrap(), "shutoff");
+    // Shutting down a shut-off guest is a no-op.
+    assert_eq!(
+        call(&svc, "Shutdown", Some(&g)).await.unwrap().state,
+        "shutoff"
+    );
+
+    let g = call(&svc, "Run", Some(&g)).await.unwrap();
+    assert_eq!(g.state, "running");
+    let g = call(&svc, "Reboot", Some(&g)).await.unwrap();
+    assert_eq!(g.state, "running");
+    let g = call(&svc, "Restart", Some(&g)).await.unwrap();
+    assert_eq!(g.state, "running");
+
+    let g = call(&svc, "Suspend", Some(&g)).await.unwrap();
+    assert_eq!(g.state, "paused");
+    assert_eq!(status(&svc, &g).await.unwrap(), "paused");
+    assert_eq!(
+        call(&svc, "Suspend", Some(&g)).await.unwrap().state,
+        "paused"
+    );
+    let g = call(&svc, "Resume", Some(&g)).await.unwrap();
+    assert_eq!(g.state, "running");
+    assert_eq!(status(&svc, &g).await.unwrap(), "running");
+    // Run on a paused guest resumes it.
+    call(&svc, "Suspend", Some(&g)).await.unwrap();
+    assert_eq!(call(&svc, "Run", Some(&g)).await.unwrap().state, "running");
+
+    // The test driver's fixed CPU figures: two host CPUs.
+    let cpu = metrics(&svc, "CPUMetrics", &g).await.unwrap();
+    assert_eq!(cpu.kind, "cpu");
+    assert!(cpu.guest.is_none());
+    assert_eq!(cpu.cpu.len(), 2, "{cpu:?}");
+    assert!((cpu.cpu[0].cpu_time - 24.386308517).abs() < 1e-6, "{cpu:?}");
+    assert!(
+        (cpu.cpu[1].vcpu_time - 23.151740628).abs() < 1e-6,
+        "{cpu:?}"
+    );
+
+    // Disk figures for vda and vdb (legacy block stats on this driver).
+    let disk = metrics(&svc, "DiskMetrics", &g).await.unwrap();
+    assert_eq!(disk.kind, "disk");
+    let keys: Vec<_> = disk.disk.keys().cloned().collect();
+    assert_eq!(keys, ["vda", "vdb"]);
+    assert_eq!(disk.disk["vda"].disk, "vda");
+    assert!(disk.disk["vda"].read_ops > 0, "{disk:?}");
+    assert!(disk.disk["vda"].read_bytes > 0, "{disk:?}");
+
+    // NIC figures: by name, else by host device.
+    let nic = metrics(&svc, "NicMetrics", &g).await.unwrap();
+    let keys: Vec<_> = nic.nic.keys().cloned().collect();
+    assert_eq!(keys, ["eth0", "testnet1"]);
+    assert!(nic.nic["eth0"].rx_bytes > 0, "{nic:?}");
+    // Without a known device, the NIC's target is found by its MAC.
+    let mut blank = g.clone();
+    blank.nics.iter_mut().for_each(|n| n.device.clear());
+    let nic = metrics(&svc, "NicMetrics", &blank).await.unwrap();
+    assert!(nic.nic["testnet1"].tx_packets > 0, "{nic:?}");
+
+    let g = call(&svc, "Poweroff", Some(&g)).await.unwrap();
+    assert_eq!(g.state, "shutoff");
+    assert_eq!(status(&svc, &g).await.unwrap(), "shutoff");
+
+    // Delete removes everything; the guest is echoed; a retry converges.
+    let deleted = call(&svc, "Delete", Some(&g)).await.unwrap();
+    assert_eq!(deleted, g);
+    let err = status(&svc, &g).await.unwrap_err();
+    assert!(err.to_string().contains("Domain not found"), "{err}");
+    assert!(err.to_string().starts_with("[Code-42] [Domain-"), "{err}");
+    call(&svc, "Delete", Some(&g)).await.unwrap();
+
+    // The networks went with it: the same guest can be created again from scratch.
+    call(&svc, "CreateGuest", Some(&guest)).await.unwrap();
+    assert_eq!(status(&svc, &guest).await.unwrap(), "shutoff");
+    call(&svc, "Delete", Some(&guest)).await.unwrap();
+    assert!(status(&svc, &guest).await.is_err());
+}
+
+#[tokio::test]
+async fn legacy_create_defines_and_boots() {
+    if mistify_e2e::skipped("libvirt") {
+        return;
+    }
+    let (_daemon, svc) = start_binary(&[]);
+    let id = guest_id();
+    let guest = Guest {
+        id: id.clone(),
+        memory: 64,
+        cpu: 1,
+        ..Default::default()
+    };
+    let g = call(&svc, "Create", Some(&guest)).await.unwrap();
+    assert_eq!(g.state, "running");
+    assert_eq!(status(&svc, &g).await.unwrap(), "running");
+    assert_eq!(
+        call(&svc, "Create", Some(&guest)).await.unwrap().state,
+        "running"
+    );
+    call(&svc, "Delete", Some(&g)).await.unwrap();
+    assert!(status(&svc, &g).await.is_err());
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_before_libvirt() {
+    if mistify_e2e::skipped("libvirt") {
+        return;
+    }
+    let (_daemon, svc) = start_binary(&[]);
+    let empty = Guest::default();
+    let not_uuid = Guest {
+        id: "test".into(),
+        ..Default::default()
+    };
+    for method in [
+        "CreateGuest",
+        "Create",
+        "Delete",
+        "Run",
+        "Reboot",
+        "Restart",
+        "Shutdown",
+        "Poweroff",
+        "Status",
+        "Suspend",
+        "Resume",
+    ] {
+        for (what, guest) in [
+            ("none", None),
+            ("empty id", Some(&empty)),
+            ("not a uuid", Some(&not_uuid)),
+        ] {
+            let err = call(&svc, method, guest).await.unwrap_err();
+            assert!(
+                err.to_string().starts_with("invalid argument"),
+                "{method} with {what}: {err}"
+            );
+        }
+    }
+    for method in ["CPUMetrics", "DiskMetrics", "NicMetrics"] {
+        for guest in [&empty, &not_uuid] {
+            let err = metrics(&svc, method, guest).await.unwrap_err();
+            assert!(
+                err.to_string().starts_with("invalid argument"),
+                "{method}: {err}"
+            );
+        }
+    }
+    // The test driver's own domain `test` was not touched (Poweroff was refused above).
+    // A missing disk source is refused before anything is defined.
+    let id = guest_id();
+    let file = DiskFile::new(&id);
+    let mut guest = full_guest(&id, &file);
+    guest.disks[1].source = format!("/nonexistent/{id}");
+    let err = call(&svc, "CreateGuest", Some(&guest)).await.unwrap_err();
+    assert!(err.to_string().starts_with("invalid argument"), "{err}");
+    assert!(status(&svc, &guest)
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("Domain not found"));
+    // ... and its networks were not defined either: with a valid disk it now succeeds.
+    guest.disks[1].source = "/dev/null".into();
+    call(&svc, "CreateGuest", Some(&guest)).await.unwrap();
+    call(&svc, "Delete", Some(&guest)).await.unwrap();
+    // The sub-agent is still alive.
+    assert!(status(&svc, &guest)
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("Domain not found"));
+}
+
+#[test]
+fn version_flag() {
+    if mistify_e2e::skipped("libvirt") {
+        return;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mistify-libvirt"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("mistify-libvirt "), "{text}");
+}
