@@ -295,9 +295,12 @@ impl Agent {
                     "sub-agent returned another guest id; stored under the pipeline's id");
                 next.id = guest_id.to_string();
             }
-            let store = self.store.clone();
-            let to_store = next.clone();
-            store.blocking(move |s| s.put_guest(&to_store)).await?;
+            // Unchanged (e.g. a status read that finds what is stored): no write.
+            if self.store.guest(guest_id).as_deref() != Some(&next) {
+                let store = self.store.clone();
+                let to_store = next.clone();
+                store.blocking(move |s| s.put_guest(&to_store)).await?;
+            }
             guest = next;
         }
         Ok(guest)
