@@ -15,6 +15,37 @@ use mistify_client::{Client, Guest, GuestAction, JobStatus};
 
 const RESTARTED: &str = "agent restarted before the job finished";
 
+/// A store directory, the gated fake behind it, and the agent config pointing at it.
+struct Rig {
+    dir: TempDir,
+    db: std::path::PathBuf,
+    control: fake::Control,
+    _server: mistify_rpc::RunningServer,
+    config: serde_json::Value,
+}
+
+impl Rig {
+    async fn new(name: &str) -> Rig {
+        let dir = TempDir::new(name);
+        let db = dir.path().join("agent.redb");
+        let control = fake::Control::default();
+        let server = fake::start(control.clone()).await;
+        let config = fake::config(server.addr().port(), &[]);
+        Rig {
+            dir,
+            db,
+            control,
+            _server: server,
+            config,
+        }
+    }
+
+    /// An agent on this rig's store (a restart is a second call).
+    fn agent(&self, extra: &[&str]) -> mistify_e2e::Daemon {
+        agent(&self.config, self.dir.path(), &self.db, extra)
+    }
+}
+
 async fn wait_until<F: Fn() -> bool>(what: &str, f: F) {
     for _ in 0..400 {
         if f() {
@@ -27,12 +58,9 @@ async fn wait_until<F: Fn() -> bool>(what: &str, f: F) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_with_jobs_running_and_queued() {
-    let dir = TempDir::new("kill9");
-    let db = dir.path().join("agent.redb");
-    let control = fake::Control::default();
-    let server = fake::start(control.clone()).await;
-    let config = fake::config(server.addr().port(), &[]);
-    let mut first = agent(&config, dir.path(), &db, &[]);
+    let rig = Rig::new("kill9").await;
+    let control = &rig.control;
+    let mut first = rig.agent(&[]);
     let client = Client::new(&first.url()).unwrap();
     let mut ids = Vec::new();
     for memory in [128, 256] {
@@ -90,7 +118,7 @@ async fn kill_9_with_jobs_running_and_queued() {
     );
 
     first.kill_hard();
-    let second = agent(&config, dir.path(), &db, &[]);
+    let second = rig.agent(&[]);
     let client = Client::new(&second.url()).unwrap();
     let guests = client.list_guests().await.unwrap();
     assert_eq!(guests.len(), 2);
@@ -131,12 +159,9 @@ async fn kill_9_with_jobs_running_and_queued() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_running_job_and_keeps_the_queue() {
-    let dir = TempDir::new("sigterm");
-    let db = dir.path().join("agent.redb");
-    let control = fake::Control::default();
-    let server = fake::start(control.clone()).await;
-    let config = fake::config(server.addr().port(), &[]);
-    let mut first = agent(&config, dir.path(), &db, &["--drain-timeout", "20"]);
+    let rig = Rig::new("sigterm").await;
+    let control = &rig.control;
+    let mut first = rig.agent(&["--drain-timeout", "20"]);
     let client = Client::new(&first.url()).unwrap();
     let a = client.create_guest(&Guest::default()).await.unwrap();
     assert_eq!(
@@ -197,7 +222,7 @@ async fn sigterm_finishes_the_running_job_and_keeps_the_queue() {
         "queued jobs must not start while stopping"
     );
 
-    let second = agent(&config, dir.path(), &db, &[]);
+    let second = rig.agent(&[]);
     let client = Client::new(&second.url()).unwrap();
     assert_eq!(
         client.get_job(&running).await.unwrap().status,
@@ -217,12 +242,9 @@ async fn sigterm_finishes_the_running_job_and_keeps_the_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_create_then_retry() {
-    let dir = TempDir::new("kill9-create");
-    let db = dir.path().join("agent.redb");
-    let control = fake::Control::default();
-    let server = fake::start(control.clone()).await;
-    let config = fake::config(server.addr().port(), &[]);
-    let mut first = agent(&config, dir.path(), &db, &[]);
+    let rig = Rig::new("kill9-create").await;
+    let control = &rig.control;
+    let mut first = rig.agent(&[]);
     let client = Client::new(&first.url()).unwrap();
     let id = "7d1c0c52-4d8f-4b1a-9a43-2f5cbe1e0a01";
     let guest = Guest {
@@ -239,7 +261,7 @@ async fn kill_9_during_create_then_retry() {
     first.kill_hard();
     control.open_gate();
 
-    let second = agent(&config, dir.path(), &db, &[]);
+    let second = rig.agent(&[]);
     let client = Client::new(&second.url()).unwrap();
     let failed = client.get_job(&job).await.unwrap();
     assert_eq!(

@@ -25,12 +25,12 @@ fn replay(fixture: &str, base: &str) {
     );
 }
 
-#[test]
-fn agent_rest_fixture_replays() {
+/// Replays `fixture` against a fresh agent with `test-rpc-service` behind it.
+fn replay_against_fresh_agent(fixture: &str) {
     if mistify_e2e::skipped("replay") {
         return;
     }
-    let dir = TempDir::new("replay-rest");
+    let dir = TempDir::new("replay");
     let fake = fake_subagent();
     let agent = agent(
         &test_config(fake.port),
@@ -38,21 +38,15 @@ fn agent_rest_fixture_replays() {
         &dir.path().join("agent.redb"),
         &[],
     );
-    replay("agent-rest.json", &agent.url());
+    replay(fixture, &agent.url());
+}
+
+#[test]
+fn agent_rest_fixture_replays() {
+    replay_against_fresh_agent("agent-rest.json");
 }
 
 #[test]
 fn rpc_envelope_triggers_replay() {
-    if mistify_e2e::skipped("replay") {
-        return;
-    }
-    let dir = TempDir::new("replay-rpc");
-    let fake = fake_subagent();
-    let agent = agent(
-        &test_config(fake.port),
-        dir.path(),
-        &dir.path().join("agent.redb"),
-        &[],
-    );
-    replay("rpc-envelope.json", &agent.url());
+    replay_against_fresh_agent("rpc-envelope.json");
 }
