@@ -1,6 +1,7 @@
 //! `Libvirt.Status` calls per second on the test driver: straight to the sub-agent, and
 //! through the agent's `status` action (`GET /guests/{id}?refresh=true`). Prints both
-//! rates and their ratio, measured in one run. Not a test: `cargo bench -p mistify-libvirt`.
+//! rates and their ratio, measured in one run, with 1 and with 4 pooled libvirt connections.
+//! Not a test: `cargo bench -p mistify-libvirt`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -44,13 +45,12 @@ where
     per_sec
 }
 
-#[tokio::main]
-async fn main() {
-    if mistify_e2e::skipped("libvirt") {
-        return;
-    }
+/// Both rates with `pool` libvirt connections in the sub-agent.
+async fn measure(pool: usize) {
+    let pool_arg = pool.to_string();
+    let extra = ["--max-connections", pool_arg.as_str()];
     // Straight to the sub-agent first: it needs only this crate's binary.
-    let (_daemon, svc) = start_binary(&[]);
+    let (_daemon, svc) = start_binary(&extra);
     let guest = Guest {
         id: guest_id(),
         memory: 64,
@@ -66,15 +66,15 @@ async fn main() {
         .expect("CreateGuest");
     let direct = {
         let (svc, g) = (svc.clone(), guest.clone());
-        rate("Libvirt.Status, direct", move || {
+        rate(&format!("Libvirt.Status, direct, pool {pool}"), move || {
             let (svc, g) = (svc.clone(), g.clone());
             async move { status(&svc, &g).await.is_ok() }
         })
         .await
     };
 
-    // Then through the agent (this builds the workspace's binaries).
-    let stack = start_stack();
+    // Then through the agent.
+    let stack = start_stack(&extra);
     let base = stack.agent.url();
     let agent = mistify_client::Client::new(&base).expect("agent client");
     let id = guest_id();
@@ -90,13 +90,26 @@ async fn main() {
             .expect("create job");
     }
     let http = reqwest::Client::new();
-    let via_agent = rate("status through the agent (refresh)", move || {
-        let (http, url) = (http.clone(), format!("{base}/guests/{id}?refresh=true"));
-        async move { matches!(http.get(url).send().await, Ok(r) if r.status().is_success()) }
-    })
+    let via_agent = rate(
+        &format!("status through the agent, pool {pool}"),
+        move || {
+            let (http, url) = (http.clone(), format!("{base}/guests/{id}?refresh=true"));
+            async move { matches!(http.get(url).send().await, Ok(r) if r.status().is_success()) }
+        },
+    )
     .await;
     println!(
-        "ratio agent/direct: {:.2} ({CONCURRENCY} concurrent callers)",
+        "pool {pool}: ratio agent/direct {:.2} ({CONCURRENCY} concurrent callers)",
         via_agent / direct.max(1e-9)
     );
+}
+
+#[tokio::main]
+async fn main() {
+    if mistify_e2e::skipped("libvirt") {
+        return;
+    }
+    for pool in [1, 4] {
+        measure(pool).await;
+    }
 }

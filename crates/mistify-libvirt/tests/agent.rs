@@ -32,7 +32,7 @@ async fn agent_drives_the_guest_lifecycle_through_rest() {
     if mistify_e2e::skipped("libvirt") {
         return;
     }
-    let stack = start_stack();
+    let stack = start_stack(&[]);
     let base = stack.agent.url();
     let client = AgentClient::new(&base).expect("client");
     let id = uuid::Uuid::new_v4().to_string();

@@ -161,16 +161,18 @@ impl Drop for Stack {
 }
 
 /// Starts the sub-agent, the fake storage and the agent on free ports.
-pub fn start_stack() -> Stack {
+pub fn start_stack(libvirt_args: &[&str]) -> Stack {
     let lv_port = free_port();
+    let mut args: Vec<String> = vec![
+        "--uri".into(),
+        "test:///default".into(),
+        "--port".into(),
+        lv_port.to_string(),
+    ];
+    args.extend(libvirt_args.iter().map(|a| a.to_string()));
     let libvirt = Daemon::start(
         std::path::Path::new(env!("CARGO_BIN_EXE_mistify-libvirt")),
-        &[
-            "--uri".into(),
-            "test:///default".into(),
-            "--port".into(),
-            lv_port.to_string(),
-        ],
+        &args,
         lv_port,
     );
     let st_port = free_port();
