@@ -168,6 +168,20 @@ fn start_agent(config: &Path, db: &Path) -> Daemon {
     Daemon::start(&binary("mistify-agent"), &args, port)
 }
 
+/// An agent whose store holds `n` guests (written as the agent writes them), and its
+/// RSS in KiB a second after it started.
+fn agent_with_guests(dir: &Path, config: &Path, n: usize) -> (Daemon, u64) {
+    let db = dir.join(format!("guests-{n}.redb"));
+    Store::open(&db, 1000)
+        .expect("store")
+        .put_guests(&(0..n).map(guest).collect::<Vec<_>>())
+        .expect("guests");
+    let agent = start_agent(config, &db);
+    std::thread::sleep(Duration::from_secs(1));
+    let rss = rss_kib(agent.pid());
+    (agent, rss)
+}
+
 fn guest(i: usize) -> Guest {
     Guest {
         id: format!("00000000-0000-4000-8000-{i:012}"),
@@ -241,14 +255,7 @@ fn main() {
     let config = config(&dir, fake_port);
 
     // 10 guests, stored as the agent would, then served.
-    let small = dir.join("small.redb");
-    Store::open(&small, 1000)
-        .expect("store")
-        .put_guests(&(0..10).map(guest).collect::<Vec<_>>())
-        .expect("guests");
-    let agent = start_agent(&config, &small);
-    std::thread::sleep(Duration::from_secs(1));
-    let rss_idle = rss_kib(agent.pid());
+    let (agent, rss_idle) = agent_with_guests(&dir, &config, 10);
 
     let gid = guest(0).id;
     let cpu_url = format!("{}/guests/{gid}/metrics/cpu", agent.url());
@@ -276,14 +283,7 @@ fn main() {
     );
     drop(agent);
 
-    let big = dir.join("big.redb");
-    Store::open(&big, 1000)
-        .expect("store")
-        .put_guests(&(0..10_000).map(guest).collect::<Vec<_>>())
-        .expect("guests");
-    let agent = start_agent(&config, &big);
-    std::thread::sleep(Duration::from_secs(1));
-    let rss_10k = rss_kib(agent.pid());
+    let (agent, rss_10k) = agent_with_guests(&dir, &config, 10_000);
     let list10k = load(
         reqwest::Method::GET,
         &format!("{}/guests", agent.url()),

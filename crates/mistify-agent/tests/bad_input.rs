@@ -252,3 +252,23 @@ async fn failing_and_guestless_stages_fail_the_job_not_the_agent() {
     // Still serving, guest unchanged.
     assert_eq!(s.client.get_guest(&id).await.unwrap().memory, 256);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_of_one_id_make_one_guest() {
+    let s = common::setup("bad-input", &[]).await;
+    let guest = Guest {
+        id: "4b7e8c2a-1d3f-4a5b-9c6d-7e8f9a0b1c2d".into(),
+        memory: 128,
+        ..Guest::default()
+    };
+    let creates = (0..8).map(|_| s.client.create_guest(&guest));
+    let outcomes = futures::future::join_all(creates).await;
+    let accepted: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+    assert_eq!(accepted.len(), 1, "{outcomes:?}");
+    assert!(outcomes
+        .iter()
+        .filter_map(|o| o.as_ref().err())
+        .all(|e| e.status() == Some(409)));
+    wait_done(&s.client, accepted[0].job_id.as_deref().unwrap()).await;
+    assert_eq!(s.control.count("Fake.Create"), 1);
+}

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{agent, fake, wait_done, TempDir};
+use common::{agent, fake, queue, wait_done, TempDir};
 use mistify_client::{Client, Guest, GuestAction, JobStatus};
 
 const RESTARTED: &str = "agent restarted before the job finished";
@@ -88,25 +88,10 @@ async fn kill_9_with_jobs_running_and_queued() {
         .unwrap();
 
     control.close_gate();
-    let running = client
-        .guest_action(&ids[0], GuestAction::Reboot)
-        .await
-        .unwrap()
-        .job_id
-        .unwrap();
+    let running = queue(&client, &ids[0], GuestAction::Reboot).await;
     let queued: Vec<String> = vec![
-        client
-            .guest_action(&ids[0], GuestAction::Shutdown)
-            .await
-            .unwrap()
-            .job_id
-            .unwrap(),
-        client
-            .guest_action(&ids[0], GuestAction::Start)
-            .await
-            .unwrap()
-            .job_id
-            .unwrap(),
+        queue(&client, &ids[0], GuestAction::Shutdown).await,
+        queue(&client, &ids[0], GuestAction::Start).await,
     ];
     wait_until("the reboot to reach the sub-agent", || {
         control.count("Fake.Reboot") == 1
@@ -173,25 +158,10 @@ async fn sigterm_finishes_the_running_job_and_keeps_the_queue() {
     let id = a.body.id;
 
     control.close_gate();
-    let running = client
-        .guest_action(&id, GuestAction::Reboot)
-        .await
-        .unwrap()
-        .job_id
-        .unwrap();
+    let running = queue(&client, &id, GuestAction::Reboot).await;
     let queued = [
-        client
-            .guest_action(&id, GuestAction::Restart)
-            .await
-            .unwrap()
-            .job_id
-            .unwrap(),
-        client
-            .guest_action(&id, GuestAction::Poweroff)
-            .await
-            .unwrap()
-            .job_id
-            .unwrap(),
+        queue(&client, &id, GuestAction::Restart).await,
+        queue(&client, &id, GuestAction::Poweroff).await,
     ];
     wait_until("the reboot to reach the sub-agent", || {
         control.count("Fake.Reboot") == 1

@@ -85,18 +85,30 @@ pub async fn create(State(agent): State<AppState>, body: Body) -> Result<Respons
     let action = prefixed(&guest.kind, "create");
     agent.action(&action)?;
 
-    if let Some(existing) = agent.store.guest(&guest.id) {
-        if !retry_allowed(&agent, &existing)? {
-            return Err(AgentError::Conflict(format!(
-                "guest {} already exists",
-                guest.id
-            )));
-        }
-    }
+    let conflict = || AgentError::Conflict(format!("guest {} already exists", guest.id));
+    let retry = match agent.store.guest(&guest.id) {
+        Some(existing) if retry_allowed(&agent, &existing)? => true,
+        Some(_) => return Err(conflict()),
+        None => false,
+    };
     // The runner exists before the guest is visible.
     agent.ensure_runner(&guest.id);
     let stored = guest.clone();
-    agent.store.blocking(move |s| s.put_guest(&stored)).await?;
+    // A new id is inserted only if still free: two creates racing for it get one 202
+    // and one 409, never two create jobs.
+    let written = agent
+        .store
+        .blocking(move |s| {
+            if retry {
+                s.put_guest(&stored).map(|_| true)
+            } else {
+                s.insert_new_guest(&stored)
+            }
+        })
+        .await?;
+    if !written {
+        return Err(conflict());
+    }
     let job = agent
         .submit(
             &guest.id,

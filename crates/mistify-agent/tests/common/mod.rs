@@ -233,6 +233,20 @@ pub mod fake {
     }
 }
 
+/// Queues `action` on guest `id` through `client`; the job id.
+pub async fn queue(
+    client: &mistify_client::Client,
+    id: &str,
+    action: mistify_client::GuestAction,
+) -> String {
+    client
+        .guest_action(id, action)
+        .await
+        .expect("guest action")
+        .job_id
+        .expect("job id")
+}
+
 /// Polls job `id` until it is done (up to 20 s).
 pub async fn wait_done(client: &mistify_client::Client, id: &str) -> mistify_client::Job {
     for _ in 0..400 {
@@ -305,11 +319,6 @@ impl Setup {
 
     /// Queues `action` on guest `id`; the job id.
     pub async fn queue(&self, id: &str, action: mistify_client::GuestAction) -> String {
-        self.client
-            .guest_action(id, action)
-            .await
-            .expect("guest action")
-            .job_id
-            .expect("job id")
+        queue(&self.client, id, action).await
     }
 }
