@@ -1,0 +1,102 @@
+//! Flags of `mistify-zfs` and its run loop.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use mistify_rpc::http::{init_tracing, LogFormat};
+
+use crate::store::{Config, DiskMode, Store};
+
+/// The storage sub-agent (`ImageStore`) of the mistify agent, on one ZFS pool.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mistify-zfs",
+    version,
+    about = "The ZFS storage sub-agent (ImageStore) of the mistify agent"
+)]
+pub struct Flags {
+    /// Port to listen on (127.0.0.1 only).
+    #[arg(short, long, default_value_t = 19999)]
+    pub port: u16,
+    /// The ZFS pool that holds everything.
+    #[arg(short, long, default_value = "mistify")]
+    pub zpool: String,
+    /// Image server `host[:port]` (without a port: 80).
+    #[arg(short, long, default_value = "image.services.lochness.local")]
+    pub image_service: String,
+    /// debug, info, warning, error, critical, fatal (or a tracing filter).
+    #[arg(short, long, default_value = "warning")]
+    pub log_level: String,
+    /// Log format: json or pretty.
+    #[arg(long, default_value = "json")]
+    pub log_format: LogFormat,
+    /// How guest disks are made: zvol (a zvol each) or file (a filesystem holding a
+    /// sparse raw `disk.img` each).
+    #[arg(long, value_enum, default_value_t = DiskMode::Zvol)]
+    pub disk_mode: DiskMode,
+    /// URL prefixes and directories a RequestImage `source` may name (comma list);
+    /// empty: `source` is refused.
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_sources: Vec<String>,
+    /// The image record store (default: `<mountpoint of POOL/images>/.images.redb`).
+    #[arg(long)]
+    pub db_path: Option<PathBuf>,
+    /// Concurrent image downloads.
+    #[arg(long, default_value_t = 2)]
+    pub max_fetches: usize,
+    /// The zfs program.
+    #[arg(long, default_value = "zfs")]
+    pub zfs: PathBuf,
+    /// Seconds one zfs command may take (send and receive excepted).
+    #[arg(long, default_value_t = 60)]
+    pub zfs_timeout: u64,
+    /// Seconds one image import (`zfs receive`) may take.
+    #[arg(long, default_value_t = 3600)]
+    pub receive_timeout: u64,
+    /// Seconds the image server may stay silent during a download.
+    #[arg(long, default_value_t = 60)]
+    pub download_idle: u64,
+}
+
+fn level(l: &str) -> &str {
+    match l {
+        "warning" => "warn",
+        "critical" | "fatal" | "panic" => "error",
+        other => other,
+    }
+}
+
+impl Flags {
+    pub fn config(&self) -> Config {
+        Config {
+            pool: self.zpool.clone(),
+            image_service: self.image_service.clone(),
+            disk_mode: self.disk_mode,
+            allowed_sources: self
+                .allowed_sources
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect(),
+            db_path: self.db_path.clone(),
+            max_fetches: self.max_fetches,
+            zfs_program: self.zfs.clone(),
+            zfs_timeout: Duration::from_secs(self.zfs_timeout.max(1)),
+            receive_timeout: Duration::from_secs(self.receive_timeout.max(1)),
+            download_idle: Duration::from_secs(self.download_idle.max(1)),
+        }
+    }
+}
+
+/// Opens the store and serves until SIGTERM / Ctrl-C.
+pub async fn run(flags: Flags) -> Result<(), String> {
+    init_tracing(level(&flags.log_level), flags.log_format)?;
+    let store = Store::open(flags.config())
+        .await
+        .map_err(|e| format!("cannot open the store on pool {}: {e}", flags.zpool))?;
+    crate::api::server(store)
+        .serve(flags.port)
+        .await
+        .map_err(|e| format!("cannot serve on port {}: {e}", flags.port))
+}
