@@ -21,6 +21,7 @@ declare -A need=(
 skipped replay  || need[python3]="wire replay tests (tests/tools/replay.py)"
 skipped etcd    || { need[etcd-server]="lochness tests (a real etcd)"; need[etcd-client]="lochness tests (etcdctl)"; }
 skipped zfs     || need[zfs-fuse]="storage sub-agent tests (a real ZFS pool)"
+skipped supervisor-tls || need[openssl]="supervisor TLS test (makes a test certificate)"
 
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 
@@ -75,5 +76,6 @@ check "google/protobuf/descriptor.proto (libprotobuf-dev)" test -f /usr/include/
 skipped replay || check "python3" command -v python3
 skipped etcd   || { check "etcd (etcd-server)" command -v etcd; check "etcdctl (etcd-client)" command -v etcdctl; }
 skipped zfs    || { check "zfs-fuse" test -x /usr/sbin/zfs-fuse -o -x /usr/bin/zfs-fuse; check "zfs/zpool commands (zfs-fuse)" command -v zpool; }
+skipped supervisor-tls || check "openssl" command -v openssl
 [ "$fail" = 0 ] || { echo "install-deps: prerequisites are missing (see above)" >&2; exit 1; }
 echo "install-deps: all prerequisites present"

@@ -1,0 +1,71 @@
+//! The shipped configuration: example manifests and the systemd unit.
+
+mod common;
+
+use mistify_supervisor::manifest::{load_dir_with, Readiness};
+use std::path::PathBuf;
+
+fn config() -> PathBuf {
+    mistify_e2e::workspace_root().join("config")
+}
+
+#[test]
+fn example_manifests_load_and_expand() {
+    let env = |k: &str| match k {
+        "ZFS_PORT" => Some("29999".to_string()),
+        "MISTIFY_BIN" => Some("/opt/mistify/bin".to_string()),
+        _ => None,
+    };
+    let loaded = load_dir_with(&config().join("supervisor"), &env);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let names: Vec<&str> = loaded.manifests.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["subagent:zfs", "subagent:libvirt", "agent"]);
+    let zfs = &loaded.manifests[0];
+    assert_eq!(zfs.command[0], "/opt/mistify/bin/mistify-zfs");
+    assert_eq!(zfs.ready, Readiness::Tcp(29999));
+    assert!(zfs.command.contains(&"29999".to_string()));
+    let agent = &loaded.manifests[2];
+    // Both full names: a bare `subagent` would be satisfied by either one alone.
+    assert_eq!(agent.depends, ["subagent:zfs", "subagent:libvirt"]);
+    assert_eq!(
+        agent.ready,
+        Readiness::Http("http://127.0.0.1:8080/healthz".into())
+    );
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    let unit = config().join("systemd").join("mistify-supervisord.service");
+    let text = std::fs::read_to_string(&unit).unwrap_or_else(|e| panic!("{e}"));
+    assert!(text.contains("Type=notify"));
+    assert!(text.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    let Ok(out) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("SKIPPED: systemd-analyze is not installed");
+        return;
+    };
+    if !out.status.success() {
+        eprintln!("SKIPPED: systemd-analyze does not run here");
+        return;
+    }
+    // Verify a copy that points at the binary we built (the unit names /usr/sbin).
+    let dir = mistify_e2e::TempDir::new("unit");
+    let copy = dir.path().join("mistify-supervisord.service");
+    std::fs::write(
+        &copy,
+        text.replace("/usr/sbin/mistify-supervisord", common::DAEMON),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("mistify-supervisord.service:"),
+        "{err}"
+    );
+}

@@ -1,0 +1,337 @@
+//! The REST API: the recorded govisord exchanges, auth, systemd notification, embedding.
+
+mod common;
+
+use common::*;
+use mistify_supervisor::api::State;
+use mistify_supervisor::daemon::{router, Manager, Provider, ProviderContext, ServiceConfig};
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[test]
+fn govisord_fixture_replays_against_our_daemon() {
+    if mistify_e2e::skipped("supervisor-replay") {
+        return;
+    }
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: python3 is not installed, the replay tool cannot run");
+        return;
+    }
+    let fixture = mistify_e2e::fixtures_dir()
+        .join("wire")
+        .join("supervisor-rest.json");
+    let (ok, out) = mistify_e2e::replay(&[
+        fixture.display().to_string(),
+        "--start-daemon".into(),
+        DAEMON.into(),
+        "--allow-fixes".into(),
+    ]);
+    assert!(ok, "{out}");
+    let last = out.lines().last().unwrap_or_default().to_string();
+    assert!(last.ends_with("passed, 0 failed"), "{out}");
+    // The only difference from the original is the documented one (ETag on 304).
+    let fixed: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("QUIRK-FIXED"))
+        .collect();
+    assert_eq!(fixed.len(), 1, "{out}");
+    assert!(fixed[0].contains("no-etag-on-304"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_from_a_bcrypt_password_file() {
+    let hash = bcrypt::hash("s3cret", 4).unwrap_or_else(|e| panic!("{e}"));
+    let dir = mistify_e2e::TempDir::new("auth-pass");
+    let passfile = dir.path().join("passwd");
+    std::fs::write(&passfile, format!("# users\n\nops:{hash}\n")).unwrap_or_else(|e| panic!("{e}"));
+    let sup = Sup::start_with(
+        "auth",
+        &[(
+            "a.json",
+            m(json!({"name": "a", "command": ["sleep", "3600"]})),
+        )],
+        &[],
+        &[
+            "--passfile",
+            &passfile.display().to_string(),
+            "--passwd",
+            "cli:other",
+            "--name",
+            "hv1",
+        ],
+    );
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("{}/", sup.url))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(
+        r.headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Basic realm=\"hv1\"")
+    );
+    assert_eq!(r.text().await.unwrap_or_default().trim(), "Unauthorized");
+    for (user, pass, code) in [
+        ("ops", "wrong", 401),
+        ("nobody", "s3cret", 401),
+        ("ops", "s3cret", 200),
+        ("cli", "other", 200),
+    ] {
+        let r = http
+            .get(format!("{}/services/a", sup.url))
+            .basic_auth(user, Some(pass))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status().as_u16(), code, "{user}:{pass}");
+    }
+    // The client reports 401 as such (the TUI's cue for its login screen).
+    let e = sup
+        .client
+        .names()
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("no 401"));
+    assert!(e.is_unauthorized(), "{e:?}");
+    let r = http
+        .get(format!("{}/", sup.url))
+        .basic_auth("ops", Some("s3cret"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let info: serde_json::Value = r.json().await.unwrap_or_default();
+    assert_eq!(info["name"], "hv1");
+    // The CLI's --user/--pass.
+    let cli = |extra: &[&str]| {
+        std::process::Command::new(CLI)
+            .args(["--addr", &sup.url])
+            .args(extra)
+            .arg("list")
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let ok = cli(&["--user", "ops", "--pass", "s3cret"]);
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "a\n");
+    let refused = cli(&[]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stderr).trim(),
+        "Error: Unauthorized"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_sent_to_notify_socket_once_the_api_listens() {
+    let dir = mistify_e2e::TempDir::new("notify-sock");
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap_or_else(|e| panic!("{e}"));
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut sup = Sup::start_with(
+        "notify",
+        &[(
+            "a.json",
+            m(json!({"name": "a", "command": ["sleep", "3600"]})),
+        )],
+        &[("NOTIFY_SOCKET", path.display().to_string())],
+        &[],
+    );
+    let mut buf = [0u8; 512];
+    let n = sock
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no notification: {e}"));
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
+    // READY means the API answers and the services were started.
+    let a = sup
+        .client
+        .service("a")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(a.state, State::Running);
+    let status = sup.terminate(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+    let n = sock
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no STOPPING: {e}"));
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_and_router_errors() {
+    let logdir = mistify_e2e::TempDir::new("sup-logfile");
+    let logfile = logdir.path().join("supervisor.log");
+    let sup = Sup::start_with(
+        "routes",
+        &[(
+            "a.json",
+            m(json!({"name": "a:b", "command": ["sleep", "3600"]})),
+        )],
+        &[],
+        &["--logfile", &logfile.display().to_string()],
+    );
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("{}/healthz", sup.url))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status().as_u16(), 200);
+    let r = http
+        .get(format!("{}/services/", sup.url))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status().as_u16(), 404);
+    let r = http
+        .put(format!("{}/services", sup.url))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status().as_u16(), 405);
+    // Govisor's view has exactly govisor's keys; ?full=1 adds ours.
+    let v: serde_json::Value = http
+        .get(format!("{}/services/a%3Ab", sup.url))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_default();
+    assert!(v.get("state").is_none() && v.get("status").is_some(), "{v}");
+    let v: serde_json::Value = http
+        .get(format!("{}/services/a%3Ab?full=1", sup.url))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_default();
+    assert!(v.get("state").is_some() && v.get("pid").is_some(), "{v}");
+    // Poll-Time is capped and a bad since is refused.
+    let r = http
+        .get(format!("{}/log?since=zz", sup.url))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status().as_u16(), 400);
+    // --logfile gets the consolidated log.
+    let text = std::fs::read_to_string(&logfile).unwrap_or_default();
+    assert!(
+        text.contains("*** Govisor starting monitoring: govisord ***"),
+        "{text}"
+    );
+    assert!(text.contains("[a:b] Enabling service a:b"), "{text}");
+}
+
+/// A non-process provider: a flag that is "up" while started.
+struct Flag(Arc<AtomicBool>);
+
+#[async_trait::async_trait]
+impl Provider for Flag {
+    async fn start(&self, ctx: ProviderContext) -> Result<Option<u32>, String> {
+        self.0.store(true, Ordering::SeqCst);
+        ctx.log("flag raised");
+        ctx.ready();
+        Ok(None)
+    }
+    async fn stop(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_provider_is_supervised_through_the_embedded_router() {
+    let mgr = Manager::new("embedded");
+    let up = Arc::new(AtomicBool::new(false));
+    let mut cfg = ServiceConfig::new("flag:one");
+    cfg.ready = mistify_supervisor::manifest::Readiness::Notify;
+    cfg.provides = vec!["flag".into()];
+    mgr.add_service(cfg, Arc::new(Flag(up.clone())))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let app = axum::Router::new().nest_service("/supervisor", router(mgr.clone()));
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let base = format!("http://{addr}/supervisor");
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{base}/services/flag:one/enable"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status().as_u16(), 200);
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let v: serde_json::Value = http
+            .get(format!("{base}/services/flag:one?full=1"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .json()
+            .await
+            .unwrap_or_default();
+        if v["state"] == "running" && v["ready"] == true {
+            assert_eq!(v["status"], "Healthy");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(up.load(Ordering::SeqCst));
+    mgr.shutdown().await;
+    assert!(!up.load(Ordering::SeqCst));
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_ends_when_its_client_goes_away() {
+    use tokio::io::AsyncWriteExt;
+    let mgr = Manager::new("polls");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let app = router(mgr.clone());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let serial = mgr.serial();
+    let mut conn = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let req = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Govisor-Poll-Etag: \"{serial:x}\"\r\nX-Govisor-Poll-Time: 60\r\n\r\n");
+    conn.write_all(req.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let deadline = std::time::Instant::now() + T;
+    while mgr.watchers() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the poll never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(conn);
+    while mgr.watchers() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the poll outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.abort();
+}
