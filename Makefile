@@ -1,5 +1,5 @@
-# The two public targets are the README's two commands.
-.PHONY: run test
+# The two public targets are the README's two commands; `deb` builds the package.
+.PHONY: run test deb
 
 ## make run: bring up the hypervisor stack with the dev configuration in config/
 run:
@@ -8,3 +8,9 @@ run:
 ## make test: install missing prerequisites, then fmt, clippy, build and every test
 test:
 	@scripts/test.sh
+
+## make deb: release build and the Debian package in target/debian/ (docs/operations.md)
+deb:
+	MISTIFY_SKIP=etcd,zfs,stack,replay,supervisor-tls scripts/install-deps.sh
+	cargo build --release --workspace --bins --locked
+	cargo deb -p mistify-supervisor --no-build --output target/debian/

@@ -22,6 +22,7 @@ skipped replay  || need[python3]="wire replay tests (tests/tools/replay.py)"
 skipped etcd    || { need[etcd-server]="lochness tests (a real etcd)"; need[etcd-client]="lochness tests (etcdctl)"; }
 skipped zfs     || need[zfs-fuse]="storage sub-agent tests (a real ZFS pool)"
 skipped supervisor-tls || need[openssl]="supervisor TLS test (makes a test certificate)"
+skipped stack   || { need[curl]="the README walk-through (dev stack tests)"; need[procps]="the dev stack manifests (pgrep)"; }
 
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 
@@ -77,5 +78,14 @@ skipped replay || check "python3" command -v python3
 skipped etcd   || { check "etcd (etcd-server)" command -v etcd; check "etcdctl (etcd-client)" command -v etcdctl; }
 skipped zfs    || { check "zfs-fuse" test -x /usr/sbin/zfs-fuse -o -x /usr/bin/zfs-fuse; check "zfs/zpool commands (zfs-fuse)" command -v zpool; }
 skipped supervisor-tls || check "openssl" command -v openssl
+skipped stack  || { check "curl" command -v curl; check "pgrep (procps)" command -v pgrep; }
 [ "$fail" = 0 ] || { echo "install-deps: prerequisites are missing (see above)" >&2; exit 1; }
+
+# cargo-deb builds the Debian package (the package test, `make deb`): a pinned version,
+# installed once into ~/.cargo/bin.
+CARGO_DEB_VERSION=3.8.0
+if ! skipped package && ! cargo deb --version 2>/dev/null | grep -qF "$CARGO_DEB_VERSION"; then
+  echo "install-deps: installing cargo-deb $CARGO_DEB_VERSION (cargo install, a few minutes)"
+  cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked --quiet
+fi
 echo "install-deps: all prerequisites present"

@@ -22,7 +22,7 @@ phase deps   scripts/install-deps.sh
 phase fmt    cargo fmt --all --check
 phase clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 phase build  cargo build --workspace --bins --examples --locked
-phase test   cargo test --workspace --locked
+phase test   cargo test --workspace --locked --no-fail-fast
 
 echo
 echo "==> wall time per phase"

@@ -8,6 +8,7 @@
 //! process that is killed when the test ends. [`free_port`] picks a free loopback port.
 
 pub mod recorded;
+pub mod stack;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -37,7 +38,7 @@ pub fn shared_dir() -> Option<PathBuf> {
 
 /// The profile directory the running test was built into (`target/debug` or
 /// `target/release`): the test executable lives in its `deps/`.
-fn profile_dir() -> PathBuf {
+pub fn profile_dir() -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))

@@ -2,11 +2,22 @@
 
 mod common;
 
-use mistify_supervisor::manifest::{load_dir_with, Readiness};
+use mistify_supervisor::manifest::{load_dir_with, Loaded, Readiness};
 use std::path::PathBuf;
 
 fn config() -> PathBuf {
     mistify_e2e::workspace_root().join("config")
+}
+
+/// Loads the manifest set `config/services/<set>` as the daemon loads `<dir>/services`.
+fn load_set(set: &str, env: &dyn Fn(&str) -> Option<String>) -> Loaded {
+    let dir = mistify_e2e::TempDir::new("manifests");
+    std::os::unix::fs::symlink(
+        config().join("services").join(set),
+        dir.path().join("services"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    load_dir_with(dir.path(), env)
 }
 
 #[test]
@@ -16,13 +27,16 @@ fn example_manifests_load_and_expand() {
         "MISTIFY_BIN" => Some("/opt/mistify/bin".to_string()),
         _ => None,
     };
-    let loaded = load_dir_with(&config().join("supervisor"), &env);
+    let loaded = load_set("prod", &env);
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
     let names: Vec<&str> = loaded.manifests.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["subagent:zfs", "subagent:libvirt", "agent"]);
     let zfs = &loaded.manifests[0];
     assert_eq!(zfs.command[0], "/opt/mistify/bin/mistify-zfs");
-    assert_eq!(zfs.ready, Readiness::Tcp(29999));
+    assert_eq!(
+        zfs.ready,
+        Readiness::Http("http://127.0.0.1:29999/healthz".into())
+    );
     assert!(zfs.command.contains(&"29999".to_string()));
     let agent = &loaded.manifests[2];
     // Both full names: a bare `subagent` would be satisfied by either one alone.
@@ -30,6 +44,42 @@ fn example_manifests_load_and_expand() {
     assert_eq!(
         agent.ready,
         Readiness::Http("http://127.0.0.1:8080/healthz".into())
+    );
+}
+
+#[test]
+fn dev_stack_manifests_load_and_expand() {
+    let env = |k: &str| match k {
+        "ZFS_PORT" => Some("29999".to_string()),
+        "MISTIFY_POOL" => Some("devpool".to_string()),
+        _ => None,
+    };
+    let loaded = load_set("dev", &env);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let names: Vec<&str> = loaded.manifests.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "zfs_fuse:dev",
+            "pool:dev",
+            "images:dev",
+            "sample_image:dev",
+            "subagent:libvirt",
+            "subagent:zfs",
+            "agent:dev"
+        ]
+    );
+    let zfs = &loaded.manifests[5];
+    assert!(zfs.command.windows(2).any(|w| w == ["--zpool", "devpool"]));
+    assert!(zfs.command.windows(2).any(|w| w == ["--disk-mode", "file"]));
+    assert_eq!(
+        zfs.ready,
+        Readiness::Http("http://127.0.0.1:29999/healthz".into())
+    );
+    assert_eq!(loaded.manifests[1].ready, Readiness::Notify);
+    assert_eq!(
+        loaded.manifests[6].depends,
+        ["subagent:zfs", "subagent:libvirt", "sample_image:dev"]
     );
 }
 

@@ -93,13 +93,17 @@ async fn stop_command_gets_the_pid_and_log_file_gets_the_lines() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_readiness_and_ready_timeout() {
     let port = free_port();
+    // Served by the web service: a directory of its own (listing `/` stats every mount,
+    // and a busy FUSE mount there would stall the readiness probe).
+    let docroot = mistify_e2e::TempDir::new("web");
+    let docroot_path = docroot.path().display().to_string();
     let sup = Sup::start(
         "http",
         &[
             (
                 "web.json",
                 m(
-                    json!({"name": "web", "command": ["python3", "-m", "http.server", port.to_string(), "--bind", "127.0.0.1"], "directory": "/", "ready": format!("http:http://127.0.0.1:{port}/")}),
+                    json!({"name": "web", "command": ["python3", "-m", "http.server", port.to_string(), "--bind", "127.0.0.1"], "directory": docroot_path, "ready": format!("http:http://127.0.0.1:{port}/")}),
                 ),
             ),
             (

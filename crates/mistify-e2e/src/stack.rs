@@ -1,0 +1,241 @@
+//! The dev hypervisor stack (`config/services/dev` under `mistify-supervisord`) on free
+//! ports, with its own data directory and pool, for end-to-end tests. `make run` starts
+//! the same manifests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::{free_port, workspace_root, TempDir};
+
+/// Serialises the start of zfs-fuse within one test process.
+static ZFS_FUSE: Mutex<()> = Mutex::new(());
+
+fn quiet(cmd: &mut Command) -> bool {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether `zpool list` answers (a zfs-fuse daemon runs and is ready).
+pub fn zpool_works() -> bool {
+    quiet(Command::new("zpool").arg("list"))
+}
+
+/// Makes sure a zfs-fuse daemon runs: one that runs is used; otherwise
+/// `zfs-fuse --no-daemon` is started in its own process group and left running (it is
+/// shared by every test process and never stopped by a test). Waits until `zpool list`
+/// works.
+pub fn ensure_zfs_fuse() -> Result<(), String> {
+    let _guard = ZFS_FUSE.lock().unwrap_or_else(|e| e.into_inner());
+    if zpool_works() {
+        return Ok(());
+    }
+    if !quiet(Command::new("pgrep").args(["-x", "zfs-fuse"])) {
+        use std::os::unix::process::CommandExt;
+        let child = Command::new("zfs-fuse")
+            .arg("--no-daemon")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start zfs-fuse: {e}"))?;
+        // Deliberately not waited for: the daemon outlives this process.
+        std::mem::forget(child);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !zpool_works() {
+        if Instant::now() > deadline {
+            return Err("zfs-fuse does not answer `zpool list` after 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// A running dev stack. Dropping it stops the supervisor (and with it every service) and
+/// destroys the stack's pool.
+pub struct DevStack {
+    child: Option<Child>,
+    data: TempDir,
+    /// `http://127.0.0.1:PORT` of the agent.
+    pub agent: String,
+    /// `http://127.0.0.1:PORT` of the supervisor's REST API.
+    pub supervisor: String,
+    /// The stack's pool (unique per stack).
+    pub pool: String,
+    pub zfs_port: u16,
+    pub libvirt_port: u16,
+    pub image_port: u16,
+}
+
+impl DevStack {
+    /// Starts `mistify-supervisord` with the dev manifests, every port free and fresh, a
+    /// data directory and a pool of its own; waits until the agent answers `/healthz`.
+    /// `bin` is the directory of the built binaries (see [`crate::binary`]).
+    pub fn start(bin: &Path, name: &str) -> Result<DevStack, String> {
+        Self::start_with_env(bin, name, &[])
+    }
+
+    /// As [`DevStack::start`], with extra environment for the supervisor (and so for the
+    /// manifests), e.g. `IMAGE_CHUNK_DELAY_MS` to slow the image server down.
+    pub fn start_with_env(
+        bin: &Path,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> Result<DevStack, String> {
+        ensure_zfs_fuse()?;
+        let data = TempDir::new(&format!("stack-{name}"));
+        let sup = data.path().join("supervisor");
+        std::fs::create_dir_all(&sup).map_err(|e| e.to_string())?;
+        std::os::unix::fs::symlink(
+            workspace_root().join("config").join("services").join("dev"),
+            sup.join("services"),
+        )
+        .map_err(|e| format!("cannot link the manifests: {e}"))?;
+        let (agent_port, sup_port) = (free_port(), free_port());
+        let (zfs_port, libvirt_port, image_port) = (free_port(), free_port(), free_port());
+        let pool = format!("mst{}x{}", std::process::id(), agent_port);
+        let agent = format!("127.0.0.1:{agent_port}");
+        let supervisor = format!("http://127.0.0.1:{sup_port}");
+        let log =
+            std::fs::File::create(data.path().join("supervisor.log")).map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(bin.join("mistify-supervisord"))
+            .args(["--addr", &supervisor, "--dir"])
+            .arg(&sup)
+            .env("MISTIFY_BIN", bin)
+            .env("MISTIFY_SRC", workspace_root())
+            .env("MISTIFY_DATA", data.path())
+            .env("MISTIFY_POOL", &pool)
+            .env("MISTIFY_POOL_SIZE", "1G")
+            .env("MISTIFY_LOG_LEVEL", "info")
+            .env("AGENT_ADDRESS", &agent)
+            .env("ZFS_PORT", zfs_port.to_string())
+            .env("LIBVIRT_PORT", libvirt_port.to_string())
+            .env("IMAGE_PORT", image_port.to_string())
+            .env("LIBVIRT_URI", "test:///default")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| format!("cannot start mistify-supervisord: {e}"))?;
+        let mut stack = DevStack {
+            child: Some(child),
+            data,
+            agent: format!("http://{agent}"),
+            supervisor,
+            pool,
+            zfs_port,
+            libvirt_port,
+            image_port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            if http_ok(&format!("{}/healthz", stack.agent)) {
+                return Ok(stack);
+            }
+            if let Some(Ok(Some(status))) = stack.child.as_mut().map(Child::try_wait) {
+                return Err(format!(
+                    "mistify-supervisord exited ({status}) before the agent was ready:\n{}",
+                    stack.log()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the agent was not ready after 180 s:\n{}",
+                    stack.log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The data directory (agent store, agent config, pool file, images).
+    pub fn data(&self) -> &Path {
+        self.data.path()
+    }
+
+    /// The supervisor's output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("supervisor.log")).unwrap_or_default()
+    }
+
+    /// The pid of `mistify-supervisord`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM to the supervisor, then waits up to `timeout` for it to stop every
+    /// service and exit; its exit status (`None`: still running, then killed).
+    pub fn stop(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the stack's pool is imported.
+    pub fn pool_imported(&self) -> bool {
+        quiet(Command::new("zpool").args(["list", &self.pool]))
+    }
+
+    /// The pool's file (exported pools stay on it until the data directory goes).
+    pub fn pool_file(&self) -> PathBuf {
+        self.data.path().join("pool.img")
+    }
+}
+
+impl Drop for DevStack {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(60));
+        if self.pool_imported() {
+            let _ = quiet(Command::new("zpool").args(["destroy", "-f", &self.pool]));
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET answered 2xx (std only: no client library needed here).
+pub fn http_ok(url: &str) -> bool {
+    http_get(url).is_some_and(|(status, _)| (200..300).contains(&status))
+}
+
+/// A plain HTTP/1.1 GET: status and body, `None` when nothing answers.
+pub fn http_get(url: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let addr: std::net::SocketAddr = host.parse().ok()?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}

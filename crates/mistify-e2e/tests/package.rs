@@ -1,0 +1,154 @@
+//! The Debian package (`cargo deb -p mistify-supervisor`, what `make deb` builds):
+//! built from the test's own binaries, unpacked into a scratch root with `dpkg-deb -x`,
+//! its layout checked, its production manifests validated by the supervisor's loader
+//! and its binaries run.
+
+use std::path::Path;
+use std::process::Command;
+
+use mistify_e2e::{binary, profile_dir, skipped, workspace_root, TempDir};
+use mistify_supervisor::manifest::load_dir_with;
+
+const BINARIES: [&str; 8] = [
+    "mistify-agent",
+    "mistify-libvirt",
+    "mistify-zfs",
+    "mistify-image-server",
+    "mistify-supervisord",
+    "mistify-supervisor",
+    "mistify",
+    "lochness-heartbeat",
+];
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_package_installs_with_the_documented_layout() {
+    if skipped("package") {
+        return;
+    }
+    for name in BINARIES {
+        binary(name); // built (once) by the helper
+    }
+    let profile = profile_dir();
+    let profile_name = if profile.file_name().is_some_and(|n| n == "release") {
+        "release"
+    } else {
+        "dev"
+    };
+    let dir = TempDir::new("deb");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(&cargo)
+        .current_dir(workspace_root())
+        .args([
+            "deb",
+            "-p",
+            "mistify-supervisor",
+            "--no-build",
+            "--strip",
+            "--fast",
+        ])
+        .args(["--profile", profile_name, "--output"])
+        .arg(dir.path()));
+    let deb = std::fs::read_dir(dir.path())
+        .expect("output dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .expect("cargo deb wrote no .deb");
+    let name = deb
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    assert!(name.starts_with("mistify_"), "package file {name}");
+
+    let fields = run(Command::new("dpkg-deb")
+        .args(["-f"])
+        .arg(&deb)
+        .args(["Package", "Depends"]));
+    assert!(fields.contains("Package: mistify\n"), "{fields}");
+    assert!(fields.contains("libvirt0"), "{fields}");
+
+    let root = dir.path().join("root");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
+    for name in BINARIES {
+        let path = root.join("usr/sbin").join(name);
+        assert!(path.is_file(), "{} is missing", path.display());
+        let version = run(Command::new(&path).arg("--version"));
+        assert!(
+            version.contains(env!("CARGO_PKG_VERSION")),
+            "{name} --version printed {version:?}"
+        );
+    }
+    for file in [
+        "etc/mistify/agent.json",
+        "etc/mistify/supervisor/services/10-mistify-zfs.json",
+        "etc/mistify/supervisor/services/20-mistify-libvirt.json",
+        "etc/mistify/supervisor/services/30-mistify-agent.json",
+        "usr/lib/systemd/system/mistify-supervisord.service",
+        "usr/share/doc/mistify/operations.md",
+        "usr/share/doc/mistify/copyright",
+    ] {
+        assert!(root.join(file).is_file(), "{file} is missing");
+    }
+    let unit =
+        std::fs::read_to_string(root.join("usr/lib/systemd/system/mistify-supervisord.service"))
+            .expect("unit");
+    assert!(
+        unit.contains("ExecStart=/usr/sbin/mistify-supervisord"),
+        "{unit}"
+    );
+    assert!(unit.contains("--dir /etc/mistify/supervisor"), "{unit}");
+
+    // The configuration files are conffiles (an upgrade keeps an operator's edits).
+    let control = dir.path().join("control");
+    run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&control));
+    let conffiles = std::fs::read_to_string(control.join("conffiles")).expect("conffiles");
+    assert!(conffiles.contains("/etc/mistify/agent.json"), "{conffiles}");
+    assert!(
+        conffiles.contains("/etc/mistify/supervisor/services/30-mistify-agent.json"),
+        "{conffiles}"
+    );
+    let postinst = std::fs::read_to_string(control.join("postinst")).expect("postinst");
+    assert!(postinst.contains("/var/lib/mistify"), "{postinst}");
+
+    // The production manifests pass the supervisor's validation, with the defaults they
+    // would get on a host (no environment overrides) ...
+    let loaded = load_dir_with(&root.join("etc/mistify/supervisor"), &|_| None);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let names: Vec<&str> = loaded.manifests.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["subagent:zfs", "subagent:libvirt", "agent"]);
+    for m in &loaded.manifests {
+        assert!(
+            m.command[0].starts_with("/usr/sbin/"),
+            "{} runs {}",
+            m.name,
+            m.command[0]
+        );
+        assert!(
+            Path::new(&m.command[0])
+                .file_name()
+                .is_some_and(|n| BINARIES.iter().any(|b| n == *b)),
+            "{} runs a binary the package does not ship: {}",
+            m.name,
+            m.command[0]
+        );
+    }
+    // ... and the packaged agent accepts the packaged agent.json.
+    run(Command::new(root.join("usr/sbin/mistify-agent"))
+        .args(["--check-config", "-c"])
+        .arg(root.join("etc/mistify/agent.json")));
+}
