@@ -76,6 +76,9 @@ pub struct Manifest {
     pub restart: bool,
     pub provides: Vec<String>,
     pub depends: Vec<String>,
+    /// `onDependencyLoss: "keep"`: `depends` only orders the start; a dependency that
+    /// fails or stops later leaves this service running (default `"stop"`).
+    pub keep_on_dependency_loss: bool,
     pub conflicts: Vec<String>,
     pub service_type: ServiceType,
     pub ready: Readiness,
@@ -110,6 +113,7 @@ const KEYS: &[&str] = &[
     "restart",
     "provides",
     "depends",
+    "onDependencyLoss",
     "conflicts",
     "type",
     "ready",
@@ -441,6 +445,16 @@ pub fn parse(
         Some(v) => ctx.names("depends", v)?,
         None => Vec::new(),
     };
+    let keep_on_dependency_loss = match get("onDependencyLoss") {
+        Some(v) => match ctx.string("onDependencyLoss", v)?.as_str() {
+            "stop" => false,
+            "keep" => true,
+            other => {
+                return Err(ctx.err("onDependencyLoss", format!("{other:?} is not stop or keep")))
+            }
+        },
+        None => false,
+    };
     let conflicts = match get("conflicts") {
         Some(v) => ctx.names("conflicts", v)?,
         None => Vec::new(),
@@ -505,6 +519,7 @@ pub fn parse(
         restart,
         provides,
         depends,
+        keep_on_dependency_loss,
         conflicts,
         service_type,
         ready,
@@ -779,6 +794,10 @@ mod tests {
                 "stopTime",
             ),
             (r#"{"name":"a","command":["x"],"ready":"udp:3"}"#, "ready"),
+            (
+                r#"{"name":"a","command":["x"],"onDependencyLoss":"restart"}"#,
+                "onDependencyLoss",
+            ),
             (r#"{"name":"a","command":["x"],"type":"forking"}"#, "type"),
             (r#"{"name":"a","command":["${UNSET_VAR}"]}"#, "command"),
             (r#"{"name":"a","command":["x"],"env":["NOEQ"]}"#, "env"),

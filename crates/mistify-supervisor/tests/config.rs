@@ -41,6 +41,8 @@ fn example_manifests_load_and_expand() {
     let agent = &loaded.manifests[2];
     // Both full names: a bare `subagent` would be satisfied by either one alone.
     assert_eq!(agent.depends, ["subagent:zfs", "subagent:libvirt"]);
+    // A sub-agent's crash must not take the agent down (it answers 502 meanwhile).
+    assert!(agent.keep_on_dependency_loss);
     assert_eq!(
         agent.ready,
         Readiness::Http("http://127.0.0.1:8080/healthz".into())
@@ -77,6 +79,7 @@ fn dev_stack_manifests_load_and_expand() {
         Readiness::Http("http://127.0.0.1:29999/healthz".into())
     );
     assert_eq!(loaded.manifests[1].ready, Readiness::Notify);
+    assert!(loaded.manifests[6].keep_on_dependency_loss);
     assert_eq!(
         loaded.manifests[6].depends,
         ["subagent:zfs", "subagent:libvirt", "sample_image:dev"]

@@ -596,3 +596,95 @@ async fn sighup_reloads_manifests() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(k.pid, keep.pid, "an unchanged service keeps running");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependent_that_keeps_running_survives_its_dependency_and_stops_first() {
+    let logdir = mistify_e2e::TempDir::new("keeplog");
+    let logfile = logdir.path().join("daemon.log");
+    let mut sup = Sup::start_with(
+        "keep",
+        &[
+            (
+                "db.json",
+                m(
+                    json!({"name": "db", "command": ["sleep", "3600"], "failOnExit": true, "restart": true}),
+                ),
+            ),
+            (
+                "agent.json",
+                m(
+                    json!({"name": "agent", "command": ["sleep", "3600"], "depends": ["db"], "onDependencyLoss": "keep", "failOnExit": true}),
+                ),
+            ),
+        ],
+        &[],
+        &["--logfile", &logfile.display().to_string()],
+    );
+    let db = sup
+        .until_state("db", State::Running, T)
+        .await
+        .pid
+        .unwrap_or(0);
+    let agent = sup
+        .until_state("agent", State::Running, T)
+        .await
+        .pid
+        .unwrap_or(0);
+    assert!(db > 0 && agent > 0);
+    // The dependency crashes and is restarted; the dependent is left alone.
+    kill(db, "KILL");
+    let db2 = sup
+        .until("db", T, |s| {
+            s.state == State::Running && s.pid.is_some_and(|p| p != db)
+        })
+        .await
+        .pid
+        .unwrap_or(0);
+    let a = sup
+        .client
+        .service("agent")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((a.state, a.pid), (State::Running, Some(agent)), "{a:?}");
+    assert!(alive(agent));
+    let log = sup.log(None).await;
+    assert!(
+        !log.iter().any(|l| l.starts_with("[agent] Stopped")),
+        "{log:#?}"
+    );
+    // Disabling the dependency stops it without waiting for the dependent.
+    sup.client
+        .disable("db")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    sup.until_state("db", State::Disabled, T).await;
+    assert!(!alive(db2));
+    assert_eq!(
+        sup.client
+            .service("agent")
+            .await
+            .map(|s| s.pid)
+            .ok()
+            .flatten(),
+        Some(agent)
+    );
+    // Shutdown still stops the dependent before its dependency.
+    sup.client
+        .enable("db")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    sup.until_state("db", State::Running, T).await;
+    assert!(sup.terminate(T).success());
+    let log: Vec<String> = std::fs::read_to_string(&logfile)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            l.split_once(' ')
+                .map(|(_, t)| t.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    let agent_stop = index_of(&log, "[agent] Stopped agent: Shutting down");
+    let db_stop = index_of(&log, "[db] Stopped db: Shutting down");
+    assert!(agent_stop < db_stop, "{log:#?}");
+}

@@ -100,6 +100,9 @@ pub struct ServiceConfig {
     pub description: String,
     pub provides: Vec<String>,
     pub depends: Vec<String>,
+    /// `depends` only orders the start: losing a dependency later does not stop this
+    /// service (manifest `onDependencyLoss: "keep"`). Shutdown still stops it first.
+    pub keep_on_dependency_loss: bool,
     pub conflicts: Vec<String>,
     pub restart: bool,
     pub oneshot: bool,
@@ -121,6 +124,7 @@ impl ServiceConfig {
             description: String::new(),
             provides: Vec::new(),
             depends: Vec::new(),
+            keep_on_dependency_loss: false,
             conflicts: Vec::new(),
             restart: false,
             oneshot: false,
@@ -141,6 +145,7 @@ impl ServiceConfig {
             description: m.description.clone(),
             provides: m.provides.clone(),
             depends: m.depends.clone(),
+            keep_on_dependency_loss: m.keep_on_dependency_loss,
             conflicts: m.conflicts.clone(),
             restart: m.restart,
             oneshot: m.service_type == manifest::ServiceType::Oneshot,
@@ -1412,7 +1417,7 @@ impl Inner {
                     Phase::Starting | Phase::Running if s.stop_reason.is_none() => {
                         let reason = if !s.enabled {
                             Some("Disabled")
-                        } else if !self.deps_ok(s) {
+                        } else if !s.cfg.keep_on_dependency_loss && !self.deps_ok(s) {
                             Some("Unmet dependency")
                         } else {
                             None
@@ -1427,8 +1432,13 @@ impl Inner {
                     }
                     Phase::Running => {
                         // stop_reason is set: stop once no dependent needs us.
+                        // A dependent that keeps running on dependency loss does not hold
+                        // us, except at shutdown (dependents still stop first).
                         let blocked = self.services.values().any(|c| {
-                            c.phase != Phase::Idle && Self::depends_on(c, s) && !self.deps_ok(c)
+                            c.phase != Phase::Idle
+                                && Self::depends_on(c, s)
+                                && !self.deps_ok(c)
+                                && (!c.cfg.keep_on_dependency_loss || self.shutting_down)
                         });
                         if !blocked {
                             let provider = s.provider.clone();
