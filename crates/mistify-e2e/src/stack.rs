@@ -171,6 +171,41 @@ impl DevStack {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The supervisor and every process below it, each as `(pid, start time)` (field 22
+    /// of `/proc/PID/stat`, so a reused pid is not mistaken for one of these later).
+    pub fn processes(&self) -> Vec<(u32, u64)> {
+        let Some(root) = self.pid() else {
+            return Vec::new();
+        };
+        let table: Vec<(u32, u32, u64)> = std::fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                    .filter_map(|pid| {
+                        let (ppid, start) = stat_of(pid)?;
+                        Some((pid, ppid, start))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut found: Vec<(u32, u64)> = table
+            .iter()
+            .filter(|(pid, _, _)| *pid == root)
+            .map(|(pid, _, start)| (*pid, *start))
+            .collect();
+        let mut i = 0;
+        while i < found.len() {
+            let parent = found[i].0;
+            for (pid, ppid, start) in &table {
+                if *ppid == parent && !found.iter().any(|(p, _)| p == pid) {
+                    found.push((*pid, *start));
+                }
+            }
+            i += 1;
+        }
+        found
+    }
+
     /// SIGTERM to the supervisor, then waits up to `timeout` for it to stop every
     /// service and exit; its exit status (`None`: still running, then killed).
     pub fn stop(&mut self, timeout: Duration) -> Option<ExitStatus> {
@@ -210,6 +245,50 @@ impl Drop for DevStack {
             let _ = quiet(Command::new("zpool").args(["destroy", "-f", &self.pool]));
         }
     }
+}
+
+/// `(ppid, start time)` of a live process.
+pub fn stat_of(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state): ppid is field 4, starttime field 22.
+    let ppid = fields.get(1)?.parse().ok()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((ppid, start))
+}
+
+/// Which of `procs` (from [`DevStack::processes`]) still run (same pid and start time,
+/// not a zombie), after giving them up to 5 s to go.
+pub fn still_running(procs: &[(u32, u64)]) -> Vec<u32> {
+    let running = || -> Vec<u32> {
+        procs
+            .iter()
+            .filter(|(pid, start)| {
+                stat_of(*pid).is_some_and(|(_, s)| s == *start) && !is_zombie(*pid)
+            })
+            .map(|(pid, _)| *pid)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = running();
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
 
 /// A plain HTTP/1.1 GET answered 2xx (std only: no client library needed here).

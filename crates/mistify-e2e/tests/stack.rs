@@ -2,11 +2,11 @@
 //! starts) on free ports: the README walk-through runs as written, and stopping the
 //! stack leaves no process, pool or mount behind.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use mistify_e2e::stack::DevStack;
+use mistify_e2e::stack::{still_running, DevStack};
 use mistify_e2e::{binary, skipped, workspace_root};
 
 /// The `sh` blocks of the README between the walk-through markers.
@@ -54,30 +54,6 @@ fn zfs_names(pool: &str) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
-}
-
-/// Pids of live processes whose environment names `data` as `MISTIFY_DATA` (every
-/// service of a stack inherits it from the supervisor).
-fn processes_of(data: &Path) -> Vec<String> {
-    let needle = format!("MISTIFY_DATA={}", data.display());
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let pid = entry.file_name().to_string_lossy().into_owned();
-        if !pid.chars().all(|c| c.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if environ.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
-            let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            found.push(format!(
-                "{pid} {}",
-                String::from_utf8_lossy(&cmd).replace('\0', " ")
-            ));
-        }
-    }
-    found
 }
 
 #[test]
@@ -128,6 +104,10 @@ fn readme_walkthrough_runs_and_the_stack_stops_clean() {
     );
 
     let data = stack.data().to_path_buf();
+    let procs = stack.processes();
+    // The supervisor, the zfs-fuse stand-in, the pool keeper, the image server, both
+    // sub-agents and the agent (with the shells some of them run under).
+    assert!(procs.len() >= 7, "the stack's processes: {procs:?}");
     let status = stack.stop(Duration::from_secs(90));
     assert!(
         status.is_some_and(|s| s.success()),
@@ -135,7 +115,7 @@ fn readme_walkthrough_runs_and_the_stack_stops_clean() {
         stack.log()
     );
     assert!(!stack.pool_imported(), "the pool is still imported");
-    let left = processes_of(&data);
+    let left = still_running(&procs);
     assert!(left.is_empty(), "processes of the stack left: {left:?}");
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     let data_text = data.display().to_string();

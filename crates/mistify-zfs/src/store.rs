@@ -890,10 +890,37 @@ impl Store {
             (true, Some((parent, name))) => self.family(parent, name).await?,
             _ => vec![snap.clone()],
         };
+        // zfs-fuse's CLI drops the kernel page cache after a rollback; where it cannot
+        // (a read-only /proc/sys, as in containers) the rollback is done but the mounts
+        // may serve stale pages: remount those filesystems instead.
+        let mut stale: Vec<String> = Vec::new();
         for target in &targets {
-            self.zfs
+            match self
+                .zfs
                 .rollback(&target.name, req.destroy_more_recent)
-                .await?;
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.cache_drop_failed() => {
+                    tracing::warn!(snapshot = %target.name, "rollback done; zfs could not drop the page cache, remounting");
+                    if let Some((fs, _)) = target.name.split_once('@') {
+                        stale.push(fs.to_string());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        stale.sort();
+        let tops: Vec<&String> = stale
+            .iter()
+            .filter(|fs| {
+                !stale
+                    .iter()
+                    .any(|p| p != *fs && fs.starts_with(&format!("{p}/")))
+            })
+            .collect();
+        for fs in tops {
+            self.zfs.remount_tree(fs).await?;
         }
         Ok(SnapshotResponse {
             snapshots: Some(vec![Self::snapshot_json(&snap)]),

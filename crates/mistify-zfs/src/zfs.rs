@@ -73,6 +73,12 @@ impl ZfsError {
     pub fn busy(&self) -> bool {
         self.stderr().contains("dataset is busy")
     }
+    /// zfs-fuse's CLI could not drop the kernel page cache after a rollback
+    /// (`/proc/sys/vm/drop_caches` is read-only, as in containers); the rollback itself
+    /// is done.
+    pub fn cache_drop_failed(&self) -> bool {
+        self.stderr().contains("drop_caches failed")
+    }
 }
 
 /// Dataset types.
@@ -496,6 +502,27 @@ impl Zfs {
         self.run_retry_busy(argv::rollback(snapshot, destroy_more_recent))
             .await
             .map(drop)
+    }
+
+    /// Unmounts the filesystem `name` and its mounted descendants (deepest first), then
+    /// mounts them again: the kernel then holds no cached page of what they held.
+    pub async fn remount_tree(&self, name: &str) -> Result<(), ZfsError> {
+        let mut filesystems: Vec<String> = self
+            .list(name)
+            .await?
+            .into_iter()
+            .filter(|d| d.kind == Kind::Filesystem && d.mountpoint.is_some())
+            .map(|d| d.name)
+            .collect();
+        filesystems.sort_by_key(|n| n.matches('/').count());
+        for fs in filesystems.iter().rev() {
+            self.run_retry_busy(vec!["umount".into(), fs.clone()])
+                .await?;
+        }
+        for fs in &filesystems {
+            self.run(vec!["mount".into(), fs.clone()]).await?;
+        }
+        Ok(())
     }
 
     /// Starts `zfs send [-R] snapshot` with stdout piped (no timeout: the reader paces it).
