@@ -34,7 +34,16 @@ pub fn ensure_zfs_fuse() -> Result<(), String> {
     if zpool_works() {
         return Ok(());
     }
-    if !quiet(Command::new("pgrep").args(["-x", "zfs-fuse"])) {
+    // A zfs-fuse that is starting gets a moment; one that never answers us (e.g. another
+    // root's, visible through the shared pid namespace) is not ours to wait for.
+    let serving = quiet(Command::new("pgrep").args(["-x", "zfs-fuse"])) && {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !zpool_works() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        zpool_works()
+    };
+    if !serving {
         use std::os::unix::process::CommandExt;
         let child = Command::new("zfs-fuse")
             .arg("--no-daemon")

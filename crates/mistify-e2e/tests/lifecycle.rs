@@ -265,8 +265,31 @@ async fn guest_lifecycle_over_rest() {
     assert!(mac.starts_with("02:"), "NIC MAC {mac:?}");
     assert_eq!(guest.nics[0].vlans, None, "NIC VLANs");
 
-    // libvirt has the domain (defined, not booted). The sub-agent offers no call that
-    // answers the domain XML; its state comes from `Libvirt.Status`.
+    // libvirt's domain XML has both disks as files at those sources, and the NIC's
+    // network exists (`Libvirt.Inspect`, the sub-agent's read-only view).
+    let seen = libvirt_rpc(&stack, "Libvirt.Inspect", json!({"guest": {"id": id}})).await;
+    assert!(seen["error"].is_null(), "Libvirt.Inspect: {seen}");
+    let xml = seen["result"]["domain_xml"].as_str().unwrap_or_default();
+    assert_eq!(
+        xml.matches("<disk type='file' device='disk'>").count(),
+        2,
+        "file disks in the domain XML:\n{xml}"
+    );
+    for disk in &guest.disks {
+        assert!(
+            xml.contains(&format!("<source file='{}'", disk.source)),
+            "{} is not a disk of the domain:\n{xml}",
+            disk.source
+        );
+    }
+    let has_network = |v: &Value| {
+        v["result"]["networks"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|x| x.as_str() == Some(mac.as_str())))
+    };
+    assert!(has_network(&seen), "no libvirt network for the NIC: {seen}");
+
+    // libvirt has the domain (defined, not booted); its state from `Libvirt.Status`.
     let status = libvirt_rpc(&stack, "Libvirt.Status", json!({"guest": {"id": id}})).await;
     assert!(status["error"].is_null(), "Libvirt.Status: {status}");
     assert_eq!(status["result"]["guest"]["state"], "shutoff", "{status}");
@@ -494,6 +517,13 @@ async fn guest_lifecycle_over_rest() {
         "{} left",
         guest.disks[0].source
     );
+    let seen = libvirt_rpc(&stack, "Libvirt.Inspect", json!({"guest": {"id": id}})).await;
+    assert!(seen["error"].is_null(), "Libvirt.Inspect: {seen}");
+    assert_eq!(
+        seen["result"]["domain_xml"], "",
+        "the domain is still defined"
+    );
+    assert!(!has_network(&seen), "the NIC's network is left: {seen}");
     let status = libvirt_rpc(&stack, "Libvirt.Status", json!({"guest": {"id": id}})).await;
     let error = status["error"].as_str().unwrap_or_default();
     assert!(

@@ -69,6 +69,13 @@ pub fn server(lv: Libvirt) -> Server {
     let s = guest!(s, "Libvirt.Suspend", suspend);
     let s = guest!(s, "Libvirt.Resume", resume);
     let s = guest!(s, "Libvirt.Status", status);
+    let s = {
+        let lv = lv.clone();
+        s.method("Libvirt.Inspect", move |req: GuestRequest| {
+            let lv = lv.clone();
+            async move { lv.inspect(req).await }
+        })
+    };
     let s = metrics!(s, "Libvirt.CPUMetrics", cpu_metrics);
     let s = metrics!(s, "Libvirt.DiskMetrics", disk_metrics);
     let s = metrics!(s, "Libvirt.NicMetrics", nic_metrics);

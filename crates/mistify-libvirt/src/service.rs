@@ -11,7 +11,9 @@ use virt::domain::Domain;
 use virt::network::Network;
 use virt::sys;
 
-use crate::error::{Error, Result, CODE_INVALID_ARG, CODE_NO_NETWORK, CODE_NO_SUPPORT};
+use crate::error::{
+    Error, Result, CODE_INVALID_ARG, CODE_NO_DOMAIN, CODE_NO_NETWORK, CODE_NO_SUPPORT,
+};
 use crate::pool::Pool;
 use crate::raw;
 use crate::render::{self, DiskKind, NetworkMode, Options};
@@ -425,6 +427,32 @@ impl Libvirt {
         })
     }
 
+    /// `Libvirt.Inspect` (ours, read-only; not in the Go sub-agent): the guest's domain
+    /// XML as libvirt holds it (empty when there is no such domain) and the names of all
+    /// libvirt networks. Lets tests and operators see what a guest left behind.
+    pub async fn inspect(&self, req: GuestRequest) -> Result<Inspection> {
+        let guest = checked_guest(req.guest)?;
+        let id = guest.id.clone();
+        self.pool
+            .run(move |conn| {
+                let domain_xml = match conn.lookup_domain_by_name(&id) {
+                    Ok(dom) => dom.xml_desc(0)?,
+                    Err(e) if e.code().to_raw() == CODE_NO_DOMAIN => String::new(),
+                    Err(e) => return Err(e.into()),
+                };
+                let networks = conn.list_networks()?;
+                let mut all = networks;
+                all.extend(conn.list_defined_networks()?);
+                all.sort();
+                all.dedup();
+                Ok(Inspection {
+                    domain_xml,
+                    networks: all,
+                })
+            })
+            .await
+    }
+
     /// `Libvirt.Status`: the guest with its current state (and VNC port).
     pub async fn status(&self, req: GuestRequest) -> Result<GuestResponse> {
         self.lifecycle(req, Action::Status).await
@@ -647,4 +675,13 @@ mod tests {
         assert!(checked_guest(g("test")).is_err());
         assert!(checked_guest(g("3f6d9a2e-8c41-4b7a-9e15-2a7c0d4b6e81")).is_ok());
     }
+}
+
+/// The reply of `Libvirt.Inspect`.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Inspection {
+    /// The domain's XML (`virDomainGetXMLDesc`), empty when there is no such domain.
+    pub domain_xml: String,
+    /// Every libvirt network, active or defined, by name.
+    pub networks: Vec<String>,
 }

@@ -42,7 +42,16 @@ pub fn ensure_zfs_fuse() {
     if zpool_works() {
         return;
     }
-    if !zfs_fuse_running() {
+    // A zfs-fuse that is starting gets a moment; one that never answers us (e.g. another
+    // root's, visible through the shared pid namespace) is not ours to wait for.
+    let serving = zfs_fuse_running() && {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !zpool_works() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        zpool_works()
+    };
+    if !serving {
         use std::os::unix::process::CommandExt;
         let child = Command::new("zfs-fuse")
             .arg("--no-daemon")
