@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mistify_e2e::{free_port, Daemon, TempDir};
 use mistify_rpc::{Client, RpcError, Service, ServiceConfig};
@@ -27,47 +27,13 @@ fn zpool_works() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn zfs_fuse_running() -> bool {
-    Command::new("pgrep")
-        .args(["-x", "zfs-fuse"])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Starts `zfs-fuse --no-daemon` in its own process group (it outlives the tests and is
-/// never stopped by them) unless one runs, then waits until `zpool list` works.
+/// A zfs-fuse daemon that answers `zpool list` (started, in its own process group and
+/// left running for later tests, when none does): `mistify_e2e`'s, serialised with the
+/// pool set-up here.
 pub fn ensure_zfs_fuse() {
     let _guard = POOL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    if zpool_works() {
-        return;
-    }
-    // A zfs-fuse that is starting gets a moment; one that never answers us (e.g. another
-    // root's, visible through the shared pid namespace) is not ours to wait for.
-    let serving = zfs_fuse_running() && {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !zpool_works() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        zpool_works()
-    };
-    if !serving {
-        use std::os::unix::process::CommandExt;
-        let child = Command::new("zfs-fuse")
-            .arg("--no-daemon")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("cannot start zfs-fuse");
-        // Deliberately not waited for: the daemon is shared by every test process.
-        std::mem::forget(child);
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !zpool_works() {
-        assert!(Instant::now() < deadline, "zfs-fuse did not come up");
-        std::thread::sleep(Duration::from_millis(200));
+    if let Err(e) = mistify_e2e::stack::ensure_zfs_fuse() {
+        panic!("{e}");
     }
 }
 
