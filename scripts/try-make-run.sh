@@ -41,7 +41,10 @@ for _ in $(seq 1 50); do
   left=""
   for ps in $procs; do
     p=${ps%%:*}; t=${ps#*:}
-    if alive "$p" "$t"; then left="$left $p($(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null))"; fi
+    if alive "$p" "$t"; then
+      cmd=$( (tr '\0' ' ' <"/proc/$p/cmdline") 2>/dev/null || true)  # it may exit meanwhile
+      left="$left $p($cmd)"
+    fi
   done
   [ -z "$left" ] && break
   sleep 0.1
