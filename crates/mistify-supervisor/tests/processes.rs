@@ -9,6 +9,19 @@ use mistify_supervisor::api::{Hex, State};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
+/// The lines of a `--logfile`, each without its leading timestamp.
+fn logfile_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            l.split_once(' ')
+                .map(|(_, t)| t.to_string())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 fn index_of(log: &[String], text: &str) -> usize {
     log.iter()
         .position(|l| l == text)
@@ -387,15 +400,7 @@ async fn shutdown_is_ordered_exits_0_and_leaves_no_process() {
     let left = wait_gone(&all, Duration::from_secs(3));
     assert!(left.is_empty(), "still alive after shutdown: {left:?}");
     // Dependents stop before their dependencies.
-    let log: Vec<String> = std::fs::read_to_string(&logfile)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            l.split_once(' ')
-                .map(|(_, t)| t.to_string())
-                .unwrap_or_default()
-        })
-        .collect();
+    let log = logfile_lines(&logfile);
     let leaf = index_of(&log, "[leaf] Stopped leaf: Shutting down");
     let root = index_of(&log, "[root] Stopped root: Shutting down");
     assert!(leaf < root, "{log:#?}");
@@ -675,15 +680,7 @@ async fn a_dependent_that_keeps_running_survives_its_dependency_and_stops_first(
         .unwrap_or_else(|e| panic!("{e}"));
     sup.until_state("db", State::Running, T).await;
     assert!(sup.terminate(T).success());
-    let log: Vec<String> = std::fs::read_to_string(&logfile)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            l.split_once(' ')
-                .map(|(_, t)| t.to_string())
-                .unwrap_or_default()
-        })
-        .collect();
+    let log = logfile_lines(&logfile);
     let agent_stop = index_of(&log, "[agent] Stopped agent: Shutting down");
     let db_stop = index_of(&log, "[db] Stopped db: Shutting down");
     assert!(agent_stop < db_stop, "{log:#?}");
