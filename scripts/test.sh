@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # `make test`: prerequisites, formatting, lints, build, every test. Prints the wall
 # time of each phase. MISTIFY_SKIP=suite,... skips whole test suites (never in CI).
+#
+# Bounded: the test phase gets MISTIFY_TEST_TIMEOUT seconds (default 2400; a normal
+# run needs about 300), so a stuck daemon ends in a red run with a diagnosis instead of
+# a CI timeout. On any failure the state of the machine (disk, memory, zfs-fuse, stuck
+# processes) is printed last, where a shortened log still shows it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# One build per run: incremental artefacts would only cost disk (several GiB).
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 declare -a phases=()
 phase() {  # name, command...
@@ -14,7 +22,25 @@ phase() {  # name, command...
   else
     local rc=$?
     echo "==> $name FAILED (exit $rc) after $((SECONDS - start))s" >&2
+    echo "==> state of the machine" >&2
+    scripts/diagnose.sh >&2 || true
     exit "$rc"
+  fi
+}
+
+# MiB free on the filesystem holding $1.
+free_mib() { df -Pm "$1" | awk 'NR == 2 {print $4}'; }
+
+# The ZFS tests keep their pools in sparse files under $TMPDIR; a pool whose file cannot
+# grow suspends its I/O and every later ZFS call waits forever. Refuse to start them
+# without room.
+room_for_tests() {
+  local tmp=${TMPDIR:-/tmp} need=${MISTIFY_TEST_MIN_FREE_MIB:-3072} have
+  have=$(free_mib "$tmp")
+  echo "free: $have MiB in $tmp (the tests need $need), $(free_mib .) MiB here"
+  if [ "$have" -lt "$need" ]; then
+    echo "not enough free disk in $tmp for the test pools: $have MiB < $need MiB" >&2
+    return 1
   fi
 }
 
@@ -22,11 +48,14 @@ phase deps   scripts/install-deps.sh
 phase fmt    cargo fmt --all --check
 phase clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 phase build  cargo build --workspace --bins --examples --locked
-phase test   cargo test --workspace --locked --no-fail-fast
+phase room   room_for_tests
+phase test   timeout --kill-after=30 "${MISTIFY_TEST_TIMEOUT:-2400}" \
+  cargo test --workspace --locked --no-fail-fast
 
 echo
 echo "==> wall time per phase"
 printf '    %s\n' "${phases[@]}"
+echo "==> disk used by target/: $(du -sh "${CARGO_TARGET_DIR:-target}" 2>/dev/null | cut -f1)"
 if [ -n "${MISTIFY_SKIP:-}" ]; then
   echo "==> SKIPPED test suites (MISTIFY_SKIP): ${MISTIFY_SKIP}"
 fi

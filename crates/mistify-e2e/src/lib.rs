@@ -113,6 +113,29 @@ pub fn skipped(suite: &str) -> bool {
     hit
 }
 
+/// The state of the machine for a failure message: free disk and memory, zfs-fuse and
+/// its pools, processes stuck in the kernel, FUSE mounts (`scripts/diagnose.sh`, every
+/// probe bounded in time).
+pub fn diagnose() -> String {
+    match Command::new(workspace_root().join("scripts").join("diagnose.sh"))
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => format!("(scripts/diagnose.sh did not run: {e})"),
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// A fresh directory under the system temp dir, removed with everything in it on drop.
 pub struct TempDir(PathBuf);
 

@@ -59,7 +59,7 @@ impl TestPool {
         f.set_len(2 << 30).expect("sparse pool file");
         drop(f);
         let _guard = POOL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let out = Command::new("zpool")
+        let out = mistify_e2e::stack::zpool_locked()
             .args(["create", "-o", "cachefile=none", "-m"])
             .arg(dir.path().join("mnt"))
             .arg(&name)
@@ -95,7 +95,7 @@ impl Drop for TestPool {
     fn drop(&mut self) {
         let _guard = POOL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         for _ in 0..40 {
-            let ok = Command::new("zpool")
+            let ok = mistify_e2e::stack::zpool_locked()
                 .args(["destroy", "-f", &self.name])
                 .env("LC_ALL", "C")
                 .stderr(Stdio::null())
