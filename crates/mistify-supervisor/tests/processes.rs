@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use mistify_e2e::free_port;
-use mistify_supervisor::api::{Hex, State};
+use mistify_supervisor::api::{Hex, LogRecord, State};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -406,6 +406,23 @@ async fn shutdown_is_ordered_exits_0_and_leaves_no_process() {
     assert!(leaf < root, "{log:#?}");
 }
 
+/// The talker's log (and its last id) once it holds the line `text` (up to `T`).
+async fn talker_log_until(sup: &Sup, text: &str) -> (Vec<LogRecord>, Hex) {
+    let deadline = Instant::now() + T;
+    loop {
+        let (r, id) = sup
+            .client
+            .log(Some("talker"), None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        if r.iter().any(|r| r.text == text) {
+            return (r, id);
+        }
+        assert!(Instant::now() < deadline, "no {text:?} in the log");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_ring_and_long_poll_return_new_lines_only() {
     let dir = mistify_e2e::TempDir::new("talk");
@@ -420,19 +437,7 @@ async fn log_ring_and_long_poll_return_new_lines_only() {
         )],
     );
     sup.until_state("talker", State::Running, T).await;
-    let deadline = Instant::now() + T;
-    let (records, last) = loop {
-        let (r, id) = sup
-            .client
-            .log(Some("talker"), None)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        if r.iter().any(|r| r.text == "[talker] stdout> one") {
-            break (r, id);
-        }
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (records, last) = talker_log_until(&sup, "[talker] stdout> one").await;
     assert_eq!(records.last().map(|r| r.id), Some(last));
     // Nothing new: the long poll waits, then answers 304 (None).
     let t0 = Instant::now();
@@ -459,12 +464,9 @@ async fn log_ring_and_long_poll_return_new_lines_only() {
     assert!(!texts.contains(&"[talker] stdout> one"), "{texts:?}");
     assert!(texts.contains(&"[talker] stdout> two"), "{texts:?}");
     assert!(new.iter().all(|r| r.id > last));
-    // ETag/If-None-Match on the log: 304 with the ETag.
-    let (_, cur) = sup
-        .client
-        .log(Some("talker"), None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    // ETag/If-None-Match on the log: 304 with the ETag, once the talker has printed its
+    // last line ("three" may come after the poll above returned with "two").
+    let (_, cur) = talker_log_until(&sup, "[talker] stdout> three").await;
     let resp = reqwest::Client::new()
         .get(format!("{}/services/talker/log", sup.url))
         .header("If-None-Match", cur.etag())
