@@ -63,6 +63,7 @@ pub trait Agent: Send + Sync {
 pub struct MistifyAgent {
     ctx: Context,
     timeout: Duration,
+    token: Option<String>,
 }
 
 fn agent_err(e: ClientError) -> Error {
@@ -125,7 +126,15 @@ impl MistifyAgent {
         MistifyAgent {
             ctx: ctx.clone(),
             timeout: AGENT_TIMEOUT,
+            token: None,
         }
+    }
+
+    /// The same client sending `token` as a bearer token to every agent (agents started
+    /// with `--token-file`).
+    pub fn with_token(mut self, token: &str) -> MistifyAgent {
+        self.token = Some(token.to_string());
+        self
     }
 
     /// The same client with another per-call timeout.
@@ -166,9 +175,13 @@ impl MistifyAgent {
             .and_then(|p| p.parse::<u16>().ok())
             .filter(|p| *p > 0)
             .unwrap_or(DEFAULT_AGENT_PORT);
-        Client::new(&format!("http://{ip}:{port}"))
+        let client = Client::new(&format!("http://{ip}:{port}"))
             .map(|c| c.with_timeout(self.timeout))
-            .map_err(agent_err)
+            .map_err(agent_err)?;
+        match &self.token {
+            Some(token) => client.with_token(token).map_err(agent_err),
+            None => Ok(client),
+        }
     }
 
     /// The agent's guest body for `guest` (§5): one NIC on the guest's bridge, one disk

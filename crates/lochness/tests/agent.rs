@@ -194,3 +194,56 @@ async fn agent_port_defaults_to_8080() {
     let h = ctx.hypervisor(&h.id).await.unwrap();
     assert_eq!(agent.client_for(&h).unwrap().base_url().port(), Some(9123));
 }
+
+/// Against the real agent started with `--token-file`: the client of a `MistifyAgent`
+/// without a token gets 401, with `with_token` it reads.
+#[tokio::test]
+async fn mistify_agent_sends_its_token_to_an_agent_that_requires_one() {
+    if mistify_e2e::skipped("etcd") {
+        return;
+    }
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    const TOKEN: &str = "lochness-token-0123456789";
+    let dir = mistify_e2e::TempDir::new("lochness-token");
+    let config = dir.path().join("agent.json");
+    std::fs::write(&config, r#"{"services": {}, "actions": {}}"#).unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
+    let port = mistify_e2e::free_port();
+    let _agent = mistify_e2e::Daemon::start(
+        &mistify_e2e::binary("mistify-agent"),
+        &[
+            "-a".into(),
+            format!("127.0.0.1:{port}"),
+            "-c".into(),
+            config.display().to_string(),
+            "--db-path".into(),
+            dir.path().join("agent.redb").display().to_string(),
+            "--token-file".into(),
+            tokens.display().to_string(),
+        ],
+        port,
+    );
+    let mut h = common::hypervisor(&ctx, Resources::default()).await;
+    h.ip = Some("127.0.0.1".parse().unwrap());
+    h.save().await.unwrap();
+    h.set_config("agentPort", &port.to_string()).await.unwrap();
+    let h = ctx.hypervisor(&h.id).await.unwrap();
+
+    let plain = MistifyAgent::new(&ctx).client_for(&h).unwrap();
+    let err = plain.list_guests().await.expect_err("no token");
+    assert_eq!(err.status(), Some(401), "{err}");
+    let with = MistifyAgent::new(&ctx)
+        .with_token(TOKEN)
+        .client_for(&h)
+        .unwrap();
+    assert!(with.list_guests().await.unwrap().is_empty());
+    assert!(matches!(
+        MistifyAgent::new(&ctx)
+            .with_token("two words")
+            .client_for(&h),
+        Err(Error::Invalid(_))
+    ));
+}

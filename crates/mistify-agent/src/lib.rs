@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod import;
@@ -30,7 +31,23 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = api::router(agent.clone());
+    serve_with(agent, None, listener, shutdown).await
+}
+
+/// As [`serve`], with bearer tokens required when `auth` is given (see [`auth`]).
+pub async fn serve_with(
+    agent: Arc<Agent>,
+    auth: Option<Arc<auth::Auth>>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut app = api::router(agent.clone());
+    if let Some(auth) = auth {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            auth,
+            auth::require_token,
+        ));
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drainer = agent.clone();
     tokio::spawn(async move {
@@ -49,16 +66,31 @@ pub async fn serve(
 }
 
 /// Starts the agent with `settings` on `address` and serves until SIGTERM or Ctrl-C.
-pub async fn run(settings: Settings, address: SocketAddr) -> Result<(), String> {
+/// With `token_file`, every request but `/healthz` needs one of its bearer tokens; the
+/// file is read again on SIGHUP.
+pub async fn run(
+    settings: Settings,
+    address: SocketAddr,
+    token_file: Option<&std::path::Path>,
+) -> Result<(), String> {
+    let auth = match token_file {
+        Some(path) => {
+            let auth = Arc::new(auth::Auth::load(path).map_err(|e| e.to_string())?);
+            auth.reload_on_sighup()
+                .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
+            Some(auth)
+        }
+        None => None,
+    };
     let agent = Agent::start(settings).map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| format!("cannot listen on {address}: {e}"))?;
-    if !address.ip().is_loopback() {
-        tracing::warn!(%address, "listening beyond loopback without authentication");
+    if !address.ip().is_loopback() && auth.is_none() {
+        tracing::warn!(%address, "listening beyond loopback without authentication (see --token-file)");
     }
-    tracing::info!(%address, "mistify-agent serving");
-    serve(agent, listener, mistify_rpc::http::shutdown_signal())
+    tracing::info!(%address, tokens = auth.is_some(), "mistify-agent serving");
+    serve_with(agent, auth, listener, mistify_rpc::http::shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("mistify-agent stopped");

@@ -36,6 +36,10 @@ struct Flags {
     /// Validate the configuration and exit.
     #[arg(long)]
     check_config: bool,
+    /// Bearer tokens required by the REST API, one per line (`ro:` in front: read-only,
+    /// GET only); `/healthz` stays open. Read again on SIGHUP.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
     /// Longest wait for running jobs on SIGTERM, in seconds.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
@@ -81,6 +85,12 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(path) = &flags.token_file {
+        if let Err(e) = mistify_agent::auth::Tokens::load(path) {
+            eprintln!("mistify-agent: {e}");
+            std::process::exit(2);
+        }
+    }
     if flags.check_config {
         println!(
             "configuration OK: {} actions, {} services",
@@ -105,7 +115,7 @@ async fn main() {
         drain_timeout: Duration::from_secs(flags.drain_timeout),
         config,
     };
-    if let Err(e) = mistify_agent::run(settings, address).await {
+    if let Err(e) = mistify_agent::run(settings, address, flags.token_file.as_deref()).await {
         tracing::error!("{e}");
         eprintln!("mistify-agent: {e}");
         std::process::exit(1);

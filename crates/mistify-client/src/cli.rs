@@ -39,6 +39,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "MISTIFY_AGENT", default_value = DEFAULT_AGENT, value_name = "URL")]
     pub agent: String,
 
+    /// File holding the bearer token for an agent started with `--token-file` (its first
+    /// non-empty, non-comment line; an `ro:` prefix is dropped).
+    #[arg(long, global = true, env = "MISTIFY_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+
     /// Print the JSON of the answer instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -733,9 +738,28 @@ async fn after_accepted<T: Serialize>(
 
 // ----- commands ------------------------------------------------------------------------
 
+/// The token in `path`: its first line that is not blank or a `#` comment, without an
+/// `ro:` prefix (so an agent's token file line can be copied as is).
+fn read_token(path: &std::path::Path) -> Result<String, ClientError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ClientError::InvalidInput(format!(
+            "cannot read the token file {}: {e}",
+            path.display()
+        ))
+    })?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.strip_prefix("ro:").unwrap_or(l).to_string())
+        .ok_or_else(|| ClientError::InvalidInput(format!("no token in {}", path.display())))
+}
+
 /// Carries out a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    let client = Client::new(&cli.agent)?.with_timeout(Duration::from_secs(cli.timeout));
+    let mut client = Client::new(&cli.agent)?.with_timeout(Duration::from_secs(cli.timeout));
+    if let Some(path) = &cli.token_file {
+        client = client.with_token(&read_token(path)?)?;
+    }
     let out = Out { json: cli.json };
     match cli.command {
         Command::Guests(cmd) => guests(&client, &out, cmd).await,

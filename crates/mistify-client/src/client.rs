@@ -437,6 +437,32 @@ impl Client {
         })
     }
 
+    /// The same client sending `Authorization: Bearer <token>` with every request (for an
+    /// agent started with `--token-file`). A token with spaces or control characters is
+    /// refused with [`ClientError::InvalidInput`].
+    pub fn with_token(mut self, token: &str) -> Result<Client, ClientError> {
+        let token = token.trim();
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ClientError::InvalidInput(
+                "a token is non-empty printable ASCII without spaces".to_string(),
+            ));
+        }
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        self.http = reqwest::Client::builder()
+            .user_agent(concat!("mistify-client/", env!("CARGO_PKG_VERSION")))
+            .default_headers(headers)
+            .build()
+            .map_err(|source| ClientError::Transport {
+                what: "building the HTTP client".to_string(),
+                source,
+            })?;
+        Ok(self)
+    }
+
     /// The same client with another per-call deadline (and download idle limit).
     pub fn with_timeout(mut self, timeout: Duration) -> Client {
         self.timeout = timeout;

@@ -265,11 +265,24 @@ pub async fn raw(
     url: &str,
     body: Option<&str>,
 ) -> (u16, reqwest::header::HeaderMap, String) {
+    raw_with_token(method, url, None, body).await
+}
+
+/// [`raw`] with `Authorization: Bearer <token>` when a token is given.
+pub async fn raw_with_token(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, String) {
     let client = reqwest::Client::new();
     let mut req = client.request(
         reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
         url,
     );
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
     if let Some(b) = body {
         req = req
             .header("Content-Type", "application/json")
