@@ -117,7 +117,8 @@ impl Agent {
                     .path(def.path.clone())
                     .timeout(def.timeout)
                     .idle_timeout(def.timeout)
-                    .max_pending(def.max_pending);
+                    .max_pending(def.max_pending)
+                    .token(def.token.clone());
                 (name.clone(), client.service(name.clone(), cfg))
             })
             .collect();

@@ -13,6 +13,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use mistify_client::ErrorBody;
+use mistify_rpc::http::constant_time_eq;
 
 use crate::error::json_response;
 
@@ -115,13 +116,6 @@ impl Tokens {
         }
         found
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The token file in force, reloadable.

@@ -90,6 +90,8 @@ pub struct ServiceDef {
     pub path: String,
     pub max_pending: usize,
     pub timeout: Duration,
+    /// Bearer token the sub-agent requires (our addition; Go ignores the key).
+    pub token: Option<String>,
 }
 
 /// One stage of an action.
@@ -170,6 +172,8 @@ struct FileService {
     max_pending: usize,
     /// Seconds; our addition.
     timeout: Option<f64>,
+    /// Our addition.
+    token: Option<String>,
 }
 
 impl Config {
@@ -231,6 +235,14 @@ impl Config {
                     continue;
                 }
             };
+            if let Some(t) = &s.token {
+                if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                    problems.push(format!(
+                        "{name}: service {sname}: token must be non-empty printable ASCII without spaces"
+                    ));
+                    continue;
+                }
+            }
             let max_pending = if s.max_pending == 0 {
                 DEFAULT_MAX_PENDING
             } else {
@@ -243,6 +255,7 @@ impl Config {
                     path,
                     max_pending,
                     timeout,
+                    token: s.token,
                 },
             );
         }

@@ -262,3 +262,76 @@ where
     }
     false
 }
+
+/// A sub-agent started with `--token-file` answers the agent that has the service's
+/// `token` in agent.json, and refuses (401) the one without: that job ends `Error` with
+/// the reason, and no guest call reached the sub-agent's methods.
+#[tokio::test]
+async fn a_service_token_reaches_a_sub_agent_that_requires_it() {
+    const SUB: &str = "sub-agent-token-0123456789";
+    let dir = TempDir::new("auth-subagent");
+    let token_file = dir.path().join("sub-token");
+    std::fs::write(&token_file, format!("# shared with the agent\n{SUB}\n")).expect("token");
+    let port = mistify_e2e::free_port();
+    let _sub = Daemon::start(
+        &mistify_e2e::example("test-rpc-service"),
+        &[
+            "--port".into(),
+            port.to_string(),
+            "--log-level".into(),
+            "warn".into(),
+            "--token-file".into(),
+            token_file.display().to_string(),
+        ],
+        port,
+    );
+    let mut with_token = test_config(port);
+    for service in with_token["services"]
+        .as_object_mut()
+        .expect("services")
+        .values_mut()
+    {
+        service["token"] = SUB.into();
+    }
+    let create = |agent: &Daemon| {
+        let client = mistify_client::Client::new(&agent.url()).expect("client");
+        async move {
+            let accepted = client
+                .create_guest(&mistify_client::Guest {
+                    memory: 256,
+                    cpu: 1,
+                    ..Default::default()
+                })
+                .await
+                .expect("create");
+            wait_done(&client, accepted.job_id.as_deref().expect("job id")).await
+        }
+    };
+    let good = agent(&with_token, dir.path(), &dir.path().join("good.redb"), &[]);
+    let job = create(&good).await;
+    assert_eq!(job.status, mistify_client::JobStatus::Complete, "{job:?}");
+
+    let bad = agent(
+        &test_config(port),
+        dir.path(),
+        &dir.path().join("bad.redb"),
+        &[],
+    );
+    let job = create(&bad).await;
+    assert_eq!(job.status, mistify_client::JobStatus::Error, "{job:?}");
+    assert!(job.message.contains("401"), "{job:?}");
+
+    // A token that is not printable ASCII is refused at load, naming the service.
+    let mut broken = test_config(port);
+    broken["services"]["test"]["token"] = "two words".into();
+    let file = dir.path().join("broken.json");
+    std::fs::write(&file, broken.to_string()).expect("config");
+    let out = Command::new(binary("mistify-agent"))
+        .args(["--check-config", "-c"])
+        .arg(&file)
+        .output()
+        .expect("agent");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("service test: token"), "{err}");
+}

@@ -34,6 +34,10 @@ pub struct Flags {
     /// Root `type` of the domain XML for guests without a type of their own.
     #[arg(long = "domain-type", default_value = "kvm")]
     pub domain_type: String,
+    /// Require the agent's bearer token (this file's first non-comment line; the
+    /// service's `token` in agent.json) on every call.
+    #[arg(long = "token-file")]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// The `tracing` level for the original's level names.
@@ -63,8 +67,11 @@ pub async fn run(flags: Flags) -> std::io::Result<()> {
     mistify_rpc::http::init_tracing(tracing_level(&flags.log_level), Default::default())
         .map_err(std::io::Error::other)?;
     tracing::info!(uri = %flags.uri, port = flags.port, mode = %flags.network_mode, "starting");
-    server(flags.libvirt())
-        .bind(SocketAddr::from(([127, 0, 0, 1], flags.port)))
+    let mut rpc = server(flags.libvirt());
+    if let Some(path) = &flags.token_file {
+        rpc = rpc.require_token(mistify_rpc::read_token_file(path).map_err(std::io::Error::other)?);
+    }
+    rpc.bind(SocketAddr::from(([127, 0, 0, 1], flags.port)))
         .await?
         .run()
         .await

@@ -23,6 +23,9 @@ struct Flags {
     /// Log level or filter.
     #[arg(short, long, default_value = "info")]
     log_level: String,
+    /// Require the bearer token in this file (first non-comment line) on every call.
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
 }
 
 type Reply<T> = Result<T, String>;
@@ -193,7 +196,17 @@ async fn main() {
         eprintln!("test-rpc-service: {e}");
         std::process::exit(2);
     }
-    if let Err(e) = test_service().serve(flags.port).await {
+    let mut server = test_service();
+    if let Some(path) = &flags.token_file {
+        match mistify_rpc::read_token_file(path) {
+            Ok(token) => server = server.require_token(token),
+            Err(e) => {
+                eprintln!("test-rpc-service: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+    if let Err(e) = server.serve(flags.port).await {
         eprintln!("test-rpc-service: {e}");
         std::process::exit(1);
     }

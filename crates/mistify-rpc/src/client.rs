@@ -122,6 +122,9 @@ pub struct ServiceConfig {
     pub idle_timeout: Duration,
     /// Most calls in flight at once; further calls wait (inside their timeout).
     pub max_pending: Option<usize>,
+    /// Sent as `Authorization: Bearer <token>` to a sub-agent that requires one
+    /// ([`crate::Server::require_token`]).
+    pub token: Option<String>,
 }
 
 impl ServiceConfig {
@@ -138,6 +141,7 @@ impl ServiceConfig {
             timeout: DEFAULT_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_pending: None,
+            token: None,
         }
     }
 
@@ -158,6 +162,12 @@ impl ServiceConfig {
 
     pub fn max_pending(mut self, max: usize) -> Self {
         self.max_pending = Some(max.max(1));
+        self
+    }
+
+    /// The bearer token the sub-agent requires (`None`: send none).
+    pub fn token(mut self, token: Option<String>) -> Self {
+        self.token = token;
         self
     }
 }
@@ -301,6 +311,21 @@ impl Service {
         &self.inner.name
     }
 
+    /// `Authorization: Bearer <token>` when the service has a token (a token that is not
+    /// a valid header value is not sent; the sub-agent then answers 401).
+    fn auth_header(&self) -> reqwest::header::HeaderMap {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &self.inner.config.token {
+            if let Ok(mut value) =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            {
+                value.set_sensitive(true);
+                headers.insert(reqwest::header::AUTHORIZATION, value);
+            }
+        }
+        headers
+    }
+
     /// The full endpoint URL (base URL and path).
     pub fn url(&self) -> &str {
         &self.inner.url
@@ -392,6 +417,7 @@ impl Service {
             .http
             .post(self.target(method)?)
             .header(CONTENT_TYPE, "application/json")
+            .headers(self.auth_header())
             .body(body)
             .send()
             .await
@@ -456,6 +482,7 @@ impl Service {
             .http
             .post(self.target(&what)?)
             .header(CONTENT_TYPE, "application/json")
+            .headers(self.auth_header())
             .body(body)
             .send();
         let response = match tokio::time::timeout(idle, send).await {

@@ -228,3 +228,9 @@ pub fn init_tracing(level: &str, format: LogFormat) -> Result<(), String> {
     };
     result.map_err(|e| format!("cannot install the log subscriber: {e}"))
 }
+
+/// Whether `a` and `b` are equal, in time that depends on their length only (for
+/// comparing secrets such as bearer tokens).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

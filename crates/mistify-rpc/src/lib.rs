@@ -35,7 +35,7 @@ pub mod server;
 pub mod types;
 
 pub use client::{Client, RawStream, RpcError, Service, ServiceConfig};
-pub use server::{BoundServer, RunningServer, Server};
+pub use server::{read_token_file, BoundServer, RunningServer, Server};
 pub use types::*;
 
 /// The path of the RPC endpoint of every sub-agent.

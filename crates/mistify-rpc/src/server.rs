@@ -23,7 +23,9 @@ use serde_json::value::RawValue;
 use tokio::net::TcpListener;
 
 use crate::envelope::{self, codes, Dialect, RawRequest};
-use crate::http::{healthz_route, shutdown_signal, with_common_layers, RpcMethodName};
+use crate::http::{
+    constant_time_eq, healthz_route, shutdown_signal, with_common_layers, RpcMethodName,
+};
 use crate::RPC_PATH;
 
 /// Default limit of a request body (16 MiB); larger bodies get 413.
@@ -68,6 +70,8 @@ pub struct Server {
     path: String,
     body_limit: usize,
     v1_only: bool,
+    token: Option<Arc<str>>,
+    allow_remote: bool,
 }
 
 struct Registry {
@@ -99,7 +103,25 @@ impl Server {
             path: RPC_PATH.to_string(),
             body_limit: DEFAULT_BODY_LIMIT,
             v1_only: false,
+            token: None,
+            allow_remote: false,
         }
+    }
+
+    /// Requires `Authorization: Bearer <token>` on every request but `/healthz` (the
+    /// agent sends it from the service's `token` key in agent.json); others get 401.
+    /// Without it the sub-agent trusts whatever reaches its (loopback) port, as the Go
+    /// sub-agents did.
+    pub fn require_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(Arc::from(token.into()));
+        self
+    }
+
+    /// Lets [`Server::bind`] take an address beyond loopback. Without it such a bind is
+    /// refused: a sub-agent takes orders from anyone who reaches its port.
+    pub fn allow_remote(mut self) -> Self {
+        self.allow_remote = true;
+        self
     }
 
     /// Speak gorilla/rpc v1 only, exactly as the Go sub-agents did: a `jsonrpc` member is
@@ -200,14 +222,26 @@ impl Server {
         let rpc = Router::new()
             .route(&self.path, any(rpc_endpoint))
             .with_state(registry);
-        with_common_layers(
-            rpc.merge(healthz_route(&self.name, &self.version))
-                .merge(self.routes),
-        )
+        let mut app = rpc.merge(self.routes);
+        if let Some(token) = self.token {
+            app = app.layer(axum::middleware::from_fn_with_state(token, check_token));
+        }
+        with_common_layers(app.merge(healthz_route(&self.name, &self.version)))
     }
 
     /// Binds `addr` (use port 0 for a free port) without serving yet.
+    /// An address beyond loopback needs [`Server::allow_remote`].
     pub async fn bind(self, addr: SocketAddr) -> std::io::Result<BoundServer> {
+        if !addr.ip().is_loopback() && !self.allow_remote {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{}: refusing to listen on {addr}, beyond loopback (a sub-agent obeys \
+                     whoever reaches it); allow it explicitly",
+                    self.name
+                ),
+            ));
+        }
         let listener = TcpListener::bind(addr).await?;
         Ok(BoundServer {
             name: self.name.clone(),
@@ -222,6 +256,50 @@ impl Server {
             .await?
             .run()
             .await
+    }
+}
+
+/// The token in a sub-agent's `--token-file`: its first line that is not blank or a `#`
+/// comment; printable ASCII without spaces.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+    let token = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .ok_or_else(|| format!("{}: no token in the file", path.display()))?;
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{}: a token is printable ASCII without spaces",
+            path.display()
+        ));
+    }
+    Ok(token.to_string())
+}
+
+/// 401 unless the request carries `Authorization: Bearer <token>`.
+async fn check_token(
+    State(token): State<Arc<str>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()));
+    if ok {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+            "401 unauthorized: this sub-agent requires the agent's token\n",
+        )
+            .into_response()
     }
 }
 

@@ -57,6 +57,10 @@ pub struct Flags {
     /// Seconds the image server may stay silent during a download.
     #[arg(long, default_value_t = 60)]
     pub download_idle: u64,
+    /// Require the agent's bearer token (this file's first non-comment line; the
+    /// service's `token` in agent.json) on every call.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
 }
 
 fn level(l: &str) -> &str {
@@ -92,10 +96,19 @@ impl Flags {
 /// Opens the store and serves until SIGTERM / Ctrl-C.
 pub async fn run(flags: Flags) -> Result<(), String> {
     init_tracing(level(&flags.log_level), flags.log_format)?;
+    let token = flags
+        .token_file
+        .as_deref()
+        .map(mistify_rpc::read_token_file)
+        .transpose()?;
     let store = Store::open(flags.config())
         .await
         .map_err(|e| format!("cannot open the store on pool {}: {e}", flags.zpool))?;
-    crate::api::server(store)
+    let mut server = crate::api::server(store);
+    if let Some(token) = token {
+        server = server.require_token(token);
+    }
+    server
         .serve(flags.port)
         .await
         .map_err(|e| format!("cannot serve on port {}: {e}", flags.port))
