@@ -66,22 +66,18 @@ pub async fn serve_with(
 }
 
 /// Starts the agent with `settings` on `address` and serves until SIGTERM or Ctrl-C.
-/// With `token_file`, every request but `/healthz` needs one of its bearer tokens; the
-/// file is read again on SIGHUP.
+/// With `auth` (a loaded `--token-file`), every request but `/healthz` needs one of its
+/// bearer tokens; the file is read again on SIGHUP.
 pub async fn run(
     settings: Settings,
     address: SocketAddr,
-    token_file: Option<&std::path::Path>,
+    auth: Option<auth::Auth>,
 ) -> Result<(), String> {
-    let auth = match token_file {
-        Some(path) => {
-            let auth = Arc::new(auth::Auth::load(path).map_err(|e| e.to_string())?);
-            auth.reload_on_sighup()
-                .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
-            Some(auth)
-        }
-        None => None,
-    };
+    let auth = auth.map(Arc::new);
+    if let Some(auth) = &auth {
+        auth.reload_on_sighup()
+            .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
+    }
     let agent = Agent::start(settings).map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(address)
         .await

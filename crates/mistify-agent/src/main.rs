@@ -85,12 +85,18 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    if let Some(path) = &flags.token_file {
-        if let Err(e) = mistify_agent::auth::Tokens::load(path) {
+    let auth = match flags
+        .token_file
+        .as_deref()
+        .map(mistify_agent::auth::Auth::load)
+    {
+        None => None,
+        Some(Ok(auth)) => Some(auth),
+        Some(Err(e)) => {
             eprintln!("mistify-agent: {e}");
             std::process::exit(2);
         }
-    }
+    };
     if flags.check_config {
         println!(
             "configuration OK: {} actions, {} services",
@@ -115,7 +121,7 @@ async fn main() {
         drain_timeout: Duration::from_secs(flags.drain_timeout),
         config,
     };
-    if let Err(e) = mistify_agent::run(settings, address, flags.token_file.as_deref()).await {
+    if let Err(e) = mistify_agent::run(settings, address, auth).await {
         tracing::error!("{e}");
         eprintln!("mistify-agent: {e}");
         std::process::exit(1);
