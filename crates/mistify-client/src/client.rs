@@ -417,21 +417,26 @@ impl From<IdleTimeoutError> for ChunkError {
     }
 }
 
+/// The HTTP client under [`Client`]: our user agent, `headers` on every request.
+fn http_client(headers: reqwest::header::HeaderMap) -> Result<reqwest::Client, ClientError> {
+    reqwest::Client::builder()
+        .user_agent(concat!("mistify-client/", env!("CARGO_PKG_VERSION")))
+        .default_headers(headers)
+        .build()
+        .map_err(|source| ClientError::Transport {
+            what: "building the HTTP client".to_string(),
+            source,
+        })
+}
+
 impl Client {
     /// A client of the agent at `base_url`: `http://host:port` (optionally with a path
     /// prefix) or a bare `host:port`, which means plain HTTP. HTTPS is not supported (the
     /// crate is built without TLS).
     pub fn new(base_url: &str) -> Result<Client, ClientError> {
         let base = parse_base(base_url)?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("mistify-client/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|source| ClientError::Transport {
-                what: "building the HTTP client".to_string(),
-                source,
-            })?;
         Ok(Client {
-            http,
+            http: http_client(reqwest::header::HeaderMap::new())?,
             base: Arc::new(base),
             timeout: DEFAULT_TIMEOUT,
         })
@@ -452,14 +457,7 @@ impl Client {
         value.set_sensitive(true);
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(reqwest::header::AUTHORIZATION, value);
-        self.http = reqwest::Client::builder()
-            .user_agent(concat!("mistify-client/", env!("CARGO_PKG_VERSION")))
-            .default_headers(headers)
-            .build()
-            .map_err(|source| ClientError::Transport {
-                what: "building the HTTP client".to_string(),
-                source,
-            })?;
+        self.http = http_client(headers)?;
         Ok(self)
     }
 
