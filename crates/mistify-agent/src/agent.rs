@@ -327,14 +327,14 @@ impl Agent {
     pub async fn run_metrics(
         &self,
         action: &str,
-        guest: &Guest,
+        guest: &serde_json::value::RawValue,
         kind: &str,
     ) -> Result<Value, AgentError> {
         let def = self.action(action)?;
-        /// `GuestMetricsRequest` by reference (same JSON), so the guest is not copied.
+        /// `GuestMetricsRequest` by reference (same JSON), the guest as stored.
         #[derive(Serialize)]
         struct MetricsRequest<'a> {
-            guest: &'a Guest,
+            guest: &'a serde_json::value::RawValue,
             #[serde(rename = "type")]
             kind: &'a str,
             #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]

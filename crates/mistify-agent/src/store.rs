@@ -191,6 +191,11 @@ impl Store {
         self.guests.read().map(|g| g.len()).unwrap_or(0)
     }
 
+    /// Guest `id` as its stored JSON (for requests that only pass it on).
+    pub fn guest_json(&self, id: &str) -> Option<Bytes> {
+        self.guests.read().ok().and_then(|g| g.get(id).cloned())
+    }
+
     /// Guest `id`, parsed from its stored JSON.
     pub fn guest(&self, id: &str) -> Option<Arc<Guest>> {
         let bytes = self.guests.read().ok().and_then(|g| g.get(id).cloned())?;

@@ -260,6 +260,35 @@ async fn routing_details_metrics_and_openapi() {
         ),
         (301, "/guests")
     );
+    // Every route, with or without path parameters, redirects the same way.
+    for (path, location) in [
+        (format!("/guests/{id}/"), format!("/guests/{id}")),
+        (
+            format!("/guests/{id}/metrics/cpu/?x=1"),
+            format!("/guests/{id}/metrics/cpu?x=1"),
+        ),
+        (
+            format!("/guests/{id}/reboot//"),
+            format!("/guests/{id}/reboot"),
+        ),
+        ("/jobs/".to_string(), "/jobs".to_string()),
+    ] {
+        let r = no_redirect
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                r.status().as_u16(),
+                r.headers()
+                    .get("location")
+                    .map(|v| v.to_str().unwrap().to_string())
+            ),
+            (301, Some(location)),
+            "{path}"
+        );
+    }
     let (status, _, body) = raw("PUT", &format!("{base}/guests"), None).await;
     assert_eq!(status, 405, "{body}");
     // Guest actions are POST only.

@@ -22,7 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use mistify_client::stream::{IdleTimeout, IdleTimeoutError};
 
-use crate::RPC_PATH;
+use crate::{h1, RPC_PATH};
 
 /// Default overall timeout of one call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -176,6 +176,8 @@ impl ServiceConfig {
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
+    connect_timeout: Duration,
+    keep_alive: bool,
 }
 
 impl Client {
@@ -209,16 +211,30 @@ impl Client {
             .build()
             // Only fails when the TLS backend or resolver cannot start; neither is used.
             .unwrap_or_else(|_| reqwest::Client::new());
-        Client { http }
+        Client {
+            http,
+            connect_timeout: connect,
+            keep_alive,
+        }
     }
 
     /// A handle for one configured sub-agent.
     pub fn service(&self, name: impl Into<String>, config: ServiceConfig) -> Service {
         let url = format!("{}{}", config.base_url.trim_end_matches('/'), config.path);
+        let parsed = reqwest::Url::parse(&url).ok();
+        let pool = parsed.as_ref().and_then(|u| {
+            h1::Pool::for_url(
+                u,
+                config.token.as_deref(),
+                self.connect_timeout,
+                self.keep_alive,
+            )
+        });
         Service {
             inner: Arc::new(ServiceInner {
                 name: name.into(),
-                parsed: reqwest::Url::parse(&url).ok(),
+                parsed,
+                pool,
                 url,
                 limit: config.max_pending.map(|n| Arc::new(Semaphore::new(n))),
                 config,
@@ -240,6 +256,9 @@ struct ServiceInner {
     url: String,
     /// `url` parsed once (an unparsable URL is reported by the first call).
     parsed: Option<reqwest::Url>,
+    /// The connections of RPC calls to a plain `http://` URL (see [`crate::h1`]);
+    /// streams, and calls to any other URL, go through reqwest.
+    pool: Option<h1::Pool>,
     config: ServiceConfig,
     limit: Option<Arc<Semaphore>>,
 }
@@ -413,33 +432,45 @@ impl Service {
         })
         .map_err(|e| decode_err(format!("cannot encode the params: {e}")))?;
         let _permit = self.permit().await;
-        let response = self
-            .http
-            .post(self.target(method)?)
-            .header(CONTENT_TYPE, "application/json")
-            .headers(self.auth_header())
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.error(method)(error_chain(&e)))?;
-        let status = response.status();
-        let gzip = is_gzip(response.headers());
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| self.error(method)(error_chain(&e)))?;
+        let (status, gzip, bytes) = match &self.inner.pool {
+            Some(pool) => {
+                let reply = pool
+                    .post(&body)
+                    .await
+                    .map_err(|e| self.error(method)(e.to_string()))?;
+                (reply.status, reply.gzip, reply.body)
+            }
+            None => {
+                let response = self
+                    .http
+                    .post(self.target(method)?)
+                    .header(CONTENT_TYPE, "application/json")
+                    .headers(self.auth_header())
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| self.error(method)(error_chain(&e)))?;
+                let status = response.status().as_u16();
+                let gzip = is_gzip(response.headers());
+                let bytes = response
+                    .bytes()
+                    .await
+                    .map_err(|e| self.error(method)(error_chain(&e)))?;
+                (status, gzip, bytes.to_vec())
+            }
+        };
         let bytes = if gzip {
             gunzip(&bytes)
                 .await
                 .map_err(|e| decode_err(format!("cannot decompress the reply: {e}")))?
         } else {
-            bytes.to_vec()
+            bytes
         };
-        if status.as_u16() >= 400 {
+        if status >= 400 {
             return Err(RpcError::Status {
                 service: name.clone(),
                 method: method.to_string(),
-                status: status.as_u16(),
+                status,
                 body: String::from_utf8_lossy(&bytes).trim_end().to_string(),
             });
         }

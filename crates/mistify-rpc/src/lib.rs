@@ -29,6 +29,7 @@
 
 pub mod client;
 pub mod envelope;
+mod h1;
 pub mod http;
 pub mod merge;
 pub mod server;

@@ -8,6 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mistify_client::{Guest, JobStatus};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{accepted, check_id, decode, pipeline_id, read_body, with_job_id, AppState};
@@ -166,7 +167,14 @@ pub async fn metrics(
     State(agent): State<AppState>,
     Path((id, kind)): Path<(String, String)>,
 ) -> Result<Response, AgentError> {
-    let (guest, runner) = load(&agent, &id)?;
+    check_id("guest id", &id)?;
+    // The stored JSON goes into the request as it is: no parse into a `Guest` and back.
+    let stored = agent.store.guest_json(&id).ok_or(AgentError::NotFound)?;
+    let guest: &RawValue = serde_json::from_slice(&stored)
+        .map_err(|e| AgentError::Internal(format!("unreadable stored guest {id}: {e}")))?;
+    let runner = agent
+        .runner(&id)
+        .ok_or_else(|| AgentError::Internal("guest runner not found".into()))?;
     if !matches!(kind.as_str(), "cpu" | "disk" | "nic") {
         return Err(AgentError::NotFound);
     }
@@ -175,7 +183,7 @@ pub async fn metrics(
     let job_id = pipeline_id();
     let result = async {
         let _slot = runner.info_slot().await?;
-        agent.run_metrics(&action, &guest, &kind).await
+        agent.run_metrics(&action, guest, &kind).await
     }
     .await;
     let response = match result {

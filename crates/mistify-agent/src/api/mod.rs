@@ -76,32 +76,27 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/metrics", get(system::metrics))
         .route("/openapi.json", get(system::openapi))
         .method_not_allowed_fallback(|| async { AgentError::MethodNotAllowed.into_response() })
-        .fallback(|| async {
-            (
-                StatusCode::NOT_FOUND,
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                "404 page not found\n",
-            )
-        })
+        .fallback(not_found_or_strict_slash)
         .layer(axum::middleware::from_fn_with_state(
             agent.clone(),
             count_and_gate,
         ))
         .with_state(agent);
-    mistify_rpc::http::with_common_layers(api).layer(axum::middleware::from_fn(strict_slash))
+    mistify_rpc::http::with_common_layers(api)
 }
 
-/// A path with a trailing slash answers 301 to the path without it (gorilla's
-/// strict-slash routing).
-async fn strict_slash(request: Request, next: Next) -> Response {
-    let path = request.uri().path();
+/// What no route matched: a path with a trailing slash answers 301 to the path without
+/// it (gorilla's strict-slash routing; no route ends with a slash, so every such path
+/// lands here), anything else the Go router's plain-text 404.
+async fn not_found_or_strict_slash(uri: axum::http::Uri) -> Response {
+    let path = uri.path();
     // The original's profiling routes are not served: no redirect into them either.
     if path.len() > 1 && path.ends_with('/') && !path.starts_with("/debug/") {
         let mut location = path.trim_end_matches('/').to_string();
         if location.is_empty() {
             location.push('/');
         }
-        if let Some(query) = request.uri().query() {
+        if let Some(query) = uri.query() {
             location.push('?');
             location.push_str(query);
         }
@@ -109,7 +104,12 @@ async fn strict_slash(request: Request, next: Next) -> Response {
             return (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, value)]).into_response();
         }
     }
-    next.run(request).await
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "404 page not found\n",
+    )
+        .into_response()
 }
 
 /// Counts requests by route template and status; answers 503 to changes while the
@@ -198,7 +198,10 @@ pub fn accepted(job_id: &str, body: &impl serde::Serialize) -> Response {
 
 /// A fresh id for the header of an Info or Stream pipeline (never logged as a job).
 pub fn pipeline_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    // A version 4 UUID from the thread's generator: no system call per request.
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
 }
 
 #[cfg(test)]
