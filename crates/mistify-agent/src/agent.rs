@@ -249,6 +249,17 @@ impl Agent {
         stage: &StageDef,
         request: &impl Serialize,
     ) -> Result<Value, AgentError> {
+        let raw = self.call_stage_raw(stage, request).await?;
+        serde_json::from_str(raw.get())
+            .map_err(|e| AgentError::Stage(format!("{}: unreadable result: {e}", stage.method)))
+    }
+
+    /// One stage's call, its result as raw JSON.
+    async fn call_stage_raw(
+        &self,
+        stage: &StageDef,
+        request: &impl Serialize,
+    ) -> Result<Box<serde_json::value::RawValue>, AgentError> {
         let service = self.service(stage)?;
         let start = Instant::now();
         let result = service.call_raw(&stage.method, request).await;
@@ -258,9 +269,7 @@ impl Agent {
             start.elapsed(),
             result.is_ok(),
         );
-        let raw = result?;
-        serde_json::from_str(raw.get())
-            .map_err(|e| AgentError::Stage(format!("{}: unreadable result: {e}", stage.method)))
+        Ok(result?)
     }
 
     // --------------------------------------------------------------- pipelines
@@ -323,7 +332,8 @@ impl Agent {
         Ok(response)
     }
 
-    /// Runs a metrics action: each stage gets its own request with its args.
+    /// Runs a metrics action: each stage gets its own request with its args; the
+    /// `kind` member (`cpu`, `disk`, `nic`) of the merged results, `null` when absent.
     pub async fn run_metrics(
         &self,
         action: &str,
@@ -340,6 +350,39 @@ impl Agent {
             #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
             args: &'a std::collections::BTreeMap<String, String>,
         }
+        if let [stage] = def.stages.as_slice() {
+            // One stage (every shipped config): only the `kind` member of its result is
+            // parsed; the guest it echoes is skipped unread.
+            let request = MetricsRequest {
+                guest,
+                kind,
+                args: &stage.args,
+            };
+            let raw = self.call_stage_raw(stage, &request).await?;
+            if let Ok(members) = serde_json::from_str::<
+                std::collections::BTreeMap<String, &serde_json::value::RawValue>,
+            >(raw.get())
+            {
+                return match members.get(kind) {
+                    Some(part) => serde_json::from_str(part.get()).map_err(|e| {
+                        AgentError::Stage(format!("{}: unreadable result: {e}", stage.method))
+                    }),
+                    None => Ok(Value::Null),
+                };
+            }
+            // Not an object: read as every other result is.
+            let mut response = json!({"guest": null, "type": ""});
+            merge(
+                &mut response,
+                serde_json::from_str(raw.get()).map_err(|e| {
+                    AgentError::Stage(format!("{}: unreadable result: {e}", stage.method))
+                })?,
+            );
+            return Ok(response
+                .get_mut(kind)
+                .map(Value::take)
+                .unwrap_or(Value::Null));
+        }
         let mut response = json!({"guest": null, "type": ""});
         for stage in &def.stages {
             let request = MetricsRequest {
@@ -349,7 +392,10 @@ impl Agent {
             };
             merge(&mut response, self.call_stage(stage, &request).await?);
         }
-        Ok(response)
+        Ok(response
+            .get_mut(kind)
+            .map(Value::take)
+            .unwrap_or(Value::Null))
     }
 
     /// Runs an Info guest action (e.g. `status`) and stores the guest it returns.

@@ -63,7 +63,8 @@ struct Inner {
     /// route → (method, status, count): looked up without allocating on the hot path.
     requests: BTreeMap<String, Vec<(String, u16, u64)>>,
     jobs: BTreeMap<&'static str, u64>,
-    rpc: BTreeMap<(String, String), Histogram>,
+    /// service → method → latency: looked up by `&str`, allocating only the first time.
+    rpc: BTreeMap<String, BTreeMap<String, Histogram>>,
     rpc_errors: BTreeMap<(String, String), u64>,
 }
 
@@ -106,14 +107,22 @@ impl Metrics {
 
     pub fn rpc_latency(&self, service: &str, method: &str, elapsed: Duration, ok: bool) {
         if let Ok(mut m) = self.inner.lock() {
-            let key = (service.to_string(), method.to_string());
             if !ok {
-                *m.rpc_errors.entry(key.clone()).or_default() += 1;
+                *m.rpc_errors
+                    .entry((service.to_string(), method.to_string()))
+                    .or_default() += 1;
             }
-            m.rpc
-                .entry(key)
-                .or_default()
-                .observe(LATENCY_BUCKETS, elapsed.as_secs_f64());
+            if !m.rpc.contains_key(service) {
+                m.rpc.insert(service.to_string(), BTreeMap::new());
+            }
+            if let Some(methods) = m.rpc.get_mut(service) {
+                if !methods.contains_key(method) {
+                    methods.insert(method.to_string(), Histogram::default());
+                }
+                if let Some(h) = methods.get_mut(method) {
+                    h.observe(LATENCY_BUCKETS, elapsed.as_secs_f64());
+                }
+            }
         }
     }
 
@@ -181,7 +190,11 @@ impl Metrics {
         let _ = writeln!(out, "mistify_agent_guests {guests}");
         out.push_str("# HELP mistify_agent_subagent_call_seconds Sub-agent call latency by service and method.\n");
         out.push_str("# TYPE mistify_agent_subagent_call_seconds histogram\n");
-        for ((service, method), h) in &m.rpc {
+        for (service, method, h) in m
+            .rpc
+            .iter()
+            .flat_map(|(s, methods)| methods.iter().map(move |(m, h)| (s, m, h)))
+        {
             let labels = format!(
                 "service=\"{}\",method=\"{}\"",
                 escape(service),

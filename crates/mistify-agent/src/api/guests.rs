@@ -9,7 +9,6 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mistify_client::{Guest, JobStatus};
 use serde_json::value::RawValue;
-use serde_json::Value;
 
 use super::{accepted, check_id, decode, pipeline_id, read_body, with_job_id, AppState};
 use crate::agent::{derived_mac, Agent, Work};
@@ -187,13 +186,7 @@ pub async fn metrics(
     }
     .await;
     let response = match result {
-        Ok(mut response) => {
-            let part = response
-                .get_mut(kind.as_str())
-                .map(Value::take)
-                .unwrap_or(Value::Null);
-            json_response(StatusCode::OK, &part)
-        }
+        Ok(part) => json_response(StatusCode::OK, &part),
         Err(e) => axum::response::IntoResponse::into_response(e),
     };
     Ok(with_job_id(response, &job_id))
