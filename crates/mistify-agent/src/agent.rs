@@ -67,6 +67,8 @@ pub struct Settings {
     pub joblog_max: usize,
     /// How long a SIGTERM waits for running jobs.
     pub drain_timeout: Duration,
+    /// The HTTP server's limits (`mistify_rpc::limits`).
+    pub limits: mistify_rpc::limits::Limits,
 }
 
 /// The agent.
@@ -81,6 +83,8 @@ pub struct Agent {
     idle: Notify,
     job_events: broadcast::Sender<String>,
     drain_timeout: Duration,
+    /// The HTTP server's limits, used by [`crate::serve`].
+    pub limits: mistify_rpc::limits::Limits,
 }
 
 fn now() -> chrono::DateTime<Utc> {
@@ -134,6 +138,7 @@ impl Agent {
             idle: Notify::new(),
             job_events,
             drain_timeout: settings.drain_timeout,
+            limits: settings.limits,
         });
         agent.recover()?;
         Ok(agent)

@@ -33,6 +33,9 @@ pub enum AgentError {
     /// The request body is larger than the agent accepts.
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
+    /// The request body stopped arriving (see `mistify_rpc::limits`).
+    #[error("the request body stopped arriving")]
+    BodyTimeout,
     /// A sub-agent call failed.
     #[error(transparent)]
     Rpc(#[from] RpcError),
@@ -58,6 +61,7 @@ impl AgentError {
             AgentError::Conflict(_) => StatusCode::CONFLICT,
             AgentError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AgentError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AgentError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             AgentError::Rpc(RpcError::Transport { .. }) => StatusCode::BAD_GATEWAY,
             AgentError::Rpc(RpcError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             // The sub-agent answered with an error: the original reported 500 with its text.

@@ -55,14 +55,11 @@ pub async fn serve_with(
         drainer.drain().await;
         let _ = stop_tx.send(());
     });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
+    let stopped = async {
         let _ = stop_rx.await;
-    })
-    .await
+    };
+    let limits = agent.limits.clone();
+    mistify_rpc::limits::serve(listener, app, limits, stopped).await
 }
 
 /// Starts the agent with `settings` on `address` and serves until SIGTERM or Ctrl-C.

@@ -7,6 +7,7 @@ use clap::Parser;
 use mistify_agent::config::{Config, DEFAULT_DB_PATH, DEFAULT_JOBLOG_MAX};
 use mistify_agent::Settings;
 use mistify_rpc::http::{init_tracing, LogFormat};
+use mistify_rpc::limits;
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +44,23 @@ struct Flags {
     /// Longest wait for running jobs on SIGTERM, in seconds.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
+    /// Most requests handled at once; more are answered 503 with Retry-After.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_IN_FLIGHT as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_in_flight: u64,
+    /// Longest wait, in seconds, for a complete request head (also closes idle
+    /// keep-alive connections).
+    #[arg(long, default_value_t = limits::DEFAULT_HEADER_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_timeout: u64,
+    /// Longest pause, in seconds, between two chunks of a request body (408 after).
+    #[arg(long, default_value_t = limits::DEFAULT_BODY_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    body_timeout: u64,
+    /// Largest request head in bytes (431 above).
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_HEADER_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(1024..=1_048_576))]
+    max_header_bytes: u64,
 }
 
 #[derive(clap::Subcommand)]
@@ -119,6 +137,12 @@ async fn main() {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DB_PATH)),
         joblog_max: config.joblog_max.unwrap_or(DEFAULT_JOBLOG_MAX),
         drain_timeout: Duration::from_secs(flags.drain_timeout),
+        limits: limits::Limits {
+            max_header_bytes: flags.max_header_bytes as usize,
+            header_timeout: Duration::from_secs(flags.header_timeout),
+            body_timeout: Duration::from_secs(flags.body_timeout),
+            max_in_flight: flags.max_in_flight as usize,
+        },
         config,
     };
     if let Err(e) = mistify_agent::run(settings, address, auth).await {

@@ -272,3 +272,92 @@ async fn concurrent_creates_of_one_id_make_one_guest() {
     wait_done(&s.client, accepted[0].job_id.as_deref().unwrap()).await;
     assert_eq!(s.control.count("Fake.Create"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_limits_from_flags_431_408_and_503_when_too_many_in_flight() {
+    use tokio::io::AsyncWriteExt;
+    let dir = TempDir::new("limits");
+    let control = fake::Control::default();
+    let fake = fake::start(control.clone()).await;
+    let config = fake::config(fake.addr().port(), &[]);
+    let agent = agent(
+        &config,
+        dir.path(),
+        &dir.path().join("agent.redb"),
+        &[
+            "--max-in-flight",
+            "1",
+            "--body-timeout",
+            "1",
+            "--max-header-bytes",
+            "4096",
+        ],
+    );
+    let base = agent.url();
+    let client = Client::new(&base).expect("client");
+    let (_, headers, _) = raw("POST", &format!("{base}/guests"), Some("{}")).await;
+    let job = headers["x-guest-job-id"].to_str().unwrap().to_string();
+    assert_eq!(wait_done(&client, &job).await.status, JobStatus::Complete);
+    let id = client.list_guests().await.unwrap()[0].id.clone();
+
+    // One request in flight (held at the sub-agent): the next one is shed.
+    control.close_gate();
+    let refresh = format!("{base}/guests/{id}?refresh=true");
+    let held = tokio::spawn(async move { raw("GET", &refresh, None).await });
+    while control.count("Fake.Status") == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (status, headers, body) = raw("GET", &format!("{base}/guests"), None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers["retry-after"], "1");
+    assert!(
+        message(&body).contains("too many requests in flight"),
+        "{body}"
+    );
+    control.open_gate();
+    assert_eq!(held.await.unwrap().0, 200);
+    let (status, _, _) = raw("GET", &format!("{base}/guests"), None).await;
+    assert_eq!(status, 200);
+
+    // A head over --max-header-bytes.
+    let addr = base.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let big = format!(
+        "GET /guests HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(5000)
+    );
+    let _ = conn.write_all(big.as_bytes()).await;
+    let reply = mistify_e2e::read_until_closed(&mut conn).await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+
+    // A body that stops arriving: 408 with the JSON error, nothing created.
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(
+        b"POST /guests HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"memory\":",
+    )
+    .await
+    .unwrap();
+    let reply = mistify_e2e::read_until_closed(&mut conn).await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert_eq!(message(body), "the request body stopped arriving");
+    assert_eq!(client.list_guests().await.unwrap().len(), 1);
+}
+
+#[test]
+fn out_of_range_limits_are_refused() {
+    for (flag, value) in [
+        ("--max-in-flight", "0"),
+        ("--body-timeout", "0"),
+        ("--header-timeout", "0"),
+        ("--max-header-bytes", "10"),
+    ] {
+        let out = std::process::Command::new(mistify_e2e::binary("mistify-agent"))
+            .args(["-c", "/nonexistent.json", flag, value, "--check-config"])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(flag), "{flag}: {stderr}");
+    }
+}

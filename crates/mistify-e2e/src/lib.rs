@@ -130,6 +130,16 @@ pub fn diagnose() -> String {
     }
 }
 
+/// Everything a server sends on `conn` until it closes the connection; panics (fails
+/// the test) when it is still open after 5 s — for limits that must close connections.
+pub async fn read_until_closed(conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the server kept the connection open");
+    String::from_utf8_lossy(&out).to_string()
+}
+
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();

@@ -31,6 +31,7 @@ pub mod client;
 pub mod envelope;
 mod h1;
 pub mod http;
+pub mod limits;
 pub mod merge;
 pub mod server;
 pub mod types;

@@ -26,6 +26,7 @@ use crate::envelope::{self, codes, Dialect, RawRequest};
 use crate::http::{
     constant_time_eq, healthz_route, shutdown_signal, with_common_layers, RpcMethodName,
 };
+use crate::limits::Limits;
 use crate::RPC_PATH;
 
 /// Default limit of a request body (16 MiB); larger bodies get 413.
@@ -72,6 +73,7 @@ pub struct Server {
     v1_only: bool,
     token: Option<Arc<str>>,
     allow_remote: bool,
+    limits: Limits,
 }
 
 struct Registry {
@@ -105,7 +107,14 @@ impl Server {
             v1_only: false,
             token: None,
             allow_remote: false,
+            limits: Limits::default(),
         }
+    }
+
+    /// The HTTP server's limits (default [`Limits::default`]; see [`crate::limits`]).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Requires `Authorization: Bearer <token>` on every request but `/healthz` (the
@@ -246,6 +255,7 @@ impl Server {
         Ok(BoundServer {
             name: self.name.clone(),
             listener,
+            limits: self.limits.clone(),
             router: self.into_router(),
         })
     }
@@ -308,6 +318,7 @@ pub struct BoundServer {
     name: String,
     listener: TcpListener,
     router: Router,
+    limits: Limits,
 }
 
 impl BoundServer {
@@ -327,9 +338,7 @@ impl BoundServer {
     ) -> std::io::Result<()> {
         let addr = self.listener.local_addr()?;
         tracing::info!(service = %self.name, %addr, "serving");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        crate::limits::serve(self.listener, self.router, self.limits, shutdown).await?;
         tracing::info!(service = %self.name, "stopped");
         Ok(())
     }
@@ -481,8 +490,13 @@ async fn rpc_endpoint(State(registry): State<Arc<Registry>>, request: Request) -
     let body = match axum::body::to_bytes(request.into_body(), registry.body_limit).await {
         Ok(body) => body,
         Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if crate::limits::is_body_timeout(&e) {
+                return plain_text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "rpc: the request body stopped arriving".to_string(),
+                );
+            }
+            let too_large = crate::limits::caused_by::<http_body_util::LengthLimitError>(&e);
             return if too_large {
                 plain_text(
                     StatusCode::PAYLOAD_TOO_LARGE,

@@ -111,10 +111,14 @@ async fn serve(dir: PathBuf, port: u16, delay: Duration) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
         .await
         .map_err(|e| format!("cannot listen on port {port}: {e}"))?;
-    axum::serve(listener, router(dir, delay))
-        .with_graceful_shutdown(mistify_rpc::http::shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    mistify_rpc::limits::serve(
+        listener,
+        router(dir, delay),
+        mistify_rpc::limits::Limits::default(),
+        mistify_rpc::http::shutdown_signal(),
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 async fn stats(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {

@@ -155,10 +155,10 @@ pub fn check_id(what: &str, id: &str) -> Result<(), AgentError> {
 /// Reads the whole body, up to [`BODY_LIMIT`].
 pub async fn read_body(body: Body) -> Result<Bytes, AgentError> {
     axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
+        if mistify_rpc::limits::caused_by::<http_body_util::LengthLimitError>(&e) {
             AgentError::TooLarge(BODY_LIMIT)
+        } else if mistify_rpc::limits::is_body_timeout(&e) {
+            AgentError::BodyTimeout
         } else {
             AgentError::BadRequest(format!("cannot read the request body: {e}"))
         }
