@@ -71,6 +71,29 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_maybe_tls(listener, router, limits, None, shutdown).await
+}
+
+/// As [`serve`], over TLS with `config` (see [`tls_config`]). The handshake must end
+/// within [`Limits::header_timeout`]; a failed one closes the connection (logged at debug).
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    config: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    serve_maybe_tls(listener, router, limits, Some(acceptor), shutdown).await
+}
+
+async fn serve_maybe_tls(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let router = router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
         limits.body_timeout,
     ));
@@ -111,10 +134,35 @@ pub async fn serve(
                     router.oneshot(request.map(Body::new)).await
                 }
             });
-        let connection = http.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let (http, watcher, tls) = (http.clone(), graceful.watcher(), tls.clone());
+        let handshake_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let served =
+                match tls {
+                    None => {
+                        let connection = http.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(connection).await
+                    }
+                    Some(acceptor) => {
+                        let stream =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, "TLS handshake: {e}");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake: timed out");
+                                    return;
+                                }
+                            };
+                        let connection = http.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(connection).await
+                    }
+                };
+            if let Err(e) = served {
                 tracing::debug!(%peer, "connection: {e}");
             }
         });
@@ -122,6 +170,74 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Errors of [`tls_config`], each naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(String);
+
+/// A TLS server configuration from PEM files: the certificate chain, its private key
+/// and, for client certificates (mTLS), the CA they must be signed by (then a client
+/// without a valid certificate fails the handshake).
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| TlsError(format!("certificate {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(TlsError(format!(
+            "certificate {}: no certificate in the file",
+            cert.display()
+        )));
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| TlsError(format!("private key {}: {e}", key.display())))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(format!("TLS: {e}")))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+                .and_then(|certs| certs.collect())
+                .map_err(|e| TlsError(format!("client CA {}: {e}", ca.display())))?;
+            for c in cas {
+                roots
+                    .add(c)
+                    .map_err(|e| TlsError(format!("client CA {}: {e}", ca.display())))?;
+            }
+            if roots.is_empty() {
+                return Err(TlsError(format!(
+                    "client CA {}: no certificate in the file",
+                    ca.display()
+                )));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| TlsError(format!("client CA {}: {e}", ca.display())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, private).map_err(|e| {
+        TlsError(format!(
+            "certificate {} / key {}: {e}",
+            cert.display(),
+            key.display()
+        ))
+    })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// The `503` of load shedding.

@@ -351,7 +351,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         }
     } else {
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            let limits = mistify_rpc::limits::Limits::default();
+            let forever = std::future::pending::<()>();
+            if let Err(e) = mistify_rpc::limits::serve(listener, app, limits, forever).await {
                 tracing::error!("server: {e}");
             }
         })

@@ -1,33 +1,27 @@
-//! TLS (rustls with the ring provider) for `https://` listen addresses.
+//! TLS (rustls with the ring provider) for `https://` listen addresses, served with the
+//! HTTP limits every mistify daemon shares (`mistify_rpc::limits`).
 
 use crate::daemon::server::DaemonError;
-use axum_server::tls_rustls::RustlsConfig;
 use std::path::Path;
+use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 /// Loads the PEM certificate (chain) and private key.
-pub async fn config(cert: &Path, key: &Path) -> Result<RustlsConfig, DaemonError> {
-    // Only one provider is compiled in; installing it twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    RustlsConfig::from_pem_file(cert, key).await.map_err(|e| {
-        DaemonError::Tls(format!(
-            "certificate {} / key {}: {e}",
-            cert.display(),
-            key.display()
-        ))
-    })
+pub async fn config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, DaemonError> {
+    mistify_rpc::limits::tls_config(cert, key, None).map_err(|e| DaemonError::Tls(e.to_string()))
 }
 
 /// Serves `app` over TLS.
 pub fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
-    config: RustlsConfig,
+    config: Arc<rustls::ServerConfig>,
 ) -> Result<JoinHandle<()>, DaemonError> {
-    let std_listener = listener.into_std()?;
-    let server = axum_server::from_tcp_rustls(std_listener, config)?;
     Ok(tokio::spawn(async move {
-        if let Err(e) = server.serve(app.into_make_service()).await {
+        let limits = mistify_rpc::limits::Limits::default();
+        let forever = std::future::pending::<()>();
+        if let Err(e) = mistify_rpc::limits::serve_tls(listener, app, limits, config, forever).await
+        {
             tracing::error!("TLS server: {e}");
         }
     }))
