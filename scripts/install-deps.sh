@@ -21,7 +21,7 @@ declare -A need=(
 skipped replay  || need[python3]="wire replay tests (tests/tools/replay.py)"
 skipped etcd    || { need[etcd-server]="lochness tests (a real etcd)"; need[etcd-client]="lochness tests (etcdctl)"; }
 skipped zfs     || need[zfs-fuse]="storage sub-agent tests (a real ZFS pool)"
-skipped supervisor-tls || need[openssl]="supervisor TLS test (makes a test certificate)"
+skipped supervisor-tls || need[openssl]="TLS tests of the supervisor, the agent and lochness (make test certificates)"
 skipped stack   || { need[curl]="the README walk-through (dev stack tests)"; need[procps]="the dev stack manifests (pgrep)"; }
 
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }

@@ -64,6 +64,8 @@ pub struct MistifyAgent {
     ctx: Context,
     timeout: Duration,
     token: Option<String>,
+    /// `https://` with these files, when set (agents started with `--tls-cert`).
+    tls: Option<mistify_client::TlsFiles>,
 }
 
 fn agent_err(e: ClientError) -> Error {
@@ -127,6 +129,7 @@ impl MistifyAgent {
             ctx: ctx.clone(),
             timeout: AGENT_TIMEOUT,
             token: None,
+            tls: None,
         }
     }
 
@@ -134,6 +137,14 @@ impl MistifyAgent {
     /// with `--token-file`).
     pub fn with_token(mut self, token: &str) -> MistifyAgent {
         self.token = Some(token.to_string());
+        self
+    }
+
+    /// The same client speaking HTTPS to every agent: `files.ca` verifies the agents'
+    /// certificates (the system's CAs when unset), `files.cert`/`files.key` is the client
+    /// certificate for agents started with `--client-ca`.
+    pub fn with_tls(mut self, files: mistify_client::TlsFiles) -> MistifyAgent {
+        self.tls = Some(files);
         self
     }
 
@@ -175,9 +186,13 @@ impl MistifyAgent {
             .and_then(|p| p.parse::<u16>().ok())
             .filter(|p| *p > 0)
             .unwrap_or(DEFAULT_AGENT_PORT);
-        let client = Client::new(&format!("http://{ip}:{port}"))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut client = Client::new(&format!("{scheme}://{ip}:{port}"))
             .map(|c| c.with_timeout(self.timeout))
             .map_err(agent_err)?;
+        if let Some(files) = &self.tls {
+            client = client.with_tls(files).map_err(agent_err)?;
+        }
         match &self.token {
             Some(token) => client.with_token(token).map_err(agent_err),
             None => Ok(client),

@@ -197,6 +197,15 @@ async fn agent_port_defaults_to_8080() {
 
 /// Against the real agent started with `--token-file`: the client of a `MistifyAgent`
 /// without a token gets 401, with `with_token` it reads.
+/// A hypervisor registered at 127.0.0.1 whose agent listens on `port`.
+async fn local_hypervisor(ctx: &lochness::Context, port: u16) -> lochness::Hypervisor {
+    let mut h = common::hypervisor(ctx, Resources::default()).await;
+    h.ip = Some("127.0.0.1".parse().unwrap());
+    h.save().await.unwrap();
+    h.set_config("agentPort", &port.to_string()).await.unwrap();
+    ctx.hypervisor(&h.id).await.unwrap()
+}
+
 #[tokio::test]
 async fn mistify_agent_sends_its_token_to_an_agent_that_requires_one() {
     if mistify_e2e::skipped("etcd") {
@@ -226,11 +235,7 @@ async fn mistify_agent_sends_its_token_to_an_agent_that_requires_one() {
         ],
         port,
     );
-    let mut h = common::hypervisor(&ctx, Resources::default()).await;
-    h.ip = Some("127.0.0.1".parse().unwrap());
-    h.save().await.unwrap();
-    h.set_config("agentPort", &port.to_string()).await.unwrap();
-    let h = ctx.hypervisor(&h.id).await.unwrap();
+    let h = local_hypervisor(&ctx, port).await;
 
     let plain = MistifyAgent::new(&ctx).client_for(&h).unwrap();
     let err = plain.list_guests().await.expect_err("no token");
@@ -244,6 +249,70 @@ async fn mistify_agent_sends_its_token_to_an_agent_that_requires_one() {
         MistifyAgent::new(&ctx)
             .with_token("two words")
             .client_for(&h),
+        Err(Error::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn mistify_agent_speaks_https_with_a_client_certificate() {
+    if mistify_e2e::skipped("etcd") || mistify_e2e::skipped("supervisor-tls") {
+        return;
+    }
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let dir = mistify_e2e::TempDir::new("lochness-tls");
+    let pki = mistify_e2e::pki::make(dir.path());
+    let config = dir.path().join("agent.json");
+    std::fs::write(&config, r#"{"services": {}, "actions": {}}"#).unwrap();
+    let port = mistify_e2e::free_port();
+    let p = |f: &std::path::Path| f.display().to_string();
+    let _agent = mistify_e2e::Daemon::start(
+        &mistify_e2e::binary("mistify-agent"),
+        &[
+            "-a".into(),
+            format!("127.0.0.1:{port}"),
+            "-c".into(),
+            p(&config),
+            "--db-path".into(),
+            p(&dir.path().join("agent.redb")),
+            "--tls-cert".into(),
+            p(&pki.server_cert),
+            "--tls-key".into(),
+            p(&pki.server_key),
+            "--client-ca".into(),
+            p(&pki.ca),
+        ],
+        port,
+    );
+    let h = local_hypervisor(&ctx, port).await;
+
+    let files = |cert: bool| mistify_client::TlsFiles {
+        ca: Some(pki.ca.clone()),
+        cert: cert.then(|| pki.client_cert.clone()),
+        key: cert.then(|| pki.client_key.clone()),
+    };
+    let with = MistifyAgent::new(&ctx)
+        .with_tls(files(true))
+        .client_for(&h)
+        .unwrap();
+    assert!(with.list_guests().await.unwrap().is_empty());
+    let without = MistifyAgent::new(&ctx)
+        .with_tls(files(false))
+        .client_for(&h)
+        .unwrap();
+    assert!(
+        without.list_guests().await.is_err(),
+        "no client certificate"
+    );
+    let plain = MistifyAgent::new(&ctx).client_for(&h).unwrap();
+    assert!(plain.list_guests().await.is_err(), "plain HTTP");
+    let missing = mistify_client::TlsFiles {
+        ca: Some(dir.path().join("missing.pem")),
+        ..Default::default()
+    };
+    assert!(matches!(
+        MistifyAgent::new(&ctx).with_tls(missing).client_for(&h),
         Err(Error::Invalid(_))
     ));
 }

@@ -69,6 +69,16 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// The HTTP server's limits (`mistify_rpc::limits`).
     pub limits: mistify_rpc::limits::Limits,
+    /// HTTPS instead of HTTP (`--tls-cert`, `--tls-key`, `--client-ca`).
+    pub tls: Option<TlsSettings>,
+}
+
+/// The agent's TLS: the server configuration and whether it requires client
+/// certificates (mTLS).
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub config: Arc<rustls::ServerConfig>,
+    pub client_certs: bool,
 }
 
 /// The agent.
@@ -85,6 +95,8 @@ pub struct Agent {
     drain_timeout: Duration,
     /// The HTTP server's limits, used by [`crate::serve`].
     pub limits: mistify_rpc::limits::Limits,
+    /// HTTPS settings, used by [`crate::serve`].
+    pub tls: Option<TlsSettings>,
 }
 
 fn now() -> chrono::DateTime<Utc> {
@@ -139,6 +151,7 @@ impl Agent {
             job_events,
             drain_timeout: settings.drain_timeout,
             limits: settings.limits,
+            tls: settings.tls,
         });
         agent.recover()?;
         Ok(agent)

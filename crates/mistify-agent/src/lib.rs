@@ -20,7 +20,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use agent::{Agent, Settings, Work};
+pub use agent::{Agent, Settings, TlsSettings, Work};
 pub use config::Config;
 pub use error::AgentError;
 
@@ -59,7 +59,12 @@ pub async fn serve_with(
         let _ = stop_rx.await;
     };
     let limits = agent.limits.clone();
-    mistify_rpc::limits::serve(listener, app, limits, stopped).await
+    match agent.tls.clone() {
+        Some(tls) => {
+            mistify_rpc::limits::serve_tls(listener, app, limits, tls.config, stopped).await
+        }
+        None => mistify_rpc::limits::serve(listener, app, limits, stopped).await,
+    }
 }
 
 /// Starts the agent with `settings` on `address` and serves until SIGTERM or Ctrl-C.
@@ -79,10 +84,11 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| format!("cannot listen on {address}: {e}"))?;
-    if !address.ip().is_loopback() && auth.is_none() {
-        tracing::warn!(%address, "listening beyond loopback without authentication (see --token-file)");
+    let client_certs = agent.tls.as_ref().is_some_and(|t| t.client_certs);
+    if !address.ip().is_loopback() && auth.is_none() && !client_certs {
+        tracing::warn!(%address, "listening beyond loopback without authentication (see --token-file and --client-ca)");
     }
-    tracing::info!(%address, tokens = auth.is_some(), "mistify-agent serving");
+    tracing::info!(%address, tokens = auth.is_some(), tls = agent.tls.is_some(), client_certs, "mistify-agent serving");
     serve_with(agent, auth, listener, mistify_rpc::http::shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;

@@ -41,6 +41,15 @@ struct Flags {
     /// GET only); `/healthz` stays open. Read again on SIGHUP.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// PEM certificate (chain): serve HTTPS instead of HTTP (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA: every client must present a certificate it signed (mTLS; needs --tls-cert).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
     /// Longest wait for running jobs on SIGTERM, in seconds.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
@@ -115,6 +124,22 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    let tls = match (&flags.tls_cert, &flags.tls_key) {
+        (Some(cert), Some(key)) => {
+            match limits::tls_config(cert, key, flags.client_ca.as_deref()) {
+                Ok(config) => Some(mistify_agent::TlsSettings {
+                    config,
+                    client_certs: flags.client_ca.is_some(),
+                }),
+                Err(e) => {
+                    eprintln!("mistify-agent: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        // clap's `requires` makes the flags come together.
+        _ => None,
+    };
     if flags.check_config {
         println!(
             "configuration OK: {} actions, {} services",
@@ -143,6 +168,7 @@ async fn main() {
             body_timeout: Duration::from_secs(flags.body_timeout),
             max_in_flight: flags.max_in_flight as usize,
         },
+        tls,
         config,
     };
     if let Err(e) = mistify_agent::run(settings, address, auth).await {

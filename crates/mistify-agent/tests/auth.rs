@@ -1,6 +1,7 @@
 //! Bearer tokens (`--token-file`): 401 without a known token, 403 for a read-only token
 //! that writes, `/healthz` open, SIGHUP reloads (a broken file keeps the tokens in force),
-//! and the REST client and the `mistify` CLI with and without a token.
+//! and the REST client and the `mistify` CLI with and without a token; HTTPS with client
+//! certificates (`--tls-cert`, `--tls-key`, `--client-ca`).
 
 mod common;
 
@@ -334,4 +335,144 @@ async fn a_service_token_reaches_a_sub_agent_that_requires_it() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("service test: token"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_client_certificates_lets_in_only_the_ca_s_clients() {
+    use mistify_client::{Client, TlsFiles};
+    if mistify_e2e::skipped("supervisor-tls") {
+        return;
+    }
+    let dir = TempDir::new("agent-tls");
+    let pki = mistify_e2e::pki::make(dir.path());
+    let p = |f: &std::path::Path| f.display().to_string();
+    let agent = agent(
+        &test_config(mistify_e2e::free_port()),
+        dir.path(),
+        &dir.path().join("agent.redb"),
+        &[
+            "--tls-cert",
+            &p(&pki.server_cert),
+            "--tls-key",
+            &p(&pki.server_key),
+            "--client-ca",
+            &p(&pki.ca),
+        ],
+    );
+    let https = agent.url().replace("http://", "https://");
+    let files =
+        |ca: &std::path::Path, cert: Option<(&std::path::Path, &std::path::Path)>| TlsFiles {
+            ca: Some(ca.to_path_buf()),
+            cert: cert.map(|c| c.0.to_path_buf()),
+            key: cert.map(|c| c.1.to_path_buf()),
+        };
+    let good = Client::new(&https)
+        .unwrap()
+        .with_tls(&files(&pki.ca, Some((&pki.client_cert, &pki.client_key))))
+        .unwrap();
+    assert!(good.list_guests().await.unwrap().is_empty());
+    for (what, tls) in [
+        ("no client certificate", files(&pki.ca, None)),
+        (
+            "a client certificate of another CA",
+            files(
+                &pki.ca,
+                Some((&pki.other_client_cert, &pki.other_client_key)),
+            ),
+        ),
+        (
+            "a client trusting another CA",
+            files(&pki.other_ca, Some((&pki.client_cert, &pki.client_key))),
+        ),
+    ] {
+        let client = Client::new(&https).unwrap().with_tls(&tls).unwrap();
+        let err = client.list_guests().await.expect_err(what);
+        assert_eq!(
+            err.status(),
+            None,
+            "{what}: refused in the handshake, not by HTTP: {err}"
+        );
+    }
+    let plain = Client::new(&agent.url()).unwrap();
+    assert!(
+        plain.list_guests().await.is_err(),
+        "plain HTTP to the HTTPS port"
+    );
+
+    // The CLI: the same files as flags.
+    let cli = |extra: &[&str]| {
+        let mut args = vec!["--agent".to_string(), https.clone(), "--json".into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(["guests".into(), "list".into()]);
+        Command::new(binary("mistify"))
+            .args(&args)
+            .output()
+            .expect("mistify")
+    };
+    let ok = cli(&[
+        "--ca-cert",
+        &p(&pki.ca),
+        "--client-cert",
+        &p(&pki.client_cert),
+        "--client-key",
+        &p(&pki.client_key),
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let refused = cli(&["--ca-cert", &p(&pki.ca)]);
+    assert!(!refused.status.success());
+    let half = cli(&[
+        "--ca-cert",
+        &p(&pki.ca),
+        "--client-cert",
+        &p(&pki.client_cert),
+    ]);
+    assert!(!half.status.success());
+    assert!(
+        String::from_utf8_lossy(&half.stderr).contains("needs its key"),
+        "{}",
+        String::from_utf8_lossy(&half.stderr)
+    );
+}
+
+#[test]
+fn unusable_tls_files_stop_the_agent_naming_the_file() {
+    let dir = TempDir::new("agent-tls-bad");
+    let config = dir.path().join("agent.json");
+    std::fs::write(&config, r#"{"services": {}, "actions": {}}"#).unwrap();
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    for args in [
+        vec![
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ],
+        vec![
+            "--tls-cert",
+            not_pem.to_str().unwrap(),
+            "--tls-key",
+            not_pem.to_str().unwrap(),
+        ],
+        vec!["--tls-cert", not_pem.to_str().unwrap()],
+        vec!["--client-ca", not_pem.to_str().unwrap()],
+    ] {
+        let out = Command::new(binary("mistify-agent"))
+            .arg("-c")
+            .arg(&config)
+            .args(&args)
+            .arg("--check-config")
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(args[1]) || stderr.contains("--tls-"),
+            "{args:?}: {stderr}"
+        );
+    }
 }

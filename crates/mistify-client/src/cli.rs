@@ -44,6 +44,19 @@ pub struct Cli {
     #[arg(long, global = true, env = "MISTIFY_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<std::path::PathBuf>,
 
+    /// PEM file of the CA that signed an `https://` agent's certificate (default: the
+    /// system's trusted CAs).
+    #[arg(long, global = true, env = "MISTIFY_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
+
+    /// PEM client certificate for an agent started with `--client-ca` (with `--client-key`).
+    #[arg(long, global = true, env = "MISTIFY_CLIENT_CERT", value_name = "FILE")]
+    pub client_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of `--client-cert`.
+    #[arg(long, global = true, env = "MISTIFY_CLIENT_KEY", value_name = "FILE")]
+    pub client_key: Option<std::path::PathBuf>,
+
     /// Print the JSON of the answer instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -757,6 +770,14 @@ fn read_token(path: &std::path::Path) -> Result<String, ClientError> {
 /// Carries out a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let mut client = Client::new(&cli.agent)?.with_timeout(Duration::from_secs(cli.timeout));
+    let tls = crate::TlsFiles {
+        ca: cli.ca_cert.clone(),
+        cert: cli.client_cert.clone(),
+        key: cli.client_key.clone(),
+    };
+    if !tls.is_empty() {
+        client = client.with_tls(&tls)?;
+    }
     if let Some(path) = &cli.token_file {
         client = client.with_token(&read_token(path)?)?;
     }

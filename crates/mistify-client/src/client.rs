@@ -277,6 +277,85 @@ pub struct Client {
     http: reqwest::Client,
     base: Arc<Url>,
     timeout: Duration,
+    /// Sent with every request (the bearer token).
+    headers: reqwest::header::HeaderMap,
+    /// For `https://` agents: the CA to trust and the client certificate, if any.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// PEM files for an `https://` agent (see [`Client::with_tls`]).
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// The CA that signed the agent's certificate (default: the system's trusted CAs).
+    pub ca: Option<std::path::PathBuf>,
+    /// A client certificate (chain), for an agent started with `--client-ca`.
+    pub cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key.
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    /// Whether any file is set.
+    pub fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.cert.is_none() && self.key.is_none()
+    }
+
+    /// The rustls configuration these files describe (ring provider). Unreadable or
+    /// empty files are [`ClientError::InvalidInput`] naming the file.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+            ClientError::InvalidInput(format!("{what} {}: {e}", path.display()))
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::InvalidInput(format!("TLS: {e}")))?;
+        let mut roots = rustls::RootCertStore::empty();
+        let (ca, system) = match &self.ca {
+            Some(ca) => (ca.clone(), false),
+            // Debian's bundle of the system's trusted CAs.
+            None => (
+                std::path::PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+                true,
+            ),
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&ca)
+            .and_then(|c| c.collect())
+            .map_err(|e| bad("CA", &ca, &e))?;
+        for c in certs {
+            if let Err(e) = roots.add(c) {
+                if !system {
+                    return Err(bad("CA", &ca, &e));
+                }
+            }
+        }
+        if roots.is_empty() {
+            return Err(bad("CA", &ca, &"no certificate in the file"));
+        }
+        let builder = builder.with_root_certificates(roots);
+        let mut config = match (&self.cert, &self.key) {
+            (None, None) => builder.with_no_client_auth(),
+            (Some(cert), Some(key)) => {
+                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                    .and_then(|c| c.collect())
+                    .map_err(|e| bad("client certificate", cert, &e))?;
+                let private =
+                    PrivateKeyDer::from_pem_file(key).map_err(|e| bad("client key", key, &e))?;
+                builder
+                    .with_client_auth_cert(chain, private)
+                    .map_err(|e| bad("client certificate", cert, &e))?
+            }
+            _ => {
+                return Err(ClientError::InvalidInput(
+                    "a client certificate needs its key, and a key its certificate".to_string(),
+                ))
+            }
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
 }
 
 /// A successful (2xx) answer, read completely.
@@ -417,29 +496,48 @@ impl From<IdleTimeoutError> for ChunkError {
     }
 }
 
-/// The HTTP client under [`Client`]: our user agent, `headers` on every request.
-fn http_client(headers: reqwest::header::HeaderMap) -> Result<reqwest::Client, ClientError> {
-    reqwest::Client::builder()
+/// The HTTP client under [`Client`]: our user agent, `headers` on every request, and
+/// `tls` for `https://` agents (reqwest's default, the system's CAs, when `None`).
+fn http_client(
+    headers: reqwest::header::HeaderMap,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<reqwest::Client, ClientError> {
+    let mut builder = reqwest::Client::builder()
         .user_agent(concat!("mistify-client/", env!("CARGO_PKG_VERSION")))
-        .default_headers(headers)
-        .build()
-        .map_err(|source| ClientError::Transport {
-            what: "building the HTTP client".to_string(),
-            source,
-        })
+        .default_headers(headers);
+    if let Some(config) = tls {
+        builder = builder.tls_backend_preconfigured((**config).clone());
+    }
+    builder.build().map_err(|source| ClientError::Transport {
+        what: "building the HTTP client".to_string(),
+        source,
+    })
 }
 
 impl Client {
-    /// A client of the agent at `base_url`: `http://host:port` (optionally with a path
-    /// prefix) or a bare `host:port`, which means plain HTTP. HTTPS is not supported (the
-    /// crate is built without TLS).
+    /// A client of the agent at `base_url`: `http://host:port` or `https://host:port`
+    /// (optionally with a path prefix), or a bare `host:port`, which means plain HTTP.
+    /// An `https://` agent is verified against the system's CAs unless
+    /// [`Client::with_tls`] names its CA.
     pub fn new(base_url: &str) -> Result<Client, ClientError> {
         let base = parse_base(base_url)?;
         Ok(Client {
-            http: http_client(reqwest::header::HeaderMap::new())?,
+            http: http_client(reqwest::header::HeaderMap::new(), None)?,
             base: Arc::new(base),
             timeout: DEFAULT_TIMEOUT,
+            headers: reqwest::header::HeaderMap::new(),
+            tls: None,
         })
+    }
+
+    /// The same client trusting `files.ca` for the agent's certificate and presenting
+    /// `files.cert`/`files.key` (for an agent started with `--client-ca`). Unreadable
+    /// files are [`ClientError::InvalidInput`] naming the file.
+    pub fn with_tls(mut self, files: &TlsFiles) -> Result<Client, ClientError> {
+        let config = files.client_config()?;
+        self.http = http_client(self.headers.clone(), Some(&config))?;
+        self.tls = Some(config);
+        Ok(self)
     }
 
     /// The same client sending `Authorization: Bearer <token>` with every request (for an
@@ -455,9 +553,8 @@ impl Client {
         let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
         value.set_sensitive(true);
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(reqwest::header::AUTHORIZATION, value);
-        self.http = http_client(headers)?;
+        self.headers.insert(reqwest::header::AUTHORIZATION, value);
+        self.http = http_client(self.headers.clone(), self.tls.as_ref())?;
         Ok(self)
     }
 
@@ -950,9 +1047,9 @@ fn parse_base(base_url: &str) -> Result<Url, ClientError> {
     let url = Url::parse(&full).map_err(|e| {
         ClientError::InvalidInput(format!("invalid agent address {base_url:?}: {e}"))
     })?;
-    if url.scheme() != "http" {
+    if url.scheme() != "http" && url.scheme() != "https" {
         return Err(ClientError::InvalidInput(format!(
-            "unsupported scheme {:?} in agent address {base_url:?} (only http is supported)",
+            "unsupported scheme {:?} in agent address {base_url:?} (http or https)",
             url.scheme()
         )));
     }
@@ -1022,7 +1119,6 @@ mod tests {
         for bad in [
             "",
             "  ",
-            "https://h:1",
             "ftp://h",
             "http://h:1/?q=1",
             "http://h:1/#f",

@@ -19,5 +19,7 @@ pub mod serde_go;
 pub mod stream;
 pub mod types;
 
-pub use client::{Accepted, Client, ClientError, DownloadStream, GuestAction, MetadataPatch};
+pub use client::{
+    Accepted, Client, ClientError, DownloadStream, GuestAction, MetadataPatch, TlsFiles,
+};
 pub use types::*;

@@ -529,8 +529,9 @@ async fn bare_host_port_and_path_prefix() {
     prefixed.get_metadata().await.unwrap();
     let uris: Vec<String> = server.requests().into_iter().map(|s| s.uri).collect();
     assert_eq!(uris, ["/metadata", "/agent/metadata"]);
+    assert!(Client::new("https://x:1").is_ok(), "https is accepted");
     assert!(matches!(
-        Client::new("https://x:1"),
+        Client::new("ftp://x:1"),
         Err(ClientError::InvalidInput(_))
     ));
     assert!(matches!(Client::new(""), Err(ClientError::InvalidInput(_))));

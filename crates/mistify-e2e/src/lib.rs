@@ -7,6 +7,7 @@
 //! only look (the caller built what it needs). [`Daemon`] runs one as a child
 //! process that is killed when the test ends. [`free_port`] picks a free loopback port.
 
+pub mod pki;
 pub mod recorded;
 pub mod stack;
 
