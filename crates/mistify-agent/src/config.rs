@@ -118,6 +118,8 @@ pub struct Config {
     pub db_path: Option<PathBuf>,
     /// `joblog_max` of the first file that set it.
     pub joblog_max: Option<usize>,
+    /// The file each action was last defined in (named by [`Config::check`]).
+    pub action_files: BTreeMap<String, String>,
 }
 
 /// A problem with the configuration; the text names the file and the entry.
@@ -303,6 +305,9 @@ impl Config {
             return Err(ConfigError { problems });
         }
         self.services.extend(services);
+        for aname in actions.keys() {
+            self.action_files.insert(aname.clone(), name.to_string());
+        }
         self.actions.extend(actions);
         if self.db_path.is_none() && !file.dbpath.is_empty() {
             self.db_path = Some(PathBuf::from(file.dbpath));
@@ -331,7 +336,10 @@ impl Config {
                 a.stages
                     .iter()
                     .filter(|st| !st.service.is_empty() && !self.services.contains_key(&st.service))
-                    .map(move |st| format!("{aname} unable to find service {}", st.service))
+                    .map(move |st| {
+                        let file = self.action_files.get(aname).map_or("", String::as_str);
+                        format!("{file}: {aname} unable to find service {}", st.service)
+                    })
             })
             .collect();
         problems.sort();
@@ -445,7 +453,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.check().unwrap_err().problems,
-            vec!["reboot unable to find service nope"]
+            vec!["c.json: reboot unable to find service nope"]
         );
         assert!(Config::default().add_str("d.json", "{,").is_err());
         assert!(Config::default()
