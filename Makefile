@@ -1,5 +1,5 @@
 # The two public targets are the README's two commands; `deb` builds the package.
-.PHONY: run test deb
+.PHONY: run test deb fuzz
 
 ## make run: bring up the hypervisor stack with the dev configuration in config/
 run:
@@ -14,3 +14,7 @@ deb:
 	MISTIFY_SKIP=etcd,zfs,stack,replay,supervisor-tls scripts/install-deps.sh
 	cargo build --release --workspace --bins --locked
 	cargo deb -p mistify-supervisor --no-build --output target/debian/
+
+## make fuzz: each cargo-fuzz target in fuzz/ for FUZZ_SECONDS (60) s (nightly, cargo-fuzz installed when missing)
+fuzz:
+	@scripts/fuzz.sh
