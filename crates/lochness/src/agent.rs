@@ -64,8 +64,9 @@ pub struct MistifyAgent {
     ctx: Context,
     timeout: Duration,
     token: Option<String>,
-    /// `https://` with these files, when set (agents started with `--tls-cert`).
-    tls: Option<mistify_client::TlsFiles>,
+    /// `https://` with this configuration, loaded once by [`MistifyAgent::with_tls`]
+    /// (agents started with `--tls-cert`); unusable files are reported by `client_for`.
+    tls: Option<std::result::Result<std::sync::Arc<mistify_client::TlsClientConfig>, String>>,
 }
 
 fn agent_err(e: ClientError) -> Error {
@@ -144,7 +145,10 @@ impl MistifyAgent {
     /// certificates (the system's CAs when unset), `files.cert`/`files.key` is the client
     /// certificate for agents started with `--client-ca`.
     pub fn with_tls(mut self, files: mistify_client::TlsFiles) -> MistifyAgent {
-        self.tls = Some(files);
+        self.tls = Some(files.client_config().map_err(|e| match e {
+            ClientError::InvalidInput(m) => m,
+            other => other.to_string(),
+        }));
         self
     }
 
@@ -190,8 +194,12 @@ impl MistifyAgent {
         let mut client = Client::new(&format!("{scheme}://{ip}:{port}"))
             .map(|c| c.with_timeout(self.timeout))
             .map_err(agent_err)?;
-        if let Some(files) = &self.tls {
-            client = client.with_tls(files).map_err(agent_err)?;
+        match &self.tls {
+            None => {}
+            Some(Ok(config)) => {
+                client = client.with_tls_config(config.clone()).map_err(agent_err)?
+            }
+            Some(Err(e)) => return Err(Error::Invalid(e.clone())),
         }
         match &self.token {
             Some(token) => client.with_token(token).map_err(agent_err),

@@ -533,8 +533,16 @@ impl Client {
     /// The same client trusting `files.ca` for the agent's certificate and presenting
     /// `files.cert`/`files.key` (for an agent started with `--client-ca`). Unreadable
     /// files are [`ClientError::InvalidInput`] naming the file.
-    pub fn with_tls(mut self, files: &TlsFiles) -> Result<Client, ClientError> {
-        let config = files.client_config()?;
+    pub fn with_tls(self, files: &TlsFiles) -> Result<Client, ClientError> {
+        self.with_tls_config(files.client_config()?)
+    }
+
+    /// As [`Client::with_tls`], with a configuration already loaded by
+    /// [`TlsFiles::client_config`] (for callers that make many clients).
+    pub fn with_tls_config(
+        mut self,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<Client, ClientError> {
         self.http = http_client(self.headers.clone(), Some(&config))?;
         self.tls = Some(config);
         Ok(self)

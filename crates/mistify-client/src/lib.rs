@@ -22,4 +22,6 @@ pub mod types;
 pub use client::{
     Accepted, Client, ClientError, DownloadStream, GuestAction, MetadataPatch, TlsFiles,
 };
+/// The TLS client configuration [`TlsFiles::client_config`] loads.
+pub use rustls::ClientConfig as TlsClientConfig;
 pub use types::*;
