@@ -15,7 +15,7 @@
 
 use std::io;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -28,6 +28,9 @@ pub const MAX_BODY: usize = 256 * 1024 * 1024;
 const MAX_HEADERS: usize = 64;
 /// Idle connections kept per service.
 const MAX_IDLE: usize = 128;
+/// An idle connection older than this is not reused: our servers close idle
+/// connections after 30 s, and a request sent just as the peer closes cannot be resent.
+const MAX_IDLE_AGE: Duration = Duration::from_secs(20);
 
 /// A reply read completely.
 #[derive(Debug)]
@@ -48,14 +51,15 @@ pub(crate) struct Pool {
     path: String,
     connect_timeout: Duration,
     keep_alive: bool,
-    idle: Mutex<Vec<TcpStream>>,
+    idle: Mutex<Vec<(TcpStream, Instant)>>,
 }
 
-/// Where an exchange failed: before any byte of the reply arrived on a reused
-/// connection, the peer had closed it while idle and the request can go on a new one.
+/// Where an exchange failed. Only a request that could not be written may be sent
+/// again: once written, the peer may have acted on it (a create, a reboot) before
+/// it went away, and a JSON-RPC call is not idempotent.
 struct Failure {
     error: io::Error,
-    nothing_received: bool,
+    unsent: bool,
 }
 
 impl Pool {
@@ -128,22 +132,36 @@ impl Pool {
                     }
                     return Ok(reply);
                 }
-                // A kept-alive connection the peer closed meanwhile: try the next one
-                // (or a new one); the peer never saw this request.
-                Err(f) if reused && f.nothing_received => continue,
+                // A kept-alive connection that failed before taking the request (the
+                // peer had reset it): try the next one or a new one.
+                Err(f) if reused && f.unsent => continue,
                 Err(f) => return Err(f.error),
             }
         }
     }
 
+    /// The most recently used idle connection that is still open. A connection the
+    /// peer closed while idle has its end-of-stream (or reset) waiting to be read;
+    /// it is dropped here, before a request is written to it.
     fn take_idle(&self) -> Option<TcpStream> {
-        self.idle.lock().ok()?.pop()
+        loop {
+            let (conn, since) = self.idle.lock().ok()?.pop()?;
+            if since.elapsed() > MAX_IDLE_AGE {
+                continue;
+            }
+            let mut probe = [0u8; 1];
+            match conn.try_read(&mut probe) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(conn),
+                // Closed (0), reset, or bytes nobody asked for: not reusable.
+                _ => continue,
+            }
+        }
     }
 
     fn put_idle(&self, conn: TcpStream) {
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < MAX_IDLE {
-                idle.push(conn);
+                idle.push((conn, Instant::now()));
             }
         }
     }
@@ -176,13 +194,11 @@ impl Pool {
 
 /// Writes `request` and reads one reply; whether the connection can carry another.
 async fn exchange(conn: &mut TcpStream, request: &[u8]) -> Result<(Reply, bool), Failure> {
-    let early = |error: io::Error| Failure {
+    conn.write_all(request).await.map_err(|error| Failure {
         error,
-        nothing_received: true,
-    };
-    conn.write_all(request).await.map_err(early)?;
+        unsent: true,
+    })?;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut received = false;
     loop {
         let head = match parse_head(&buf) {
             Ok(Some(head)) => head,
@@ -190,21 +206,13 @@ async fn exchange(conn: &mut TcpStream, request: &[u8]) -> Result<(Reply, bool),
                 if buf.len() > MAX_HEAD {
                     return Err(late(invalid("reply head too long")));
                 }
-                let n = read_more(conn, &mut buf).await.map_err(|error| Failure {
-                    error,
-                    nothing_received: !received,
-                })?;
+                let n = read_more(conn, &mut buf).await.map_err(late)?;
                 if n == 0 {
-                    let error = io::Error::new(
+                    return Err(late(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "connection closed before a complete reply",
-                    );
-                    return Err(Failure {
-                        error,
-                        nothing_received: !received,
-                    });
+                    )));
                 }
-                received = true;
                 continue;
             }
             Err(e) => return Err(late(e)),
@@ -239,7 +247,7 @@ async fn exchange(conn: &mut TcpStream, request: &[u8]) -> Result<(Reply, bool),
 fn late(error: io::Error) -> Failure {
     Failure {
         error,
-        nothing_received: false,
+        unsent: false,
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mistify_rpc::{Client, RpcError, ServiceConfig};
 use serde_json::Value;
@@ -17,7 +18,8 @@ enum Script {
     KeepAnswering(&'static [u8]),
     /// Answers one request with these bytes, then closes.
     AnswerOnceThenClose(&'static [u8]),
-    /// Answers one request, then closes as soon as the next request starts arriving.
+    /// Answers one request, then reads the next one and closes without a reply: a
+    /// peer that died while handling a call.
     AnswerOnceThenDropNext(&'static [u8]),
 }
 
@@ -82,10 +84,9 @@ async fn scripted(script: Script) -> (String, Arc<AtomicUsize>, Arc<std::sync::M
                         if read_request(&mut conn, &mut mine).await {
                             seen.lock().unwrap().append(&mut mine);
                             let _ = conn.write_all(reply).await;
-                            // Wait for the next request to start, then vanish without a
-                            // byte: what a peer's idle timeout looks like from here.
-                            let mut one = [0u8; 1];
-                            let _ = conn.read(&mut one).await;
+                            if read_request(&mut conn, &mut mine).await {
+                                seen.lock().unwrap().append(&mut mine);
+                            }
                         }
                     }
                 }
@@ -184,12 +185,18 @@ fn crc32(data: &[u8]) -> u32 {
 
 /// `n` calls in a row through one service handle (one pool), each succeeding.
 async fn calls(url: &str, n: usize) {
+    calls_pausing(url, n, Duration::ZERO).await;
+}
+
+/// `n` calls through one service handle with a pause after each, each succeeding.
+async fn calls_pausing(url: &str, n: usize, pause: Duration) {
     let service = Client::new().service("scripted", ServiceConfig::url(url));
     for _ in 0..n {
         service
             .call::<_, Value>("Test.Run", &serde_json::json!({}))
             .await
             .unwrap();
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -202,14 +209,31 @@ async fn kept_alive_connections_are_reused_and_a_closed_one_is_replaced() {
     calls(&url, 10).await;
     assert_eq!(conns.load(Ordering::SeqCst), 1);
 
-    // The peer drops the kept-alive connection when the next request arrives: the call
-    // goes again on a new connection and succeeds, the request was read once per
-    // connection that answered.
-    let (url, conns, seen) = scripted(Script::AnswerOnceThenDropNext(OK)).await;
-    calls(&url, 3).await;
+    // The peer closes a kept-alive connection while it is idle: the next call sees
+    // that before writing and goes on a new connection; every request is read once.
+    let (url, conns, seen) = scripted(Script::AnswerOnceThenClose(OK)).await;
+    calls_pausing(&url, 3, Duration::from_millis(50)).await;
     assert_eq!(conns.load(Ordering::SeqCst), 3);
     let requests = String::from_utf8(seen.lock().unwrap().clone()).unwrap();
     assert_eq!(requests.matches("POST ").count(), 3);
+
+    // The peer takes the next request and goes away without answering: the call fails
+    // and is not sent again (the peer may have acted on it; a call is not idempotent).
+    let (url, conns, seen) = scripted(Script::AnswerOnceThenDropNext(OK)).await;
+    let service = Client::new().service("scripted", ServiceConfig::url(&url));
+    let params = serde_json::json!({});
+    let run = || service.call::<_, Value>("Test.Run", &params);
+    run().await.unwrap();
+    let err = run().await.expect_err("the peer vanished mid-call");
+    assert!(matches!(err, RpcError::Transport { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("connection closed before a complete reply"),
+        "{err}"
+    );
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+    let requests = String::from_utf8(seen.lock().unwrap().clone()).unwrap();
+    assert_eq!(requests.matches("POST ").count(), 2);
 
     // `Connection: close` replies are not reused.
     const CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 31\r\n\r\n{\"result\":{\"a\":1},\"error\":null}";
