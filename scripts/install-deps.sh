@@ -19,6 +19,7 @@ declare -A need=(
   [libprotobuf-dev]="build (etcd client: the well-known .proto files)"
 )
 skipped replay  || need[python3]="wire replay tests (tests/tools/replay.py)"
+skipped schemathesis || { need[python3]="the schemathesis step (scripts/schemathesis.sh)"; need[python3-venv]="the schemathesis step (python3 -m venv)"; }
 skipped etcd    || { need[etcd-server]="lochness tests (a real etcd)"; need[etcd-client]="lochness tests (etcdctl)"; }
 skipped zfs     || need[zfs-fuse]="storage sub-agent tests (a real ZFS pool)"
 skipped supervisor-tls || need[openssl]="TLS tests of the supervisor, the agent and lochness (make test certificates)"
@@ -75,6 +76,7 @@ check "libvirt development files (pkg-config libvirt)" pkg-config --exists libvi
 check "protoc (protobuf-compiler)" command -v protoc
 check "google/protobuf/descriptor.proto (libprotobuf-dev)" test -f /usr/include/google/protobuf/descriptor.proto
 skipped replay || check "python3" command -v python3
+skipped schemathesis || { check "python3" command -v python3; check "python3 -m venv with pip (python3-venv)" python3 -c 'import venv, ensurepip'; }
 skipped etcd   || { check "etcd (etcd-server)" command -v etcd; check "etcdctl (etcd-client)" command -v etcdctl; }
 skipped zfs    || { check "zfs-fuse" test -x /usr/sbin/zfs-fuse -o -x /usr/bin/zfs-fuse; check "zfs/zpool commands (zfs-fuse)" command -v zpool; }
 skipped supervisor-tls || check "openssl" command -v openssl

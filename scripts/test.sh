@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# `make test`: prerequisites, formatting, lints, build, every test. Prints the wall
-# time of each phase. MISTIFY_SKIP=suite,... skips whole test suites (never in CI).
+# `make test`: prerequisites, formatting, lints, build, every test, then Schemathesis
+# against the agent's OpenAPI document (scripts/schemathesis.sh). Prints the wall time
+# of each phase. MISTIFY_SKIP=suite,... skips whole test suites (never in CI); the
+# Schemathesis phase is the suite `schemathesis`.
 #
 # Bounded: the test phase gets MISTIFY_TEST_TIMEOUT seconds (default 2400; a normal
 # run needs about 300), so a stuck daemon ends in a red run with a diagnosis instead of
@@ -18,7 +20,7 @@ phase() {  # name, command...
   local start=$SECONDS
   echo "==> $name"
   if "$@"; then
-    phases+=("$(printf '%-8s %4ss' "$name" $((SECONDS - start)))")
+    phases+=("$(printf '%-12s %4ss' "$name" $((SECONDS - start)))")
   else
     local rc=$?
     echo "==> $name FAILED (exit $rc) after $((SECONDS - start))s" >&2
@@ -51,6 +53,13 @@ phase build  cargo build --workspace --bins --examples --locked
 phase room   room_for_tests
 phase test   timeout --kill-after=30 "${MISTIFY_TEST_TIMEOUT:-2400}" \
   cargo test --workspace --locked --no-fail-fast
+# About a minute and a half (half a minute more to make the venv); bounded like the test phase.
+if [[ ",${MISTIFY_SKIP:-}," == *",schemathesis,"* ]]; then
+  echo "==> schemathesis skipped (MISTIFY_SKIP)"
+else
+  phase schemathesis timeout --kill-after=30 "${MISTIFY_SCHEMATHESIS_TIMEOUT:-600}" \
+    scripts/schemathesis.sh
+fi
 
 echo
 echo "==> wall time per phase"

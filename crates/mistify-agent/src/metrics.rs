@@ -80,9 +80,21 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// `method` as a label value: the methods of RFC 9110 and PATCH as they are, any other
+/// `OTHER`, so that clients cannot grow the set of series without bound.
+fn method_label(method: &str) -> &str {
+    match method {
+        "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE" | "PATCH" => {
+            method
+        }
+        _ => "OTHER",
+    }
+}
+
 impl Metrics {
     /// One HTTP request on `route` (the route template, never the raw path).
     pub fn request(&self, method: &str, route: &str, status: u16) {
+        let method = method_label(method);
         if let Ok(mut m) = self.inner.lock() {
             if !m.requests.contains_key(route) {
                 m.requests.insert(route.to_string(), Vec::new());
@@ -218,5 +230,31 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn unknown_methods_share_one_series() {
+        let metrics = Metrics::default();
+        for i in 0..100 {
+            metrics.request(&format!("X{i}"), "/guests", 405);
+        }
+        metrics.request("GET", "/guests", 200);
+        let text = metrics.render(&[], 0);
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("mistify_agent_http_requests_total{"))
+            .collect();
+        assert_eq!(
+            series,
+            [
+                "mistify_agent_http_requests_total{method=\"GET\",route=\"/guests\",status=\"200\"} 1",
+                "mistify_agent_http_requests_total{method=\"OTHER\",route=\"/guests\",status=\"405\"} 100",
+            ]
+        );
     }
 }

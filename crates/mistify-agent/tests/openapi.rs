@@ -267,3 +267,172 @@ fn the_validator_rejects_what_it_should() {
         "{errors:?}"
     );
 }
+
+/// Every operation, as (path, method, operation).
+fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+    let mut all = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            all.push((path.clone(), method.clone(), operation.clone()));
+        }
+    }
+    all
+}
+
+#[test]
+fn every_operation_documents_the_answers_of_the_shared_layers() {
+    let doc = mistify_agent::openapi::document();
+    let all = operations(&doc);
+    assert_eq!(
+        all.len(),
+        35,
+        "every route of the router, /openapi.json too"
+    );
+    for (path, method, operation) in &all {
+        let at = format!("{method} {path}");
+        let responses = operation["responses"].as_object().unwrap();
+        let has = |status: &str| responses.contains_key(status);
+        assert!(has("431") && has("503"), "{at}: 431/503");
+        assert!(
+            operation["responses"]["503"]["headers"]
+                .get("Retry-After")
+                .is_some(),
+            "{at}: 503 without Retry-After"
+        );
+        // /healthz is open; every other route answers 401 without a known token and 403
+        // to a read-only token that changes something.
+        assert_eq!(has("401"), path != "/healthz", "{at}: 401");
+        assert_eq!(
+            has("403"),
+            path != "/healthz" && method != "get",
+            "{at}: 403"
+        );
+        if method == "post" || method == "patch" {
+            for status in ["400", "408", "413"] {
+                assert!(has(status), "{at}: {status}");
+            }
+        }
+        if path.contains('{') {
+            assert!(has("400"), "{at}: 400 for an unsafe id");
+        }
+        // Only the download passes other statuses on (the sub-agent's, as text).
+        assert_eq!(
+            has("default"),
+            path.ends_with("/download"),
+            "{at}: default answer"
+        );
+        for (status, answer) in responses {
+            assert!(
+                answer["description"].is_string(),
+                "{at} {status}: no description"
+            );
+            if let Some(schema) = answer["content"]["application/json"].get("schema") {
+                let mut errors = Vec::new();
+                // Resolves every $ref of the schema (an empty object fits no required key
+                // of a ref'd schema, so only dangling refs are looked for).
+                validate(&doc, schema, &json!(null), &at, &mut errors);
+                assert!(
+                    !errors.iter().any(|e| e.contains("dangling")),
+                    "{at} {status}: {errors:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn operation_ids_are_unique_and_links_point_at_real_parameters() {
+    let doc = mistify_agent::openapi::document();
+    let all = operations(&doc);
+    let mut ids = std::collections::BTreeMap::new();
+    for (path, method, operation) in &all {
+        let id = operation["operationId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {path}: no operationId"));
+        assert!(
+            ids.insert(id.to_string(), operation.clone()).is_none(),
+            "operationId {id} twice"
+        );
+    }
+    let mut links = 0;
+    for (path, method, operation) in &all {
+        for (status, answer) in operation["responses"].as_object().unwrap() {
+            let Some(found) = answer.get("links").and_then(Value::as_object) else {
+                continue;
+            };
+            for (name, link) in found {
+                let at = format!("{method} {path} {status} link {name}");
+                let target = link["operationId"].as_str().unwrap();
+                let target = ids
+                    .get(target)
+                    .unwrap_or_else(|| panic!("{at}: unknown operation"));
+                let names: Vec<&str> = target["parameters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|p| p["name"].as_str())
+                    .collect();
+                for (param, expression) in link["parameters"].as_object().unwrap() {
+                    assert!(
+                        names.contains(&param.as_str()),
+                        "{at}: no parameter {param}"
+                    );
+                    let expression = expression.as_str().unwrap();
+                    assert!(
+                        expression.starts_with("$response.") || expression.starts_with("$request."),
+                        "{at}: {expression}"
+                    );
+                }
+                links += 1;
+            }
+        }
+    }
+    assert!(links >= 20, "only {links} links");
+}
+
+proptest::proptest! {
+    /// What the document says an id may be, the agent accepts (`api::check_id`).
+    #[test]
+    fn every_id_the_document_allows_is_accepted(
+        id in proptest::string::string_regex(
+            mistify_agent::openapi::id_pattern().trim_start_matches('^').trim_end_matches('$'),
+        )
+        .unwrap()
+    ) {
+        proptest::prop_assume!(id.chars().count() as u64 <= mistify_agent::openapi::ID_MAX_CHARS);
+        proptest::prop_assert!(mistify_agent::api::check_id("id", &id).is_ok(), "{id:?}");
+    }
+}
+
+#[test]
+fn path_ids_carry_the_pattern_which_names_every_refused_character() {
+    let doc = mistify_agent::openapi::document();
+    let param = &doc["paths"]["/guests/{id}"]["get"]["parameters"][0];
+    assert_eq!(param["name"], "id");
+    assert_eq!(
+        param["schema"]["pattern"],
+        json!(mistify_agent::openapi::id_pattern())
+    );
+    assert_eq!(param["schema"]["minLength"], 1);
+    let pattern = mistify_agent::openapi::id_pattern();
+    // The pattern names every class of character check_id refuses.
+    for needle in [r"/", "@", ";", r"\\", r"\x00-\x20", r"\x7f-\xa0", r"\u3000"] {
+        assert!(pattern.contains(needle), "{pattern} lacks {needle}");
+    }
+    for refused in [
+        ".",
+        "..",
+        "a..b",
+        "a/b",
+        "a b",
+        "x@y",
+        "a;b",
+        "\\x",
+        "a\u{3000}b",
+    ] {
+        assert!(
+            mistify_agent::api::check_id("id", refused).is_err(),
+            "{refused:?}"
+        );
+    }
+}

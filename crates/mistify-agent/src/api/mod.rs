@@ -23,6 +23,8 @@ mod metadata;
 mod snapshots;
 mod system;
 
+pub use guests::GUEST_ACTIONS;
+
 /// Largest request body the agent reads (1 MiB); larger bodies get 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 /// The header carrying the pipeline (job) id.
@@ -136,11 +138,13 @@ async fn count_and_gate(State(agent): State<AppState>, request: Request, next: N
     response
 }
 
-/// Refuses ids that are unsafe in a path, a dataset name or a store key: empty, `/`,
-/// `..`, `@`, `;`, whitespace, control characters. No UUID or number check: an unknown
-/// well-formed id is simply not found.
+/// Refuses ids that are unsafe in a path, a dataset name or a store key: empty, `.`,
+/// `/`, `..`, `@`, `;`, whitespace, control characters, more than 256 bytes. No UUID or
+/// number check: an unknown well-formed id is simply not found. (`openapi::id_pattern`
+/// says the same to clients.)
 pub fn check_id(what: &str, id: &str) -> Result<(), AgentError> {
     let bad = id.is_empty()
+        || id == "."
         || id.len() > 256
         || id.contains("..")
         || id.chars().any(|c| {
@@ -211,7 +215,7 @@ mod tests {
     #[test]
     fn unsafe_ids() {
         for bad in [
-            "", "a/b", "..", "a..b", "x@y", "a;b", "a b", "a\tb", "a\u{0}b", "\\x",
+            "", ".", "a/b", "..", "a..b", "x@y", "a;b", "a b", "a\tb", "a\u{0}b", "\\x",
         ] {
             assert!(check_id("id", bad).is_err(), "{bad:?}");
         }
