@@ -472,30 +472,48 @@ impl Agent {
             ..Job::default()
         };
         let spec = serde_json::to_value(&work).map_err(|e| AgentError::Internal(e.to_string()))?;
-        let record = job.clone();
-        self.store
-            .blocking(move |s| s.add_job(&record, Some(spec)))
-            .await?;
+        self.store.add_job_async(job.clone(), Some(spec)).await?;
         let _ = self.job_events.send(job.id.clone());
         self.enqueue(&runner, reservation, job.id.clone());
         Ok(job.id)
     }
 
-    /// Marks job `id` done; `Err(message)` for a failure.
+    /// Marks job `id` done; `Err(message)` for a failure. Blocks on the store: for
+    /// start-up; running jobs end through [`Agent::end_job`].
     fn finish_job(&self, id: &str, outcome: Result<(), String>) -> Result<(), AgentError> {
-        let stamp = now();
-        let status = if outcome.is_ok() {
-            JobStatus::Complete
-        } else {
-            JobStatus::Error
-        };
-        self.store.update_job(id, |j| {
-            j.status = status;
-            j.message = outcome.err().unwrap_or_default();
-            j.updated_at = stamp;
-            true
-        })?;
+        let (status, change) = job_end(outcome);
+        self.store.update_job(id, change)?;
         self.metrics.job_finished(status);
+        let _ = self.job_events.send(id.to_string());
+        Ok(())
+    }
+
+    /// [`Agent::finish_job`] through the store's group commit: a commit waits for the
+    /// disk, and must not hold up a runtime thread meanwhile.
+    async fn end_job(&self, id: &str, outcome: Result<(), String>) -> Result<(), AgentError> {
+        let (status, change) = job_end(outcome);
+        self.store.update_job_async(id.to_string(), change).await?;
+        self.metrics.job_finished(status);
+        let _ = self.job_events.send(id.to_string());
+        Ok(())
+    }
+
+    /// Removes the guest of a delete job and marks the job `Complete`, in one write.
+    async fn finish_delete(&self, id: &str, guest: String) -> Result<(), AgentError> {
+        let stamp = now();
+        let job = id.to_string();
+        let store = self.store.clone();
+        store
+            .blocking(move |s| {
+                s.delete_guest_with_job(&guest, &job, |j| {
+                    j.status = JobStatus::Complete;
+                    j.message = String::new();
+                    j.updated_at = stamp;
+                    true
+                })
+            })
+            .await?;
+        self.metrics.job_finished(JobStatus::Complete);
         let _ = self.job_events.send(id.to_string());
         Ok(())
     }
@@ -615,15 +633,18 @@ impl Agent {
     /// Runs one queued job; true when it deleted its guest.
     async fn run_job(&self, id: &str) -> bool {
         let stamp = now();
-        let started = self.store.update_job(id, |j| {
-            if j.status != JobStatus::Queued {
-                return false;
-            }
-            j.status = JobStatus::Running;
-            j.started_at = stamp;
-            j.updated_at = stamp;
-            true
-        });
+        let started = self
+            .store
+            .update_job_async(id.to_string(), move |j| {
+                if j.status != JobStatus::Queued {
+                    return false;
+                }
+                j.status = JobStatus::Running;
+                j.started_at = stamp;
+                j.updated_at = stamp;
+                true
+            })
+            .await;
         match started {
             Ok(Some((_, true))) => {}
             Ok(_) => return false, // cancelled or pruned meanwhile
@@ -638,36 +659,52 @@ impl Agent {
             Ok(None) => Err("the job has no spec".to_string()),
             Err(e) => Err(e.to_string()),
         };
-        let outcome = match work {
-            Ok(work) => AssertUnwindSafe(self.execute(&work))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| Err(AgentError::Internal("the pipeline panicked".into()))),
-            Err(e) => Err(AgentError::Internal(format!("cannot read the job: {e}"))),
+        let (outcome, guest) = match work {
+            Ok(work) => {
+                let outcome = AssertUnwindSafe(self.execute(&work))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Err(AgentError::Internal("the pipeline panicked".into())));
+                let guest = match work {
+                    Work::Guest { guest_id, .. } => Some(guest_id),
+                    _ => None,
+                };
+                (outcome, guest)
+            }
+            Err(e) => (
+                Err(AgentError::Internal(format!("cannot read the job: {e}"))),
+                None,
+            ),
         };
-        let deleted = matches!(outcome, Ok(true));
+        if let (Ok(true), Some(guest)) = (&outcome, guest) {
+            return match self.finish_delete(id, guest).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(job = id, "cannot remove the deleted guest: {e}");
+                    if let Err(e) = self.end_job(id, Err(e.to_string())).await {
+                        tracing::error!(job = id, "cannot record the end of the job: {e}");
+                    }
+                    false
+                }
+            };
+        }
         let result = outcome.map(|_| ()).map_err(|e| e.to_string());
         if let Err(message) = &result {
             tracing::warn!(job = id, "job failed: {message}");
         }
-        if let Err(e) = self.finish_job(id, result) {
+        if let Err(e) = self.end_job(id, result).await {
             tracing::error!(job = id, "cannot record the end of the job: {e}");
         }
-        deleted
+        false
     }
 
-    /// Executes `work`; `Ok(true)` when it deleted its guest.
+    /// Executes `work`; `Ok(true)` when its guest is to be removed (a delete).
     async fn execute(&self, work: &Work) -> Result<bool, AgentError> {
         match work {
             Work::Guest { action, guest_id } => {
                 self.run_guest(action, guest_id).await?;
-                if action == "delete" || action == "containerDelete" {
-                    let store = self.store.clone();
-                    let id = guest_id.clone();
-                    store.blocking(move |s| s.delete_guest(&id)).await?;
-                    return Ok(true);
-                }
-                Ok(false)
+                // The guest record goes with the job's completion, in one write.
+                Ok(action == "delete" || action == "containerDelete")
             }
             Work::Image { action, request } => {
                 self.run_plain(action, request, json!({"images": null}))
@@ -704,6 +741,23 @@ impl Agent {
             }
         }
     }
+}
+
+/// The status a job ends with and the change that records it.
+fn job_end(outcome: Result<(), String>) -> (JobStatus, impl FnOnce(&mut Job) -> bool + Send) {
+    let stamp = now();
+    let status = if outcome.is_ok() {
+        JobStatus::Complete
+    } else {
+        JobStatus::Error
+    };
+    let change = move |j: &mut Job| {
+        j.status = status;
+        j.message = outcome.err().unwrap_or_default();
+        j.updated_at = stamp;
+        true
+    };
+    (status, change)
 }
 
 #[cfg(test)]

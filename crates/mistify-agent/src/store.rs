@@ -9,12 +9,16 @@
 //! * A job that must survive a restart carries its spec (what to run) beside it.
 //!
 //! Calls are blocking (a commit waits for the disk): async code runs them through
-//! [`Store::blocking`].
+//! [`Store::blocking`]. The job writes of running jobs ([`Store::add_job_async`],
+//! [`Store::update_job_async`]) go to one writer thread instead, which commits every
+//! write waiting at that moment in one transaction (a group commit): under load a commit
+//! costs one disk flush for many jobs, and no thread waits on another's commit.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use mistify_client::{Guest, Job, JobStatus};
@@ -41,8 +45,11 @@ struct Record {
 
 /// The store. Cheap to share behind an `Arc`.
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
     joblog_max: usize,
+    /// To the group-commit writer thread; `None` once dropping.
+    writes: Option<mpsc::Sender<Box<dyn GroupWrite>>>,
+    writer: Option<JoinHandle<()>>,
     /// Every guest as its JSON (a few hundred bytes each; parsed when asked for).
     guests: RwLock<BTreeMap<String, Bytes>>,
     /// Serializes guest writes so the memory copy follows the file's order.
@@ -110,8 +117,19 @@ impl Store {
                 guests.insert(k.value().to_string(), Bytes::from(json(&guest)?));
             }
         }
+        let db = Arc::new(db);
+        let (writes, queue) = mpsc::channel();
+        let writer = {
+            let db = db.clone();
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || write_groups(&db, &queue))
+                .map_err(|e| AgentError::Store(format!("cannot start the store writer: {e}")))?
+        };
         Ok(Store {
             db,
+            writes: Some(writes),
+            writer: Some(writer),
             joblog_max: joblog_max.max(1),
             guests: RwLock::new(guests),
             guest_writes: Mutex::new(()),
@@ -331,51 +349,51 @@ impl Store {
     /// the oldest finished jobs beyond `joblog_max`, in one transaction.
     pub fn add_job(&self, job: &Job, spec: Option<serde_json::Value>) -> Result<(), AgentError> {
         let txn = self.db.begin_write()?;
-        {
-            let mut order = txn.open_table(JOB_ORDER)?;
-            let seq = order.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
-            let record = Record {
-                job: job.clone(),
-                seq,
-                spec,
-            };
-            let mut jobs = txn.open_table(JOBS)?;
-            let mut per_guest = txn.open_table(GUEST_JOBS)?;
-            jobs.insert(job.id.as_str(), json(&record)?.as_slice())?;
-            order.insert(seq, job.id.as_str())?;
-            if !job.guest_id.is_empty() {
-                per_guest.insert((job.guest_id.as_str(), seq), job.id.as_str())?;
-            }
-            let excess = order.len()?.saturating_sub(self.joblog_max as u64);
-            if excess > 0 {
-                let mut doomed = Vec::new();
-                for entry in order.iter()? {
-                    if doomed.len() as u64 >= excess {
-                        break;
-                    }
-                    let (seq, id) = entry?;
-                    let id = id.value().to_string();
-                    let record: Option<Record> = match jobs.get(id.as_str())? {
-                        Some(v) => Some(parse(v.value(), "job")?),
-                        None => None,
-                    };
-                    match record {
-                        Some(r) if !r.job.status.is_done() => continue,
-                        Some(r) => doomed.push((seq.value(), id, r.job.guest_id)),
-                        None => doomed.push((seq.value(), id, String::new())),
-                    }
-                }
-                for (seq, id, guest) in doomed {
-                    order.remove(seq)?;
-                    jobs.remove(id.as_str())?;
-                    if !guest.is_empty() {
-                        per_guest.remove((guest.as_str(), seq))?;
-                    }
-                }
-            }
-        }
+        insert_job(&txn, job, spec, self.joblog_max)?;
         txn.commit()?;
         Ok(())
+    }
+
+    /// [`Store::add_job`] through the group-commit writer.
+    pub async fn add_job_async(
+        &self,
+        job: Job,
+        spec: Option<serde_json::Value>,
+    ) -> Result<(), AgentError> {
+        let max = self.joblog_max;
+        self.group_write(move |txn| insert_job(txn, &job, spec, max))
+            .await
+    }
+
+    /// [`Store::update_job`] through the group-commit writer.
+    pub async fn update_job_async(
+        &self,
+        id: String,
+        change: impl FnOnce(&mut Job) -> bool + Send + 'static,
+    ) -> Result<Option<(Job, bool)>, AgentError> {
+        self.group_write(move |txn| change_job(txn, &id, change))
+            .await
+    }
+
+    /// Runs `write` in the writer thread's next transaction; its value once committed.
+    async fn group_write<T, F>(&self, write: F) -> Result<T, AgentError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&redb::WriteTransaction) -> Result<T, AgentError> + Send + 'static,
+    {
+        let stopped = || AgentError::Store("the store's writer has stopped".into());
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = Box::new(Pending {
+            write: Some(write),
+            value: None,
+            reply,
+        });
+        self.writes
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(pending)
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Appends finished jobs (oldest first) in one transaction, without specs: imports
@@ -431,27 +449,32 @@ impl Store {
         change: impl FnOnce(&mut Job) -> bool,
     ) -> Result<Option<(Job, bool)>, AgentError> {
         let txn = self.db.begin_write()?;
-        let outcome = {
-            let mut jobs = txn.open_table(JOBS)?;
-            let record: Option<Record> = match jobs.get(id)? {
-                Some(v) => Some(parse(v.value(), "job")?),
-                None => None,
-            };
-            match record {
-                None => None,
-                Some(mut record) => {
-                    let changed = change(&mut record.job);
-                    if changed {
-                        if record.job.status.is_done() {
-                            record.spec = None;
-                        }
-                        jobs.insert(id, json(&record)?.as_slice())?;
-                    }
-                    Some((record.job, changed))
-                }
-            }
-        };
+        let outcome = change_job(&txn, id, change)?;
         txn.commit()?;
+        Ok(outcome)
+    }
+
+    /// Removes guest `id` and applies `change` to job `job` in one transaction, so a
+    /// crash leaves both done or neither (never a deleted guest under a job that says it
+    /// failed). The job after the change, as [`Store::update_job`].
+    pub fn delete_guest_with_job(
+        &self,
+        id: &str,
+        job: &str,
+        change: impl FnOnce(&mut Job) -> bool,
+    ) -> Result<Option<(Job, bool)>, AgentError> {
+        let _w = self
+            .guest_writes
+            .lock()
+            .map_err(|_| AgentError::Internal("guest lock poisoned".into()))?;
+        let txn = self.db.begin_write()?;
+        txn.open_table(GUESTS)?.remove(id)?;
+        let outcome = change_job(&txn, job, change)?;
+        txn.commit()?;
+        if let Ok(mut g) = self.guests.write() {
+            g.remove(id);
+        }
+        self.invalidate_list();
         Ok(outcome)
     }
 
@@ -519,6 +542,166 @@ impl Store {
     }
 }
 
+/// Applies `change` to job `id` inside `txn` when `change` returns true; the job after
+/// (or as it was, when unchanged), `None` for an unknown job. A job that is done drops
+/// its spec.
+fn change_job(
+    txn: &redb::WriteTransaction,
+    id: &str,
+    change: impl FnOnce(&mut Job) -> bool,
+) -> Result<Option<(Job, bool)>, AgentError> {
+    let mut jobs = txn.open_table(JOBS)?;
+    let record: Option<Record> = match jobs.get(id)? {
+        Some(v) => Some(parse(v.value(), "job")?),
+        None => None,
+    };
+    Ok(match record {
+        None => None,
+        Some(mut record) => {
+            let changed = change(&mut record.job);
+            if changed {
+                if record.job.status.is_done() {
+                    record.spec = None;
+                }
+                jobs.insert(id, json(&record)?.as_slice())?;
+            }
+            Some((record.job, changed))
+        }
+    })
+}
+
+/// Adds `job` to the log inside `txn`, pruning the oldest finished jobs beyond
+/// `joblog_max`.
+fn insert_job(
+    txn: &redb::WriteTransaction,
+    job: &Job,
+    spec: Option<serde_json::Value>,
+    joblog_max: usize,
+) -> Result<(), AgentError> {
+    let mut order = txn.open_table(JOB_ORDER)?;
+    let seq = order.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+    let record = Record {
+        job: job.clone(),
+        seq,
+        spec,
+    };
+    let mut jobs = txn.open_table(JOBS)?;
+    let mut per_guest = txn.open_table(GUEST_JOBS)?;
+    jobs.insert(job.id.as_str(), json(&record)?.as_slice())?;
+    order.insert(seq, job.id.as_str())?;
+    if !job.guest_id.is_empty() {
+        per_guest.insert((job.guest_id.as_str(), seq), job.id.as_str())?;
+    }
+    let excess = order.len()?.saturating_sub(joblog_max as u64);
+    if excess > 0 {
+        let mut doomed = Vec::new();
+        for entry in order.iter()? {
+            if doomed.len() as u64 >= excess {
+                break;
+            }
+            let (seq, id) = entry?;
+            let id = id.value().to_string();
+            let record: Option<Record> = match jobs.get(id.as_str())? {
+                Some(v) => Some(parse(v.value(), "job")?),
+                None => None,
+            };
+            match record {
+                Some(r) if !r.job.status.is_done() => continue,
+                Some(r) => doomed.push((seq.value(), id, r.job.guest_id)),
+                None => doomed.push((seq.value(), id, String::new())),
+            }
+        }
+        for (seq, id, guest) in doomed {
+            order.remove(seq)?;
+            jobs.remove(id.as_str())?;
+            if !guest.is_empty() {
+                per_guest.remove((guest.as_str(), seq))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One write waiting for the group-commit writer.
+trait GroupWrite: Send {
+    /// Applies the write inside the group's transaction.
+    fn apply(&mut self, txn: &redb::WriteTransaction) -> Result<(), AgentError>;
+    /// Answers the caller once the group committed (or failed, with the reason).
+    fn deliver(self: Box<Self>, committed: Result<(), &str>);
+}
+
+struct Pending<T, F> {
+    write: Option<F>,
+    value: Option<T>,
+    reply: tokio::sync::oneshot::Sender<Result<T, AgentError>>,
+}
+
+impl<T, F> GroupWrite for Pending<T, F>
+where
+    T: Send,
+    F: FnOnce(&redb::WriteTransaction) -> Result<T, AgentError> + Send,
+{
+    fn apply(&mut self, txn: &redb::WriteTransaction) -> Result<(), AgentError> {
+        if let Some(write) = self.write.take() {
+            self.value = Some(write(txn)?);
+        }
+        Ok(())
+    }
+
+    fn deliver(self: Box<Self>, committed: Result<(), &str>) {
+        let outcome = match (committed, self.value) {
+            (Ok(()), Some(value)) => Ok(value),
+            (Ok(()), None) => Err(AgentError::Internal("a store write was not applied".into())),
+            (Err(e), _) => Err(AgentError::Store(e.to_string())),
+        };
+        let _ = self.reply.send(outcome);
+    }
+}
+
+/// Most writes committed together.
+const MAX_GROUP: usize = 256;
+
+/// The writer thread: takes the writes waiting, applies them in one transaction,
+/// commits, answers each; until the store is dropped.
+fn write_groups(db: &Database, queue: &mpsc::Receiver<Box<dyn GroupWrite>>) {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let outcome = commit_group(db, &mut group).map_err(|e| e.to_string());
+        if let Err(e) = &outcome {
+            tracing::error!(writes = group.len(), "store write failed: {e}");
+        }
+        for write in group {
+            write.deliver(outcome.as_ref().map(|_| ()).map_err(String::as_str));
+        }
+    }
+}
+
+/// One transaction for the whole group: any failure abandons all of it.
+fn commit_group(db: &Database, group: &mut [Box<dyn GroupWrite>]) -> Result<(), AgentError> {
+    let txn = db.begin_write()?;
+    for write in group.iter_mut() {
+        write.apply(&txn)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // The writer ends once its queue is closed and empty; the file is closed after.
+        drop(self.writes.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,6 +722,50 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("mistify-store-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir.join("agent.redb")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_commit_applies_every_concurrent_write_and_closes_the_file() {
+        let path = temp("group");
+        {
+            let s = Arc::new(Store::open(&path, 10_000).unwrap());
+            let tasks: Vec<_> = (0..200)
+                .map(|i| {
+                    let s = s.clone();
+                    tokio::spawn(async move {
+                        let id = format!("j{i}");
+                        s.add_job_async(job(&id, &format!("g{}", i % 7), JobStatus::Queued), None)
+                            .await
+                            .unwrap();
+                        let (after, changed) = s
+                            .update_job_async(id, |j| {
+                                j.status = JobStatus::Complete;
+                                true
+                            })
+                            .await
+                            .unwrap()
+                            .unwrap();
+                        assert!(changed);
+                        assert_eq!(after.status, JobStatus::Complete);
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            assert_eq!(s.job_count().unwrap(), 200);
+            assert!(s
+                .update_job_async("nope".into(), |_| true)
+                .await
+                .unwrap()
+                .is_none());
+        }
+        // Dropping the store stopped its writer and closed the file: it opens again.
+        let s = Store::open(&path, 10_000).unwrap();
+        let jobs = s.jobs(1000).unwrap();
+        assert_eq!(jobs.len(), 200);
+        assert!(jobs.iter().all(|j| j.status == JobStatus::Complete));
+        assert_eq!(s.guest_jobs("g3", 1000).unwrap().len(), 29);
     }
 
     #[test]
