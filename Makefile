@@ -1,5 +1,5 @@
 # The two public targets are the README's two commands; `deb` builds the package.
-.PHONY: run test deb fuzz
+.PHONY: run test deb fuzz soak
 
 ## make run: bring up the hypervisor stack with the dev configuration in config/
 run:
@@ -11,10 +11,14 @@ test:
 
 ## make deb: release build and the Debian package in target/debian/ (docs/operations.md)
 deb:
-	MISTIFY_SKIP=etcd,zfs,stack,replay,supervisor-tls scripts/install-deps.sh
+	MISTIFY_SKIP=etcd,zfs,stack,replay,supervisor-tls,schemathesis scripts/install-deps.sh
 	cargo build --release --workspace --bins --locked
 	cargo deb -p mistify-supervisor --no-build --output target/debian/
 
 ## make fuzz: each cargo-fuzz target in fuzz/ for FUZZ_SECONDS (60) s (nightly, cargo-fuzz installed when missing)
 fuzz:
 	@scripts/fuzz.sh
+
+## make soak: agent crashes, sub-agent crashes under the supervisor, and 60 s of load, on a release build (figures printed)
+soak:
+	@scripts/soak.sh

@@ -140,17 +140,12 @@ fn peak_rss_during<T>(pid: u32, f: impl FnOnce() -> T) -> (T, u64) {
 }
 
 fn config(dir: &Path, fake_port: u16) -> std::path::PathBuf {
-    let path = mistify_e2e::fixtures_dir()
-        .join("wire")
-        .join("agent-test-rpc.json");
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
+    let mut config = mistify_e2e::agent_test_rpc_config(fake_port);
     for s in config["services"]
         .as_object_mut()
         .expect("services")
         .values_mut()
     {
-        s["port"] = fake_port.into();
         s["max_pending"] = 64.into();
     }
     let file = dir.join("agent.json");

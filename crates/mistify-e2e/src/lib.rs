@@ -102,6 +102,25 @@ pub fn example(name: &str) -> PathBuf {
     }
 }
 
+/// `tests/fixtures/wire/agent-test-rpc.json` (the agent configuration of the wire
+/// recordings) with every service moved to `port`, where a `test-rpc-service` listens.
+///
+/// # Panics
+/// When the fixture cannot be read: the test cannot run.
+pub fn agent_test_rpc_config(port: u16) -> serde_json::Value {
+    let path = fixtures_dir().join("wire").join("agent-test-rpc.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut config: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    if let Some(services) = config["services"].as_object_mut() {
+        for service in services.values_mut() {
+            service["port"] = port.into();
+        }
+    }
+    config
+}
+
 /// Whether the test suite `suite` is skipped through `MISTIFY_SKIP=suite,…` (a comma
 /// list; `make test` lists skipped suites at the end, CI never sets it). A skipped test
 /// says so on stderr and returns early.
@@ -215,12 +234,23 @@ impl Daemon {
     /// # Panics
     /// When it cannot start or does not listen within 30 s.
     pub fn start(program: &Path, args: &[String], port: u16) -> Daemon {
+        Daemon::start_with_env(program, args, &[], port)
+    }
+
+    /// As [`Daemon::start`], with these variables added to the environment.
+    pub fn start_with_env(
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        port: u16,
+    ) -> Daemon {
         let name = program
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));

@@ -26,7 +26,14 @@ struct Flags {
     /// Require the bearer token in this file (first non-comment line) on every call.
     #[arg(long)]
     token_file: Option<std::path::PathBuf>,
+    /// Answer each guest action (Create, Run, Reboot, …) after this many milliseconds:
+    /// a slow sub-agent, for crash and soak tests.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
 }
+
+/// `--delay-ms`, read by every guest action.
+static DELAY_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 type Reply<T> = Result<T, String>;
 
@@ -92,6 +99,10 @@ fn snapshot(id: String) -> SnapshotResponse {
 }
 
 async fn echo(req: GuestRequest) -> Reply<GuestResponse> {
+    let delay = DELAY_MS.load(std::sync::atomic::Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     Ok(GuestResponse {
         guest: req.guest,
         ..GuestResponse::default()
@@ -196,6 +207,7 @@ async fn main() {
         eprintln!("test-rpc-service: {e}");
         std::process::exit(2);
     }
+    DELAY_MS.store(flags.delay_ms, std::sync::atomic::Ordering::Relaxed);
     let mut server = test_service();
     if let Some(path) = &flags.token_file {
         match mistify_rpc::read_token_file(path) {

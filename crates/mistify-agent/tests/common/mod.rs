@@ -11,19 +11,7 @@ pub use mistify_e2e::TempDir;
 
 /// The recorded test configuration with its services moved to `port`.
 pub fn test_config(port: u16) -> Value {
-    let path = mistify_e2e::fixtures_dir()
-        .join("wire")
-        .join("agent-test-rpc.json");
-    let mut config: Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
-    for service in config["services"]
-        .as_object_mut()
-        .expect("services")
-        .values_mut()
-    {
-        service["port"] = port.into();
-    }
-    config
+    mistify_e2e::agent_test_rpc_config(port)
 }
 
 /// `test-rpc-service` on a free port.
