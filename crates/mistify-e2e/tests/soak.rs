@@ -504,7 +504,7 @@ async fn subagent_killed_under_the_supervisor() {
         "SOAK: sub-agent kill -9 under the supervisor: {rounds} rounds in {:.1} s; \
          every running job Error with a reason; jobs queued behind them: {followers_complete} \
          Complete, {followers_error} Error with a reason; agent pid {agent_pid} throughout; \
-         slowest kill-to-ready of the sub-agent {:.0} ms; reasons: {reasons:?}",
+         slowest round from the kill to both jobs ended and the sub-agent ready again {:.0} ms; reasons: {reasons:?}",
         started.elapsed().as_secs_f64(),
         recovery_worst.as_secs_f64() * 1000.0
     );

@@ -175,9 +175,41 @@ impl ServiceConfig {
 /// A pool of keep-alive HTTP connections shared by every [`Service`] made from it.
 #[derive(Debug, Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    http: Arc<LazyHttp>,
     connect_timeout: Duration,
     keep_alive: bool,
+}
+
+/// The reqwest client of streams and non-`http://` URLs, made on first use: an agent
+/// whose sub-agents are all plain `http://` and that proxies no stream never starts
+/// reqwest's TLS stack (its root certificates, its crypto provider), which would cost
+/// idle memory for nothing.
+#[derive(Debug)]
+struct LazyHttp {
+    client: std::sync::OnceLock<reqwest::Client>,
+    connect_timeout: Duration,
+    keep_alive: bool,
+}
+
+impl LazyHttp {
+    fn get(&self) -> &reqwest::Client {
+        self.client.get_or_init(|| {
+            let builder = reqwest::Client::builder()
+                .connect_timeout(self.connect_timeout)
+                .pool_idle_timeout(Duration::from_secs(90));
+            let builder = if self.keep_alive {
+                builder
+            } else {
+                builder.pool_max_idle_per_host(0)
+            };
+            builder
+                .tcp_nodelay(true)
+                .no_proxy()
+                .build()
+                // Only fails when the TLS backend or resolver cannot start.
+                .unwrap_or_else(|_| reqwest::Client::new())
+        })
+    }
 }
 
 impl Client {
@@ -197,22 +229,12 @@ impl Client {
     }
 
     fn build(connect: Duration, keep_alive: bool) -> Self {
-        let builder = reqwest::Client::builder()
-            .connect_timeout(connect)
-            .pool_idle_timeout(Duration::from_secs(90));
-        let builder = if keep_alive {
-            builder
-        } else {
-            builder.pool_max_idle_per_host(0)
-        };
-        let http = builder
-            .tcp_nodelay(true)
-            .no_proxy()
-            .build()
-            // Only fails when the TLS backend or resolver cannot start; neither is used.
-            .unwrap_or_else(|_| reqwest::Client::new());
         Client {
-            http,
+            http: Arc::new(LazyHttp {
+                client: std::sync::OnceLock::new(),
+                connect_timeout: connect,
+                keep_alive,
+            }),
             connect_timeout: connect,
             keep_alive,
         }
@@ -267,7 +289,7 @@ struct ServiceInner {
 #[derive(Debug, Clone)]
 pub struct Service {
     inner: Arc<ServiceInner>,
-    http: reqwest::Client,
+    http: Arc<LazyHttp>,
 }
 
 #[derive(Serialize)]
@@ -443,6 +465,7 @@ impl Service {
             None => {
                 let response = self
                     .http
+                    .get()
                     .post(self.target(method)?)
                     .header(CONTENT_TYPE, "application/json")
                     .headers(self.auth_header())
@@ -511,6 +534,7 @@ impl Service {
         let permit = self.permit().await;
         let send = self
             .http
+            .get()
             .post(self.target(&what)?)
             .header(CONTENT_TYPE, "application/json")
             .headers(self.auth_header())
