@@ -517,12 +517,26 @@ const CLIENTS: usize = 64;
 
 /// `VmRSS` of `pid` in KiB.
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` line of `/proc/PID/status` (`VmRSS:`, `RssAnon:`, …); 0 when absent.
+fn status_kib(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// `anonymous+file` KiB of `pid`, for the figures.
+fn rss_split(pid: u32) -> String {
+    format!(
+        "{}+{}",
+        status_kib(pid, "RssAnon:"),
+        status_kib(pid, "RssFile:")
+    )
 }
 
 /// The value of the sample `name` (with its labels, as printed) in the agent's `/metrics`;
@@ -683,6 +697,7 @@ async fn load_mixed_requests_across_1000_guests() {
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_cold = rss_kib(agent.pid());
+    let split_cold = rss_split(agent.pid());
 
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(CLIENTS)
@@ -701,6 +716,7 @@ async fn load_mixed_requests_across_1000_guests() {
     wait_queues_empty(&http, &base).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before = rss_kib(agent.pid());
+    let split_before = rss_split(agent.pid());
 
     let peak = Arc::new(AtomicU64::new(rss_before));
     let stop_at = Instant::now() + Duration::from_secs(seconds);
@@ -736,6 +752,7 @@ async fn load_mixed_requests_across_1000_guests() {
     assert_eq!(failed, 0.0, "jobs failed under load");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after = rss_kib(agent.pid());
+    let split_after = rss_split(agent.pid());
 
     let requests = total.latencies_us.len() as u64;
     total.latencies_us.sort_unstable();
@@ -747,8 +764,9 @@ async fn load_mixed_requests_across_1000_guests() {
         "SOAK: load: {CLIENTS} clients, {GUESTS} guests, {:.1} s: {requests} requests \
          (proxied Info {}, local Info {}, Async {}, Stream {}), {:.0} req/s; {} ok, {} 503 \
          ({:.3} %), {} other errors; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
-         RSS after the guests were created {rss_cold} KiB, after a {}-s warm-up (before) {} KiB, \
-         peak {} KiB, after {} KiB ({:+.1} %); {finished} jobs Complete, \
+         RSS (anonymous+file) after the guests were created {rss_cold} KiB ({split_cold}), \
+         after a {}-s warm-up (before) {} KiB ({split_before}), peak {} KiB, after {} KiB \
+         ({split_after}; {:+.1} % on before, {:+.1} % on the first figure); {finished} jobs Complete, \
          {failed} Error; {backlog} jobs queued when the load stopped, drained in {:.1} s",
         elapsed.as_secs_f64(),
         total.by_kind[0],
@@ -768,6 +786,7 @@ async fn load_mixed_requests_across_1000_guests() {
         peak.load(Ordering::Relaxed),
         rss_after,
         100.0 * (rss_after as f64 - rss_before as f64) / rss_before.max(1) as f64,
+        100.0 * (rss_after as f64 - rss_cold as f64) / rss_cold.max(1) as f64,
         drained_in.as_secs_f64()
     );
     assert!(
