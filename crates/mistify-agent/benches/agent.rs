@@ -155,16 +155,7 @@ fn config(dir: &Path, fake_port: u16) -> std::path::PathBuf {
 
 fn start_agent(config: &Path, db: &Path) -> Daemon {
     let port = free_port();
-    let args = vec![
-        "-a".into(),
-        format!("127.0.0.1:{port}"),
-        "-c".into(),
-        config.display().to_string(),
-        "--db-path".into(),
-        db.display().to_string(),
-        "--log-level".into(),
-        "error".into(),
-    ];
+    let args = mistify_e2e::agent_args(config, db, port, "error");
     Daemon::start(&binary("mistify-agent"), &args, port)
 }
 

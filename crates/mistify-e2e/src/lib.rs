@@ -102,6 +102,21 @@ pub fn example(name: &str) -> PathBuf {
     }
 }
 
+/// The arguments that start `mistify-agent` on `127.0.0.1:port` with the configuration
+/// file `config`, its store at `db`, logging at `level`.
+pub fn agent_args(config: &Path, db: &Path, port: u16, level: &str) -> Vec<String> {
+    vec![
+        "-a".into(),
+        format!("127.0.0.1:{port}"),
+        "-c".into(),
+        config.display().to_string(),
+        "--db-path".into(),
+        db.display().to_string(),
+        "--log-level".into(),
+        level.into(),
+    ]
+}
+
 /// `tests/fixtures/wire/agent-test-rpc.json` (the agent configuration of the wire
 /// recordings) with every service moved to `port`, where a `test-rpc-service` listens.
 ///

@@ -48,16 +48,7 @@ fn write_config(dir: &Path, config: &Value) -> PathBuf {
 }
 
 fn agent_args(config: &Path, db: &Path, port: u16) -> Vec<String> {
-    vec![
-        "-a".into(),
-        format!("127.0.0.1:{port}"),
-        "-c".into(),
-        config.display().to_string(),
-        "--db-path".into(),
-        db.display().to_string(),
-        "--log-level".into(),
-        "error".into(),
-    ]
+    mistify_e2e::agent_args(config, db, port, "error")
 }
 
 fn rpc_args(port: u16, delay_ms: u64) -> Vec<String> {

@@ -36,16 +36,7 @@ pub fn agent(config: &Value, dir: &Path, db: &Path, extra: &[&str]) -> Daemon {
     let file = dir.join(format!("agent-{n}.json"));
     std::fs::write(&file, config.to_string()).expect("config");
     let port = free_port();
-    let mut args = vec![
-        "-a".to_string(),
-        format!("127.0.0.1:{port}"),
-        "-c".into(),
-        file.display().to_string(),
-        "--db-path".into(),
-        db.display().to_string(),
-        "--log-level".into(),
-        "warn".into(),
-    ];
+    let mut args = mistify_e2e::agent_args(&file, db, port, "warn");
     args.extend(extra.iter().map(|s| s.to_string()));
     Daemon::start(&binary("mistify-agent"), &args, port)
 }
