@@ -180,10 +180,9 @@ pub struct Client {
     keep_alive: bool,
 }
 
-/// The reqwest client of streams and non-`http://` URLs, made on first use: an agent
-/// whose sub-agents are all plain `http://` and that proxies no stream never starts
-/// reqwest's TLS stack (its root certificates, its crypto provider), which would cost
-/// idle memory for nothing.
+/// The reqwest client of non-`http://` URLs, made on first use: an agent whose
+/// sub-agents are all plain `http://` never starts reqwest's TLS stack (its root
+/// certificates, its crypto provider), which would cost memory for nothing.
 #[derive(Debug)]
 struct LazyHttp {
     client: std::sync::OnceLock<reqwest::Client>,
@@ -278,8 +277,8 @@ struct ServiceInner {
     url: String,
     /// `url` parsed once (an unparsable URL is reported by the first call).
     parsed: Option<reqwest::Url>,
-    /// The connections of RPC calls to a plain `http://` URL (see [`crate::h1`]);
-    /// streams, and calls to any other URL, go through reqwest.
+    /// The connections of RPC and Stream calls to a plain `http://` URL (see
+    /// [`crate::h1`]); calls to any other URL go through reqwest.
     pool: Option<h1::Pool>,
     config: ServiceConfig,
     limit: Option<Arc<Semaphore>>,
@@ -532,27 +531,49 @@ impl Service {
             message: format!("cannot encode the request: {e}"),
         })?;
         let permit = self.permit().await;
-        let send = self
-            .http
-            .get()
-            .post(self.target(&what)?)
-            .header(CONTENT_TYPE, "application/json")
-            .headers(self.auth_header())
-            .body(body)
-            .send();
-        let response = match tokio::time::timeout(idle, send).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Err(self.error(&what)(error_chain(&e))),
-            Err(_) => return Err(self.timeout_error(&what, idle)),
-        };
-        let status = response.status();
-        let headers = response.headers().clone();
-        let gzip = is_gzip(&headers);
         let service = self.inner.name.clone();
-        let (s, m) = (service.clone(), what.clone());
-        let chunks = response.bytes_stream().map_err(move |e| {
-            std::io::Error::other(format!("service {s:?} ({m}): {}", error_chain(&e)))
-        });
+        let (status, headers, chunks) = match &self.inner.pool {
+            // Plain http://: hyper's client on a connection of its own.
+            Some(pool) => {
+                let response = match tokio::time::timeout(idle, pool.stream(body)).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => return Err(self.error(&what)(e.to_string())),
+                    Err(_) => return Err(self.timeout_error(&what, idle)),
+                };
+                let (head, incoming) = response.into_parts();
+                let (s, m) = (service.clone(), what.clone());
+                let chunks = http_body_util::BodyExt::into_data_stream(incoming)
+                    .map_err(move |e| std::io::Error::other(format!("service {s:?} ({m}): {e}")));
+                let chunks: Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> =
+                    Box::pin(chunks);
+                (head.status, head.headers, chunks)
+            }
+            None => {
+                let send = self
+                    .http
+                    .get()
+                    .post(self.target(&what)?)
+                    .header(CONTENT_TYPE, "application/json")
+                    .headers(self.auth_header())
+                    .body(body)
+                    .send();
+                let response = match tokio::time::timeout(idle, send).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => return Err(self.error(&what)(error_chain(&e))),
+                    Err(_) => return Err(self.timeout_error(&what, idle)),
+                };
+                let status = response.status();
+                let headers = response.headers().clone();
+                let (s, m) = (service.clone(), what.clone());
+                let chunks = response.bytes_stream().map_err(move |e| {
+                    std::io::Error::other(format!("service {s:?} ({m}): {}", error_chain(&e)))
+                });
+                let chunks: Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> =
+                    Box::pin(chunks);
+                (status, headers, chunks)
+            }
+        };
+        let gzip = is_gzip(&headers);
         let chunks: Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> = if gzip {
             let reader = tokio_util::io::StreamReader::new(chunks);
             let decoder = async_compression::tokio::bufread::GzipDecoder::new(reader);

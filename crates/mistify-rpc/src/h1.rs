@@ -11,7 +11,11 @@
 //! What it understands of a reply: the status line, `Content-Length`, `Transfer-Encoding:
 //! chunked` (trailers skipped), a body delimited by the end of the connection,
 //! `Connection: close`, interim `1xx` replies (skipped) and `Content-Encoding` (reported,
-//! decoded by the caller). Streams and other schemes go through reqwest.
+//! decoded by the caller). Other schemes go through reqwest.
+//!
+//! A Stream call ([`Pool::stream`]) takes a new connection of its own and hands it to
+//! hyper's HTTP/1.1 client, which delivers the body as it arrives; the connection ends
+//! with the body.
 
 use std::io;
 use std::sync::Mutex;
@@ -49,6 +53,9 @@ pub(crate) struct Pool {
     /// `Authorization` line.
     fixed_headers: String,
     path: String,
+    /// `Host` and `Authorization` of a Stream call.
+    authority: String,
+    bearer: Option<String>,
     connect_timeout: Duration,
     keep_alive: bool,
     idle: Mutex<Vec<(TcpStream, Instant)>>,
@@ -85,11 +92,12 @@ impl Pool {
             None => url.host_str()?.to_string(),
         };
         let mut fixed_headers = format!("Host: {authority}\r\nContent-Type: application/json\r\n");
-        if let Some(token) = token {
-            // The same rule as a header value: printable ASCII only, else not sent.
-            if token.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-                fixed_headers.push_str(&format!("Authorization: Bearer {token}\r\n"));
-            }
+        // The same rule as a header value: printable ASCII only, else not sent.
+        let bearer = token
+            .filter(|t| t.bytes().all(|b| (0x20..0x7f).contains(&b)))
+            .map(|t| format!("Bearer {t}"));
+        if let Some(bearer) = &bearer {
+            fixed_headers.push_str(&format!("Authorization: {bearer}\r\n"));
         }
         if !keep_alive {
             fixed_headers.push_str("Connection: close\r\n");
@@ -104,6 +112,8 @@ impl Pool {
             port,
             fixed_headers,
             path,
+            authority,
+            bearer,
             connect_timeout,
             keep_alive,
             idle: Mutex::new(Vec::new()),
@@ -138,6 +148,39 @@ impl Pool {
                 Err(f) => return Err(f.error),
             }
         }
+    }
+
+    /// POSTs `body` on a new connection and returns the reply once its head is read;
+    /// the body is read as the caller polls it, and the connection closes after it.
+    pub async fn stream(&self, body: Vec<u8>) -> io::Result<http::Response<hyper::body::Incoming>> {
+        let conn = self.connect().await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(conn))
+                .await
+                .map_err(io::Error::other)?;
+        // Drives the connection until the reply body is read or dropped.
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("stream connection: {e}");
+            }
+        });
+        let mut request = http::Request::post(self.path.as_str())
+            .header(http::header::HOST, self.authority.as_str())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::CONNECTION, "close");
+        if let Some(bearer) = &self.bearer {
+            request = request.header(http::header::AUTHORIZATION, bearer.as_str());
+        }
+        let request = request
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .map_err(io::Error::other)?;
+        sender.send_request(request).await.map_err(|e| {
+            let text = e.to_string();
+            match std::error::Error::source(&e) {
+                Some(cause) => io::Error::other(format!("{text}: {cause}")),
+                None => io::Error::other(text),
+            }
+        })
     }
 
     /// The most recently used idle connection that is still open. A connection the

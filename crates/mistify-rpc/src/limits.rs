@@ -11,12 +11,16 @@
 //! * a request body must keep arriving: more than `body_timeout` between two chunks is
 //!   an error for the handler reading it (the agent answers 408);
 //! * at most `max_in_flight` requests are handled at once; one more is answered `503`
-//!   with `Retry-After: 1` at once, without reaching the handler (load shedding).
+//!   with `Retry-After: 1` at once, without reaching the handler (load shedding);
+//! * once a burst of requests is over (no request for [`TRIM_AFTER_QUIET`] and none in
+//!   flight), the memory the allocator keeps free is given back to the system, so a
+//!   daemon's footprint returns to its resting size after load (glibc only).
 //!
 //! Request bodies have their own per-route limits (the agent 1 MiB, a sub-agent 16 MiB).
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,6 +102,12 @@ async fn serve_maybe_tls(
         limits.body_timeout,
     ));
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
+    let served_count = Arc::new(AtomicU64::new(0));
+    let trimmer = tokio::spawn(trim_when_quiet(
+        served_count.clone(),
+        in_flight.clone(),
+        limits.max_in_flight.max(1),
+    ));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -122,9 +132,11 @@ async fn serve_maybe_tls(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let in_flight = in_flight.clone();
+        let served_count = served_count.clone();
         let service =
             hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
+                served_count.fetch_add(1, Ordering::Relaxed);
                 let router = router.clone();
                 let permit = in_flight.clone().try_acquire_owned();
                 async move {
@@ -168,8 +180,45 @@ async fn serve_maybe_tls(
         });
     }
     drop(listener);
+    trimmer.abort();
     graceful.shutdown().await;
     Ok(())
+}
+
+/// How long a server must have been quiet (no new request, none in flight) before the
+/// allocator's free memory is handed back to the system.
+pub const TRIM_AFTER_QUIET: Duration = Duration::from_secs(1);
+
+/// Gives the allocator's free pages back once after each burst of requests: a burst
+/// leaves buffers freed but still resident (glibc keeps freed memory of its per-thread
+/// arenas), which would otherwise count as the daemon's size until the next burst reuses
+/// it. Checks every [`TRIM_AFTER_QUIET`]; costs nothing while requests keep coming.
+async fn trim_when_quiet(served: Arc<AtomicU64>, in_flight: Arc<Semaphore>, permits: usize) {
+    let mut seen = served.load(Ordering::Relaxed);
+    let mut dirty = false;
+    loop {
+        tokio::time::sleep(TRIM_AFTER_QUIET).await;
+        let now = served.load(Ordering::Relaxed);
+        if now != seen {
+            seen = now;
+            dirty = true;
+        } else if dirty && in_flight.available_permits() == permits {
+            dirty = false;
+            // A trim walks every arena under its lock: keep it off the runtime threads.
+            let _ = tokio::task::spawn_blocking(release_free_memory).await;
+        }
+    }
+}
+
+/// Returns the allocator's free memory to the system (`malloc_trim`); a no-op where the
+/// C library has no such call.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas under their locks; it has no
+    // arguments to get wrong and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Errors of [`tls_config`], each naming the file.

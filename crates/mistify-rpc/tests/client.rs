@@ -388,3 +388,71 @@ async fn an_invalid_service_url_is_a_transport_error_naming_it() {
     let err = service.stream(&serde_json::json!({})).await.unwrap_err();
     assert!(err.to_string().contains("invalid service URL"), "{err}");
 }
+
+#[tokio::test]
+async fn streams_carry_the_token_decode_gzip_and_name_a_down_service() {
+    use tokio::io::AsyncReadExt;
+    let plain: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let mut gzipped = Vec::new();
+    async_compression::tokio::bufread::GzipEncoder::new(&plain[..])
+        .read_to_end(&mut gzipped)
+        .await
+        .unwrap();
+    let server = Server::new("dl")
+        .require_token("s3cret")
+        .route(
+            "/download",
+            post(move || {
+                let gzipped = gzipped.clone();
+                async move {
+                    // Chunked, in pieces, as a sub-agent streaming a snapshot would.
+                    let pieces: Vec<Result<Bytes, std::io::Error>> = gzipped
+                        .chunks(16 * 1024)
+                        .map(|c| Ok(Bytes::copy_from_slice(c)))
+                        .collect();
+                    (
+                        [(axum::http::header::CONTENT_ENCODING, "gzip")],
+                        axum::body::Body::from_stream(futures::stream::iter(pieces)),
+                    )
+                }
+            }),
+        )
+        .bind(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let client = Client::new();
+    let with_token = client.service(
+        "storage",
+        ServiceConfig::url(server.url())
+            .path("/download")
+            .token(Some("s3cret".into())),
+    );
+    let reply = with_token.stream(&serde_json::json!({})).await.unwrap();
+    assert_eq!(reply.status.as_u16(), 200);
+    assert!(
+        reply.collect().await.unwrap() == plain,
+        "decoded body differs"
+    );
+
+    let without = client.service(
+        "storage",
+        ServiceConfig::url(server.url()).path("/download"),
+    );
+    let refused = without.stream(&serde_json::json!({})).await.unwrap();
+    assert_eq!(refused.status.as_u16(), 401);
+
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let down = client.service("storage", ServiceConfig::local(port).path("/download"));
+    let err = down.stream(&serde_json::json!({})).await.unwrap_err();
+    assert!(matches!(err, RpcError::Transport { .. }), "{err:?}");
+    assert!(err.is_unreachable(), "{err:?}");
+    assert!(
+        err.to_string().contains("storage") && err.to_string().contains("cannot connect"),
+        "{err}"
+    );
+}
