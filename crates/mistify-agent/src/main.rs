@@ -70,6 +70,10 @@ struct Flags {
     #[arg(long, default_value_t = limits::DEFAULT_MAX_HEADER_BYTES as u64,
           value_parser = clap::value_parser!(u64).range(1024..=1_048_576))]
     max_header_bytes: u64,
+    /// Threads that serve requests and run pipelines (0: one per CPU).
+    #[arg(long, default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=1024))]
+    worker_threads: u64,
 }
 
 #[derive(clap::Subcommand)]
@@ -91,9 +95,22 @@ fn level(name: &str) -> &str {
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let flags = Flags::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if flags.worker_threads > 0 {
+        runtime.worker_threads(flags.worker_threads as usize);
+    }
+    match runtime.enable_all().build() {
+        Ok(runtime) => runtime.block_on(agent_main(flags)),
+        Err(e) => {
+            eprintln!("mistify-agent: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn agent_main(flags: Flags) {
     if let Err(e) = init_tracing(level(&flags.log_level), flags.log_format) {
         eprintln!("mistify-agent: {e}");
         std::process::exit(2);

@@ -291,6 +291,9 @@ async fn http_limits_from_flags_431_408_and_503_when_too_many_in_flight() {
             "1",
             "--max-header-bytes",
             "4096",
+            // One runtime thread serves everything, sheds load and runs the pipeline.
+            "--worker-threads",
+            "1",
         ],
     );
     let base = agent.url();
@@ -351,6 +354,7 @@ fn out_of_range_limits_are_refused() {
         ("--body-timeout", "0"),
         ("--header-timeout", "0"),
         ("--max-header-bytes", "10"),
+        ("--worker-threads", "1025"),
     ] {
         let out = std::process::Command::new(mistify_e2e::binary("mistify-agent"))
             .args(["-c", "/nonexistent.json", flag, value, "--check-config"])
