@@ -291,18 +291,30 @@ impl Store {
 
     /// Removes guest `id`; true when it existed.
     pub fn delete_guest(&self, id: &str) -> Result<bool, AgentError> {
+        self.remove_guest_and(id, |_| Ok(()))
+            .map(|(existed, ())| existed)
+    }
+
+    /// Removes guest `id` and does `also` in the same transaction; whether the guest
+    /// existed, and what `also` returned. Every guest removal goes through here.
+    fn remove_guest_and<T>(
+        &self,
+        id: &str,
+        also: impl FnOnce(&redb::WriteTransaction) -> Result<T, AgentError>,
+    ) -> Result<(bool, T), AgentError> {
         let _w = self
             .guest_writes
             .lock()
             .map_err(|_| AgentError::Internal("guest lock poisoned".into()))?;
         let txn = self.db.begin_write()?;
         let existed = txn.open_table(GUESTS)?.remove(id)?.is_some();
+        let out = also(&txn)?;
         txn.commit()?;
         if let Ok(mut g) = self.guests.write() {
             g.remove(id);
         }
         self.invalidate_list();
-        Ok(existed)
+        Ok((existed, out))
     }
 
     // ---------------------------------------------------------------- metadata
@@ -463,19 +475,8 @@ impl Store {
         job: &str,
         change: impl FnOnce(&mut Job) -> bool,
     ) -> Result<Option<(Job, bool)>, AgentError> {
-        let _w = self
-            .guest_writes
-            .lock()
-            .map_err(|_| AgentError::Internal("guest lock poisoned".into()))?;
-        let txn = self.db.begin_write()?;
-        txn.open_table(GUESTS)?.remove(id)?;
-        let outcome = change_job(&txn, job, change)?;
-        txn.commit()?;
-        if let Ok(mut g) = self.guests.write() {
-            g.remove(id);
-        }
-        self.invalidate_list();
-        Ok(outcome)
+        self.remove_guest_and(id, |txn| change_job(txn, job, change))
+            .map(|(_, outcome)| outcome)
     }
 
     /// The newest `limit` jobs, newest first.
