@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::http::StatusCode;
 use chrono::Utc;
 use futures::FutureExt;
 use mistify_client::{Guest, ImageRequest, Job, JobStatus, SnapshotRequest};
 use mistify_rpc::merge::merge;
-use mistify_rpc::{Client, RawStream, Service, ServiceConfig};
+use mistify_rpc::{Client, RawStream, RpcError, Service, ServiceConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, Notify};
@@ -432,7 +433,30 @@ impl Agent {
             .stages
             .first()
             .ok_or_else(|| AgentError::Internal(format!("{action} has no stage")))?;
-        Ok(self.service(stage)?.stream(request).await?)
+        let service = self.service(stage)?;
+        let stream = service.stream(request).await?;
+        if matches!(
+            stream.status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        ) {
+            // The sub-agent refused the agent itself (the service's `token`): a fault
+            // between the agent and its sub-agent (502), not the caller's credentials.
+            let status = stream.status;
+            let text = stream
+                .collect()
+                .await
+                .map(|b| String::from_utf8_lossy(&b[..b.len().min(512)]).into_owned())
+                .unwrap_or_default();
+            return Err(AgentError::Rpc(RpcError::Transport {
+                service: service.name().to_string(),
+                method: service.config().path.clone(),
+                message: format!(
+                    "the sub-agent refused the agent ({status}; check the service's token): {}",
+                    text.trim_end()
+                ),
+            }));
+        }
+        Ok(stream)
     }
 
     // --------------------------------------------------------------------- jobs

@@ -296,7 +296,7 @@ fn snapshot_paths(paths: &mut serde_json::Map<String, Value>, prefix: &str, disk
                     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
             "404": error("unknown guest or not configured, or the sub-agent's 404"),
             "500": error("the agent failed, or the sub-agent's 500"),
-            "502": text("the sub-agent cannot be reached (names the service)"),
+            "502": text("the sub-agent cannot be reached, or refused the agent's service token (names the service)"),
             "504": text("the sub-agent did not answer in time (names the service)"),
             "default": text("any other failure status of the sub-agent, with its text")}))
     }));

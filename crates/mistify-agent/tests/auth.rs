@@ -305,12 +305,17 @@ async fn a_service_token_reaches_a_sub_agent_that_requires_it() {
                 })
                 .await
                 .expect("create");
-            wait_done(&client, accepted.job_id.as_deref().expect("job id")).await
+            let job = wait_done(&client, accepted.job_id.as_deref().expect("job id")).await;
+            (accepted.body.id, job)
         }
     };
     let good = agent(&with_token, dir.path(), &dir.path().join("good.redb"), &[]);
-    let job = create(&good).await;
+    let (id, job) = create(&good).await;
     assert_eq!(job.status, mistify_client::JobStatus::Complete, "{job:?}");
+    // A Stream stage carries the token too.
+    let download = |agent: &Daemon| format!("{}/guests/{id}/snapshots/s1/download", agent.url());
+    let (status, _, body) = raw("GET", &download(&good), None).await;
+    assert_eq!(status, 200, "{body}");
 
     let bad = agent(
         &test_config(port),
@@ -318,9 +323,20 @@ async fn a_service_token_reaches_a_sub_agent_that_requires_it() {
         &dir.path().join("bad.redb"),
         &[],
     );
-    let job = create(&bad).await;
+    let (bad_id, job) = create(&bad).await;
     assert_eq!(job.status, mistify_client::JobStatus::Error, "{job:?}");
     assert!(job.message.contains("401"), "{job:?}");
+    // The sub-agent's 401 to a stream is the agent's fault, not the caller's: 502
+    // naming the service, never a 401 that would send the operator after their token.
+    let url = format!("{}/guests/{bad_id}/snapshots/s1/download", bad.url());
+    let (status, _, body) = raw("GET", &url, None).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("\"testDownload\"")
+            && body.contains("refused the agent")
+            && body.contains("401"),
+        "{body}"
+    );
 
     // A token that is not printable ASCII is refused at load, naming the service.
     let mut broken = test_config(port);
