@@ -35,6 +35,9 @@ async fn malformed_bodies_are_400_or_413_and_change_nothing() {
         ("PATCH", "/metadata", r#"{"a": 1}"#),
         ("PATCH", "/metadata", ""),
         ("POST", "/images", r#"{"source": "x"}"#),
+        // An array is not an object, even when its items fit the fields in order.
+        ("POST", "/images", r#"["http://example.com/a.img"]"#),
+        ("PATCH", "/metadata", r#"[["a", "b"]]"#),
     ] {
         let (status, _, text) = raw(method, &format!("{base}{path}"), Some(body)).await;
         assert_eq!(status, 400, "{method} {path} {body}: {text}");
@@ -84,6 +87,16 @@ async fn unsafe_ids_and_names_are_400_without_a_sub_agent_call() {
             "POST",
             format!("/guests/{id}/snapshots/s1/rollback"),
             Some("{nope"),
+        ),
+        (
+            "POST",
+            format!("/guests/{id}/snapshots"),
+            Some("[null,null]"),
+        ),
+        (
+            "POST",
+            format!("/guests/{id}/snapshots/s1/rollback"),
+            Some("[true]"),
         ),
     ] {
         let (status, _, text) = raw(method, &format!("{base}{path}"), body).await;

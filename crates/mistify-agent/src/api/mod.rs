@@ -170,15 +170,20 @@ pub async fn read_body(body: Body) -> Result<Bytes, AgentError> {
 }
 
 /// Decodes a JSON body; an empty body is an error (`EOF`, as Go's decoder said) unless
-/// `empty_ok`, when it decodes as `{}`.
+/// `empty_ok`, when it decodes as `{}`. Every body is an object: a top-level array is
+/// refused as Go refused it (serde alone would fill a struct's fields from the items in
+/// order).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], empty_ok: bool) -> Result<T, AgentError> {
-    let text = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        if !empty_ok {
-            return Err(AgentError::BadRequest("EOF".into()));
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    let text = match first {
+        None if !empty_ok => return Err(AgentError::BadRequest("EOF".into())),
+        None => &b"{}"[..],
+        Some(b'[') => {
+            return Err(AgentError::BadRequest(
+                "the request body must be a JSON object, not an array".into(),
+            ))
         }
-        &b"{}"[..]
-    } else {
-        bytes
+        Some(_) => bytes,
     };
     serde_json::from_slice(text).map_err(|e| AgentError::BadRequest(e.to_string()))
 }
