@@ -10,7 +10,8 @@ use axum::response::Response;
 use super::{check_id, AppState};
 use crate::error::{json_response, AgentError};
 
-/// Default and largest `limit` of a job list.
+/// Default `limit` of a job list. A larger one returns at most the whole log, which
+/// pruning keeps to `joblog_max` jobs.
 pub const DEFAULT_LIMIT: usize = 1000;
 /// Longest `?wait=` accepted, in seconds.
 pub const MAX_WAIT_SECONDS: u64 = 300;
