@@ -107,6 +107,8 @@ async fn serve_maybe_tls(
         served_count.clone(),
         in_flight.clone(),
         limits.max_in_flight.max(1),
+        TRIM_AFTER_QUIET,
+        release_free_memory,
     ));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -192,12 +194,19 @@ pub const TRIM_AFTER_QUIET: Duration = Duration::from_secs(1);
 /// Gives the allocator's free pages back once after each burst of requests: a burst
 /// leaves buffers freed but still resident (glibc keeps freed memory of its per-thread
 /// arenas), which would otherwise count as the daemon's size until the next burst reuses
-/// it. Checks every [`TRIM_AFTER_QUIET`]; costs nothing while requests keep coming.
-async fn trim_when_quiet(served: Arc<AtomicU64>, in_flight: Arc<Semaphore>, permits: usize) {
+/// it. Checks every `quiet` ([`TRIM_AFTER_QUIET`]); costs nothing while requests keep
+/// coming. `release` is [`release_free_memory`] (a counter in the tests).
+async fn trim_when_quiet(
+    served: Arc<AtomicU64>,
+    in_flight: Arc<Semaphore>,
+    permits: usize,
+    quiet: Duration,
+    release: fn(),
+) {
     let mut seen = served.load(Ordering::Relaxed);
     let mut dirty = false;
     loop {
-        tokio::time::sleep(TRIM_AFTER_QUIET).await;
+        tokio::time::sleep(quiet).await;
         let now = served.load(Ordering::Relaxed);
         if now != seen {
             seen = now;
@@ -205,7 +214,7 @@ async fn trim_when_quiet(served: Arc<AtomicU64>, in_flight: Arc<Semaphore>, perm
         } else if dirty && in_flight.available_permits() == permits {
             dirty = false;
             // A trim walks every arena under its lock: keep it off the runtime threads.
-            let _ = tokio::task::spawn_blocking(release_free_memory).await;
+            let _ = tokio::task::spawn_blocking(release).await;
         }
     }
 }
@@ -322,4 +331,63 @@ pub fn caused_by<T: std::error::Error + 'static>(
 /// ([`Limits::body_timeout`]).
 pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
     caused_by::<tower_http::timeout::TimeoutError>(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use tokio::sync::Semaphore;
+
+    use super::trim_when_quiet;
+
+    static RELEASES: AtomicUsize = AtomicUsize::new(0);
+
+    fn count_release() {
+        RELEASES.fetch_add(1, Ordering::SeqCst);
+    }
+
+    const TICK: Duration = Duration::from_millis(20);
+
+    /// Waits until `RELEASES` reaches `n` (panics after 10 s).
+    async fn until_releases(n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while RELEASES.load(Ordering::SeqCst) < n {
+            assert!(Instant::now() < deadline, "no release after the burst");
+            tokio::time::sleep(TICK).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_is_released_once_per_burst_and_never_with_a_request_in_flight() {
+        let served = Arc::new(AtomicU64::new(0));
+        let in_flight = Arc::new(Semaphore::new(4));
+        let trimmer = tokio::spawn(trim_when_quiet(
+            served.clone(),
+            in_flight.clone(),
+            4,
+            TICK,
+            count_release,
+        ));
+        // No request yet: nothing to give back.
+        tokio::time::sleep(TICK * 10).await;
+        assert_eq!(RELEASES.load(Ordering::SeqCst), 0);
+        // A burst, then quiet: one release, and only one however long it stays quiet.
+        for _ in 0..100 {
+            served.fetch_add(1, Ordering::Relaxed);
+        }
+        until_releases(1).await;
+        tokio::time::sleep(TICK * 10).await;
+        assert_eq!(RELEASES.load(Ordering::SeqCst), 1);
+        // A request still in flight (a long stream): no release until it is done.
+        let permit = in_flight.clone().try_acquire_owned().expect("permit");
+        served.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(TICK * 10).await;
+        assert_eq!(RELEASES.load(Ordering::SeqCst), 1);
+        drop(permit);
+        until_releases(2).await;
+        trimmer.abort();
+    }
 }
