@@ -279,9 +279,20 @@ impl Agent {
         stage: &StageDef,
         request: &impl Serialize,
     ) -> Result<Box<serde_json::value::RawValue>, AgentError> {
+        self.call_stage_with(stage, request, |raw| Ok(raw.to_owned()))
+            .await
+    }
+
+    /// One stage's call, its result read by `read` where it lies in the reply.
+    async fn call_stage_with<R>(
+        &self,
+        stage: &StageDef,
+        request: &impl Serialize,
+        read: impl FnOnce(&serde_json::value::RawValue) -> Result<R, String>,
+    ) -> Result<R, AgentError> {
         let service = self.service(stage)?;
         let start = Instant::now();
-        let result = service.call_raw(&stage.method, request).await;
+        let result = service.call_with(&stage.method, request, read).await;
         self.metrics.rpc_latency(
             &stage.service,
             &stage.method,
@@ -377,18 +388,21 @@ impl Agent {
                 kind,
                 args: &stage.args,
             };
-            let raw = self.call_stage_raw(stage, &request).await?;
-            if let Ok(members) = serde_json::from_str::<
-                std::collections::BTreeMap<String, &serde_json::value::RawValue>,
-            >(raw.get())
+            let raw = match self
+                .call_stage_with(stage, &request, |raw| {
+                    if raw.get().starts_with('{') {
+                        member(raw.get(), kind)
+                            .map(|part| Ok(part.unwrap_or(Value::Null)))
+                            .map_err(|e| format!("unreadable result: {e}"))
+                    } else {
+                        Ok(Err(raw.to_owned()))
+                    }
+                })
+                .await?
             {
-                return match members.get(kind) {
-                    Some(part) => serde_json::from_str(part.get()).map_err(|e| {
-                        AgentError::Stage(format!("{}: unreadable result: {e}", stage.method))
-                    }),
-                    None => Ok(Value::Null),
-                };
-            }
+                Ok(part) => return Ok(part),
+                Err(raw) => raw,
+            };
             // Not an object: read as every other result is.
             let mut response = json!({"guest": null, "type": ""});
             merge(
@@ -784,9 +798,75 @@ fn job_end(outcome: Result<(), String>) -> (JobStatus, impl FnOnce(&mut Job) -> 
     (status, change)
 }
 
+/// The member `key` of the JSON object `text` (the last one if repeated, as a map would
+/// keep it), parsed; the other members are skipped without being built or copied.
+fn member(text: &str, key: &str) -> Result<Option<Value>, serde_json::Error> {
+    use serde::de::{DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, Visitor};
+    use std::fmt;
+
+    /// Whether a map key equals `.0`, compared where it lies (no `String` per key).
+    struct KeyIs<'k>(&'k str);
+    impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
+        type Value = bool;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl Visitor<'_> for KeyIs<'_> {
+        type Value = bool;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a member name")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<bool, E> {
+            Ok(v == self.0)
+        }
+    }
+    struct Member<'k>(&'k str);
+    impl<'de> Visitor<'de> for Member<'_> {
+        type Value = Option<Value>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Value>, A::Error> {
+            let mut found = None;
+            while let Some(hit) = map.next_key_seed(KeyIs(self.0))? {
+                if hit {
+                    found = Some(map.next_value::<Value>()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let found = (&mut de).deserialize_map(Member(key))?;
+    de.end()?;
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::derived_mac;
+    use super::{derived_mac, member};
+    use serde_json::json;
+
+    #[test]
+    fn a_member_is_found_where_it_lies() {
+        let reply = r#"{"guest":{"id":"g","nics":[{"mac":"02:00"}],"x":[[1],{"y":"\"z"}]},"type":"cpu","cpu":[{"cpu_time":1.5}]}"#;
+        assert_eq!(
+            member(reply, "cpu").expect("object"),
+            Some(json!([{"cpu_time": 1.5}]))
+        );
+        assert_eq!(member(reply, "disk").expect("object"), None);
+        // An escaped name is compared unescaped; a repeated one keeps the last.
+        assert_eq!(
+            member(r#"{"c\u0070u":1,"cpu":2,"cpu":3}"#, "cpu").expect("object"),
+            Some(json!(3))
+        );
+        assert!(member(r#"{"cpu":1"#, "cpu").is_err());
+        assert!(member(r#"{"cpu":1} x"#, "cpu").is_err());
+        assert!(member("[1]", "cpu").is_err());
+    }
 
     #[test]
     fn derived_macs_are_local_and_stable() {

@@ -428,14 +428,35 @@ impl Service {
     where
         P: Serialize + ?Sized,
     {
+        self.call_with(method, params, |result| Ok(result.to_owned()))
+            .await
+    }
+
+    /// Calls `method` and hands the `result`, still borrowed from the reply buffer, to
+    /// `read`: a caller that wants one member of a large result takes it without a copy
+    /// of the whole. An `Err` of `read` is a decode error of this call.
+    pub async fn call_with<P, R>(
+        &self,
+        method: &str,
+        params: &P,
+        read: impl FnOnce(&RawValue) -> Result<R, String>,
+    ) -> Result<R, RpcError>
+    where
+        P: Serialize + ?Sized,
+    {
         let timeout = self.inner.config.timeout;
-        match tokio::time::timeout(timeout, self.call_inner(method, params)).await {
+        match tokio::time::timeout(timeout, self.call_inner(method, params, read)).await {
             Ok(result) => result,
             Err(_) => Err(self.timeout_error(method, timeout)),
         }
     }
 
-    async fn call_inner<P>(&self, method: &str, params: &P) -> Result<Box<RawValue>, RpcError>
+    async fn call_inner<P, R>(
+        &self,
+        method: &str,
+        params: &P,
+        read: impl FnOnce(&RawValue) -> Result<R, String>,
+    ) -> Result<R, RpcError>
     where
         P: Serialize + ?Sized,
     {
@@ -508,7 +529,7 @@ impl Service {
             });
         }
         match reply.result {
-            Some(result) => Ok(result.to_owned()),
+            Some(result) => read(result).map_err(decode_err),
             None => Err(RpcError::NullResult {
                 service: name.clone(),
                 method: method.to_string(),

@@ -3,6 +3,9 @@
 //!
 //! One implementation, used by the sub-agent [`crate::Server`] and by the agent.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -10,12 +13,12 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
+use futures::FutureExt as _;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tower_http::catch_panic::CatchPanicLayer;
+use tower::Layer as _;
 use tower_http::compression::CompressionLayer;
 
 /// Put into a response's extensions by the RPC endpoint so the request log names the
@@ -26,22 +29,112 @@ pub struct RpcMethodName(pub String);
 /// Wraps `router` in the shared layers, outermost first: request log, gzip (only when
 /// the client sends `Accept-Encoding: gzip`), panic recovery (500, empty body, as the Go
 /// daemons answered).
+///
+/// The layers wrap the router as a whole, as one concrete service, not each route
+/// (`Router::layer` boxes every route once per layer, and axum clones that chain of
+/// boxes on every request). The result is a router again, whose fallback is that
+/// service: one box per request for the whole stack.
 pub fn with_common_layers(router: Router) -> Router {
-    router
-        .layer(CatchPanicLayer::custom(
-            |_panic: Box<dyn std::any::Any + Send>| {
-                tracing::error!("a request handler panicked");
-                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+    let compressed = CompressionLayer::new()
+        .gzip(true)
+        .no_br()
+        .no_deflate()
+        .no_zstd()
+        .layer(router);
+    Router::new().fallback_service(Edge { inner: compressed })
+}
+
+/// The outermost layer: panic recovery, Go's `Vary` spelling and, when the
+/// `mistify::http` target logs at `INFO`, one event per request (see [`LoggedBody`]).
+#[derive(Clone)]
+struct Edge<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<Request> for Edge<S>
+where
+    S: tower::Service<Request, Response = http::Response<B>, Error = Infallible>,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = EdgeFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let log = tracing::enabled!(target: "mistify::http", tracing::Level::INFO).then(|| {
+            (
+                Instant::now(),
+                req.method().clone(),
+                req.uri().path().to_owned(),
+            )
+        });
+        // A panic while the request is handed over counts as one in the handler.
+        let inner = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req)))
+            .ok()
+            .map(|future| AssertUnwindSafe(future).catch_unwind());
+        EdgeFuture { inner, log }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Edge`]: the inner response, mapped as it becomes ready.
+    struct EdgeFuture<F> {
+        #[pin]
+        inner: Option<futures::future::CatchUnwind<AssertUnwindSafe<F>>>,
+        log: Option<(Instant, Method, String)>,
+    }
+}
+
+impl<F, B> Future for EdgeFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, Infallible>>,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match this.inner.as_pin_mut() {
+            Some(inner) => match std::task::ready!(inner.poll(cx)) {
+                Ok(Ok(response)) => go_vary(response.map(Body::new)),
+                Ok(Err(never)) => match never {},
+                Err(_panic) => panicked(),
             },
-        ))
-        .layer(
-            CompressionLayer::new()
-                .gzip(true)
-                .no_br()
-                .no_deflate()
-                .no_zstd(),
-        )
-        .layer(axum::middleware::from_fn(log_request))
+            None => panicked(),
+        };
+        let Some((start, method, path)) = this.log.take() else {
+            return Poll::Ready(Ok(response));
+        };
+        let rpc = response
+            .extensions()
+            .get::<RpcMethodName>()
+            .map(|m| m.0.clone())
+            .unwrap_or_default();
+        let status = response.status();
+        let (parts, body) = response.into_parts();
+        let body = Body::new(LoggedBody {
+            inner: body,
+            bytes: 0,
+            start,
+            method,
+            path,
+            rpc,
+            status,
+        });
+        Poll::Ready(Ok(Response::from_parts(parts, body)))
+    }
+}
+
+/// The answer to a request whose handler panicked: 500, empty body, as Go answered.
+fn panicked() -> Response {
+    tracing::error!("a request handler panicked");
+    StatusCode::INTERNAL_SERVER_ERROR.into_response()
 }
 
 /// Writes the `Vary` of gzip replies as Go did (`Accept-Encoding`, not the lower-case
@@ -83,38 +176,8 @@ pub fn healthz_route(service: &str, version: &str) -> Router {
     )
 }
 
-/// Middleware emitting one `tracing` event per request once its response body is done:
-/// HTTP method, path, RPC method (if any), status, bytes sent and duration.
-/// (It also writes `Vary` as Go did, see `go_vary`: one middleware instead of two, as
-/// each costs an allocation and a boxed future per request.)
-pub async fn log_request(req: Request, next: Next) -> Response {
-    if !tracing::enabled!(target: "mistify::http", tracing::Level::INFO) {
-        // No access log at this level: nothing to measure or wrap.
-        return go_vary(next.run(req).await);
-    }
-    let start = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let response = go_vary(next.run(req).await);
-    let rpc = response
-        .extensions()
-        .get::<RpcMethodName>()
-        .map(|m| m.0.clone())
-        .unwrap_or_default();
-    let status = response.status();
-    let (parts, body) = response.into_parts();
-    let body = Body::new(LoggedBody {
-        inner: body,
-        bytes: 0,
-        start,
-        method,
-        path,
-        rpc,
-        status,
-    });
-    Response::from_parts(parts, body)
-}
-
+/// The body of a logged request: one `tracing` event once it is done (or dropped) with
+/// the HTTP method, path, RPC method (if any), status, bytes sent and duration.
 struct LoggedBody {
     inner: Body,
     bytes: u64,

@@ -98,9 +98,9 @@ async fn serve_maybe_tls(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-        limits.body_timeout,
-    ));
+    // Each request body gets the idle timeout here, where it is boxed anyway (a
+    // `Router::layer` would add a box per route and request).
+    let body_timeout = limits.body_timeout;
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
     let served_count = Arc::new(AtomicU64::new(0));
     let trimmer = tokio::spawn(trim_when_quiet(
@@ -145,7 +145,11 @@ async fn serve_maybe_tls(
                     let Ok(_permit) = permit else {
                         return Ok::<_, Infallible>(overloaded());
                     };
-                    router.oneshot(request.map(Body::new)).await
+                    router
+                        .oneshot(request.map(|body| {
+                            Body::new(tower_http::timeout::TimeoutBody::new(body_timeout, body))
+                        }))
+                        .await
                 }
             });
         let (http, watcher, tls) = (http.clone(), graceful.watcher(), tls.clone());

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawPathParams, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mistify_client::{Guest, JobStatus};
@@ -162,27 +162,38 @@ pub async fn action(
     Ok(accepted(&job, &*guest))
 }
 
+/// `GET /guests/{id}/metrics/{kind}`. The path parameters are read where axum keeps
+/// them (`RawPathParams`, already percent-decoded): this is the agent's busiest route.
 pub async fn metrics(
     State(agent): State<AppState>,
-    Path((id, kind)): Path<(String, String)>,
+    params: RawPathParams,
 ) -> Result<Response, AgentError> {
-    check_id("guest id", &id)?;
+    let (mut id, mut kind) = ("", "");
+    for (name, value) in &params {
+        match name {
+            "id" => id = value,
+            _ => kind = value,
+        }
+    }
+    check_id("guest id", id)?;
     // The stored JSON goes into the request as it is: no parse into a `Guest` and back.
-    let stored = agent.store.guest_json(&id).ok_or(AgentError::NotFound)?;
+    let stored = agent.store.guest_json(id).ok_or(AgentError::NotFound)?;
     let guest: &RawValue = serde_json::from_slice(&stored)
         .map_err(|e| AgentError::Internal(format!("unreadable stored guest {id}: {e}")))?;
     let runner = agent
-        .runner(&id)
+        .runner(id)
         .ok_or_else(|| AgentError::Internal("guest runner not found".into()))?;
-    if !matches!(kind.as_str(), "cpu" | "disk" | "nic") {
-        return Err(AgentError::NotFound);
-    }
-    let action = format!("{kind}Metrics");
-    agent.action(&action)?;
+    let action = match kind {
+        "cpu" => "cpuMetrics",
+        "disk" => "diskMetrics",
+        "nic" => "nicMetrics",
+        _ => return Err(AgentError::NotFound),
+    };
+    agent.action(action)?;
     let job_id = pipeline_id();
     let result = async {
         let _slot = runner.info_slot().await?;
-        agent.run_metrics(&action, guest, &kind).await
+        agent.run_metrics(action, guest, kind).await
     }
     .await;
     let response = match result {

@@ -2,12 +2,15 @@
 //! One file per resource; every handler returns `Result<Response, AgentError>` and the
 //! error becomes the original JSON error body at this edge.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -79,10 +82,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/openapi.json", get(system::openapi))
         .method_not_allowed_fallback(|| async { AgentError::MethodNotAllowed.into_response() })
         .fallback(not_found_or_strict_slash)
-        .layer(axum::middleware::from_fn_with_state(
-            agent.clone(),
-            count_and_gate,
-        ))
+        .layer(CountAndGateLayer(agent.clone()))
         .with_state(agent);
     mistify_rpc::http::with_common_layers(api)
 }
@@ -115,27 +115,100 @@ async fn not_found_or_strict_slash(uri: axum::http::Uri) -> Response {
 }
 
 /// Counts requests by route template and status; answers 503 to changes while the
-/// agent drains.
-async fn count_and_gate(State(agent): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let method = request.method().clone();
-    let response = if agent.is_draining() && method != Method::GET && method != Method::HEAD {
-        AgentError::Unavailable {
-            message: "the agent is shutting down".into(),
-            retry_after: 10,
+/// agent drains. A route layer (the route template is known once a route matched),
+/// written as a plain service: `from_fn` would box a clone of the route and a future
+/// on every request.
+#[derive(Clone)]
+struct CountAndGateLayer(AppState);
+
+impl<S> tower::Layer<S> for CountAndGateLayer {
+    type Service = CountAndGate<S>;
+    fn layer(&self, inner: S) -> CountAndGate<S> {
+        CountAndGate {
+            agent: self.0.clone(),
+            inner,
         }
-        .into_response()
-    } else {
-        next.run(request).await
-    };
-    let route = route
-        .as_ref()
-        .map(MatchedPath::as_str)
-        .unwrap_or("unmatched");
-    agent
-        .metrics
-        .request(method.as_str(), route, response.status().as_u16());
-    response
+    }
+}
+
+#[derive(Clone)]
+struct CountAndGate<S> {
+    agent: AppState,
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for CountAndGate<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Counted<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let method = request.method().clone();
+        let (inner, refused) =
+            if self.agent.is_draining() && method != Method::GET && method != Method::HEAD {
+                let refused = AgentError::Unavailable {
+                    message: "the agent is shutting down".into(),
+                    retry_after: 10,
+                };
+                (None, Some(refused.into_response()))
+            } else {
+                (Some(self.inner.call(request)), None)
+            };
+        Counted {
+            inner,
+            refused,
+            agent: self.agent.clone(),
+            method,
+            route,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response of [`CountAndGate`], counted once it is ready.
+    struct Counted<F> {
+        #[pin]
+        inner: Option<F>,
+        refused: Option<Response>,
+        agent: AppState,
+        method: Method,
+        route: Option<MatchedPath>,
+    }
+}
+
+impl<F: Future<Output = Result<Response, Infallible>>> Future for Counted<F> {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match (this.inner.as_pin_mut(), this.refused.take()) {
+            (Some(inner), _) => match std::task::ready!(inner.poll(cx)) {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
+            (None, Some(refused)) => refused,
+            // Polled again after it was ready: a caller's bug, answered rather than
+            // panicking.
+            (None, None) => AgentError::Internal("response polled twice".into()).into_response(),
+        };
+        let route = this
+            .route
+            .as_ref()
+            .map(MatchedPath::as_str)
+            .unwrap_or("unmatched");
+        this.agent
+            .metrics
+            .request(this.method.as_str(), route, response.status().as_u16());
+        Poll::Ready(Ok(response))
+    }
 }
 
 /// Refuses ids that are unsafe in a path, a dataset name or a store key: empty, `.`,
@@ -191,7 +264,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], empty_ok: bool) -> Result<T, Ag
 /// Sets `X-Guest-Job-ID` on a response.
 pub fn with_job_id(mut response: Response, job_id: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(job_id) {
-        response.headers_mut().insert(JOB_ID_HEADER, v);
+        // A constant name: a `&str` name that is not a standard header is parsed and
+        // copied on every insert.
+        static NAME: HeaderName = HeaderName::from_static("x-guest-job-id");
+        response.headers_mut().insert(NAME.clone(), v);
     }
     response
 }
