@@ -10,7 +10,8 @@
 //! (default 10) per figure. The through-the-agent and direct loads alternate for
 //! `BENCH_ROUNDS` rounds (default 3): on a shared VM the CPU the host lends (the `steal`
 //! of `/proc/stat`, printed with every load) changes within seconds, and alternating
-//! rounds keeps a slow stretch from landing on one side only. Run with
+//! rounds keeps a slow stretch from landing on one side only. `BENCH_AGENT_THREADS=N`
+//! starts the agent with `--worker-threads N`. Run with
 //! `cargo bench -p mistify-agent --bench agent` (builds the whole workspace in release
 //! first), or, building only what it needs:
 //! `cargo build --release -p mistify-agent -p mistify-rpc --bins --examples &&
@@ -206,7 +207,11 @@ fn config(dir: &Path, fake_port: u16) -> std::path::PathBuf {
 
 fn start_agent(config: &Path, db: &Path) -> Daemon {
     let port = free_port();
-    let args = mistify_e2e::agent_args(config, db, port, "error");
+    let mut args = mistify_e2e::agent_args(config, db, port, "error");
+    // `BENCH_AGENT_THREADS=N` measures the agent with `--worker-threads N`.
+    if let Ok(n) = std::env::var("BENCH_AGENT_THREADS") {
+        args.extend(["--worker-threads".to_string(), n]);
+    }
     Daemon::start(&binary("mistify-agent"), &args, port)
 }
 
