@@ -21,13 +21,15 @@ pub fn etcd_url() -> &'static str {
         let dir = scratch_dir().join(format!("lochness-etcd-{}-{client}", std::process::id()));
         let url = format!("http://127.0.0.1:{client}");
         let args = etcd_args(&dir, client, peer);
+        let log = dir.with_extension("log");
+        let stderr = log_file(&log);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut cmd = Command::new("etcd");
             cmd.args(&args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null());
+                .stderr(stderr);
             // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
             unsafe {
                 cmd.pre_exec(|| {
@@ -49,15 +51,25 @@ pub fn etcd_url() -> &'static str {
         let _ = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -9 {pid} 2>/dev/null; sleep 0.2; rm -rf '{dir}'",
+                "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -9 {pid} 2>/dev/null; sleep 0.2; rm -rf '{dir}' '{log}'",
                 me = std::process::id(),
-                dir = dir.display()
+                dir = dir.display(),
+                log = log.display()
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
-        wait_healthy(&url);
+        // The child is held (unreaped) by the spawning thread: once it exits it is a
+        // zombie, state `Z` in /proc.
+        let exited = || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z'));
+            (state != Some(false)).then(|| "etcd exited".to_string())
+        };
+        if let Err(why) = wait_healthy(&url, exited) {
+            panic!("etcd at {url}: {why}; its log:\n{}", log_tail(&log));
+        }
         url
     })
 }
@@ -82,7 +94,9 @@ fn cleanup_stale_dirs() {
             if let Some(rest) = name.strip_prefix("lochness-etcd-") {
                 let pid = rest.split('-').next().unwrap_or("");
                 if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    // The data directory, or the log beside it.
                     let _ = std::fs::remove_dir_all(e.path());
+                    let _ = std::fs::remove_file(e.path());
                 }
             }
         }
@@ -135,25 +149,51 @@ impl PrivateEtcd {
         PrivateEtcd::start_at(dir, client, peer)
     }
 
-    /// Starts (or restarts) an etcd on `dir` and the given ports.
+    /// Starts (or restarts) an etcd on `dir` and the given ports. An etcd that exits
+    /// before it is healthy is started again, up to 5 times a second apart: a restart
+    /// on the same ports can find one still held for a moment (for instance by a client
+    /// that, reconnecting while nothing listened, was given that port and connected to
+    /// itself). Its stderr goes to `dir.log`, shown when it never becomes healthy.
     pub fn start_at(dir: std::path::PathBuf, client: u16, peer: u16) -> PrivateEtcd {
-        let child = Command::new("etcd")
-            .args(etcd_args(&dir, client, peer))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start etcd");
         let url = format!("http://127.0.0.1:{client}");
-        let me = PrivateEtcd {
-            child,
-            keep: false,
-            dir,
-            client,
-            peer,
-        };
-        wait_healthy(&url);
-        me
+        let log = dir.with_extension("log");
+        for attempt in 1.. {
+            let mut child = Command::new("etcd")
+                .args(etcd_args(&dir, client, peer))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log_file(&log))
+                .spawn()
+                .expect("cannot start etcd");
+            let result = wait_healthy(&url, || match child.try_wait() {
+                Ok(Some(status)) => Some(format!("etcd exited ({status})")),
+                _ => None,
+            });
+            match result {
+                Ok(()) => {
+                    return PrivateEtcd {
+                        child,
+                        keep: false,
+                        dir,
+                        client,
+                        peer,
+                    }
+                }
+                Err(_) if attempt < 5 && matches!(child.try_wait(), Ok(Some(_))) => {
+                    eprintln!(
+                        "etcd at {url} exited at start (attempt {attempt}): {}",
+                        log_tail(&log)
+                    );
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(why) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("etcd at {url}: {why}; its log:\n{}", log_tail(&log));
+                }
+            }
+        }
+        unreachable!("the loop returns or panics")
     }
 
     pub fn url(&self) -> String {
@@ -175,12 +215,18 @@ impl Drop for PrivateEtcd {
         let _ = self.child.wait();
         if !self.keep {
             let _ = std::fs::remove_dir_all(&self.dir);
+            let _ = std::fs::remove_file(self.dir.with_extension("log"));
         }
     }
 }
 
-fn wait_healthy(url: &str) {
-    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+/// Waits until the etcd at `url` answers `/health`. `Err` with the reason once `gone`
+/// says the process ended, or after 30 s.
+fn wait_healthy(url: &str, mut gone: impl FnMut() -> Option<String>) -> Result<(), String> {
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .parse()
+        .map_err(|e| format!("bad etcd URL {url}: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
@@ -190,15 +236,29 @@ fn wait_healthy(url: &str) {
             let mut body = String::new();
             let _ = s.read_to_string(&mut body);
             if body.contains("\"health\":\"true\"") {
-                return;
+                return Ok(());
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "etcd at {url} not healthy after 30 s"
-        );
+        if let Some(why) = gone() {
+            return Err(why);
+        }
+        if Instant::now() >= deadline {
+            return Err("not healthy after 30 s".into());
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A fresh file for an etcd's stderr (or nowhere, if it cannot be created).
+fn log_file(path: &std::path::Path) -> Stdio {
+    std::fs::File::create(path).map_or_else(|_| Stdio::null(), Stdio::from)
+}
+
+/// The last lines of an etcd's log, for a failure message.
+fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// A context on this binary's etcd with a prefix of its own, or `None` when the etcd
