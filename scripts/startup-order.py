@@ -139,6 +139,9 @@ def pattern(name):
 
 
 def profile():
+    for tool in ("valgrind", "callgrind_control", "nm"):
+        if shutil.which(tool) is None:
+            sys.exit(f"startup-order: {tool} not found (apt-get install valgrind binutils)")
     if os.environ.get("STARTUP_ORDER_PREBUILT") != "1":
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "mistify-agent",
                         "--bin", "mistify-agent", "-p", "mistify-rpc", "--example",
