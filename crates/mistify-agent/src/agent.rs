@@ -16,6 +16,7 @@ use mistify_client::{Guest, ImageRequest, Job, JobStatus, SnapshotRequest};
 use mistify_rpc::merge::merge;
 use mistify_rpc::{Client, RawStream, RpcError, Service, ServiceConfig};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, Notify};
 
@@ -369,7 +370,7 @@ impl Agent {
         action: &str,
         guest: &serde_json::value::RawValue,
         kind: &str,
-    ) -> Result<Value, AgentError> {
+    ) -> Result<Box<RawValue>, AgentError> {
         let def = self.action(action)?;
         /// `GuestMetricsRequest` by reference (same JSON), the guest as stored.
         #[derive(Serialize)]
@@ -381,8 +382,9 @@ impl Agent {
             args: &'a std::collections::BTreeMap<String, String>,
         }
         if let [stage] = def.stages.as_slice() {
-            // One stage (every shipped config): only the `kind` member of its result is
-            // parsed; the guest it echoes is skipped unread.
+            // One stage (every shipped config): the `kind` member of its result is
+            // checked and copied as the sub-agent wrote it; the guest it echoes is
+            // skipped unread, and nothing is built.
             let request = MetricsRequest {
                 guest,
                 kind,
@@ -392,7 +394,7 @@ impl Agent {
                 .call_stage_with(stage, &request, |raw| {
                     if raw.get().starts_with('{') {
                         member(raw.get(), kind)
-                            .map(|part| Ok(part.unwrap_or(Value::Null)))
+                            .map(|part| Ok(part.unwrap_or(RawValue::NULL).to_owned()))
                             .map_err(|e| format!("unreadable result: {e}"))
                     } else {
                         Ok(Err(raw.to_owned()))
@@ -411,10 +413,7 @@ impl Agent {
                     AgentError::Stage(format!("{}: unreadable result: {e}", stage.method))
                 })?,
             );
-            return Ok(response
-                .get_mut(kind)
-                .map(Value::take)
-                .unwrap_or(Value::Null));
+            return raw_member(response, kind);
         }
         let mut response = json!({"guest": null, "type": ""});
         for stage in &def.stages {
@@ -425,10 +424,7 @@ impl Agent {
             };
             merge(&mut response, self.call_stage(stage, &request).await?);
         }
-        Ok(response
-            .get_mut(kind)
-            .map(Value::take)
-            .unwrap_or(Value::Null))
+        raw_member(response, kind)
     }
 
     /// Runs an Info guest action (e.g. `status`) and stores the guest it returns.
@@ -798,9 +794,19 @@ fn job_end(outcome: Result<(), String>) -> (JobStatus, impl FnOnce(&mut Job) -> 
     (status, change)
 }
 
+/// The member `key` of a merged multi-stage result, as JSON text (`null` when absent).
+fn raw_member(mut response: Value, key: &str) -> Result<Box<RawValue>, AgentError> {
+    match response.get_mut(key).map(Value::take) {
+        Some(part) => serde_json::value::to_raw_value(&part)
+            .map_err(|e| AgentError::Internal(format!("cannot encode the result: {e}"))),
+        None => Ok(RawValue::NULL.to_owned()),
+    }
+}
+
 /// The member `key` of the JSON object `text` (the last one if repeated, as a map would
-/// keep it), parsed; the other members are skipped without being built or copied.
-fn member(text: &str, key: &str) -> Result<Option<Value>, serde_json::Error> {
+/// keep it), checked and borrowed where it lies; the other members are skipped
+/// without being built or copied.
+fn member<'a>(text: &'a str, key: &str) -> Result<Option<&'a RawValue>, serde_json::Error> {
     use serde::de::{DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, Visitor};
     use std::fmt;
 
@@ -823,15 +829,15 @@ fn member(text: &str, key: &str) -> Result<Option<Value>, serde_json::Error> {
     }
     struct Member<'k>(&'k str);
     impl<'de> Visitor<'de> for Member<'_> {
-        type Value = Option<Value>;
+        type Value = Option<&'de RawValue>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("a JSON object")
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Value>, A::Error> {
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut found = None;
             while let Some(hit) = map.next_key_seed(KeyIs(self.0))? {
                 if hit {
-                    found = Some(map.next_value::<Value>()?);
+                    found = Some(map.next_value::<&'de RawValue>()?);
                 } else {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -848,21 +854,27 @@ fn member(text: &str, key: &str) -> Result<Option<Value>, serde_json::Error> {
 #[cfg(test)]
 mod tests {
     use super::{derived_mac, member};
-    use serde_json::json;
 
     #[test]
     fn a_member_is_found_where_it_lies() {
         let reply = r#"{"guest":{"id":"g","nics":[{"mac":"02:00"}],"x":[[1],{"y":"\"z"}]},"type":"cpu","cpu":[{"cpu_time":1.5}]}"#;
+        let text = |m: Option<&serde_json::value::RawValue>| m.map(|r| r.get().to_owned());
         assert_eq!(
-            member(reply, "cpu").expect("object"),
-            Some(json!([{"cpu_time": 1.5}]))
+            text(member(reply, "cpu").expect("object")),
+            Some(r#"[{"cpu_time":1.5}]"#.to_owned())
         );
-        assert_eq!(member(reply, "disk").expect("object"), None);
+        assert_eq!(text(member(reply, "disk").expect("object")), None);
         // An escaped name is compared unescaped; a repeated one keeps the last.
         assert_eq!(
-            member(r#"{"c\u0070u":1,"cpu":2,"cpu":3}"#, "cpu").expect("object"),
-            Some(json!(3))
+            text(member(r#"{"c\u0070u":1,"cpu":2,"cpu":3}"#, "cpu").expect("object")),
+            Some("3".to_owned())
         );
+        // The member's text is kept as the sub-agent wrote it, surrounding blanks aside.
+        assert_eq!(
+            text(member("{ \"cpu\" : [ 1 ,2 ] }", "cpu").expect("object")),
+            Some("[ 1 ,2 ]".to_owned())
+        );
+        assert!(member(r#"{"cpu":[1,}"#, "cpu").is_err());
         assert!(member(r#"{"cpu":1"#, "cpu").is_err());
         assert!(member(r#"{"cpu":1} x"#, "cpu").is_err());
         assert!(member("[1]", "cpu").is_err());

@@ -101,15 +101,7 @@ pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Respon
     match serde_json::to_vec(body) {
         Ok(mut bytes) => {
             bytes.push(b'\n');
-            (
-                status,
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                )],
-                bytes,
-            )
-                .into_response()
+            json_bytes(status, bytes)
         }
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -117,6 +109,28 @@ pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Respon
         )
             .into_response(),
     }
+}
+
+/// A JSON response from JSON text already checked (a sub-agent's reply, copied as it
+/// came): the text and Go's trailing newline, nothing parsed or built.
+pub fn json_text_response(status: StatusCode, text: &serde_json::value::RawValue) -> Response {
+    let text = text.get().as_bytes();
+    let mut bytes = Vec::with_capacity(text.len() + 1);
+    bytes.extend_from_slice(text);
+    bytes.push(b'\n');
+    json_bytes(status, bytes)
+}
+
+fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        bytes,
+    )
+        .into_response()
 }
 
 impl IntoResponse for AgentError {

@@ -24,6 +24,7 @@ use bytes::Bytes;
 use mistify_client::{Guest, Job, JobStatus};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::error::AgentError;
 
@@ -50,8 +51,9 @@ pub struct Store {
     /// To the group-commit writer thread; `None` once dropping.
     writes: Option<mpsc::Sender<Box<dyn GroupWrite>>>,
     writer: Option<JoinHandle<()>>,
-    /// Every guest as its JSON (a few hundred bytes each; parsed when asked for).
-    guests: RwLock<BTreeMap<String, Bytes>>,
+    /// Every guest as its JSON (a few hundred bytes each; parsed when asked for),
+    /// written by `serde_json` from a `Guest`: valid JSON, never checked again.
+    guests: RwLock<BTreeMap<String, Arc<RawValue>>>,
     /// Serializes guest writes so the memory copy follows the file's order.
     guest_writes: Mutex<()>,
     /// `GET /guests` as sent, rebuilt after a change.
@@ -62,6 +64,13 @@ pub struct Store {
 
 fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, AgentError> {
     serde_json::to_vec(value).map_err(|e| AgentError::Internal(format!("encoding: {e}")))
+}
+
+/// A guest's JSON as `serde_json` writes it (kept in memory, written to the file).
+fn guest_raw(guest: &Guest) -> Result<Arc<RawValue>, AgentError> {
+    serde_json::value::to_raw_value(guest)
+        .map(Arc::from)
+        .map_err(|e| AgentError::Internal(format!("encoding: {e}")))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, AgentError> {
@@ -114,7 +123,7 @@ impl Store {
                 let (k, v) = entry?;
                 // Checked once here; the bytes are what `GET /guests` sends.
                 let guest: Guest = parse(v.value(), "guest")?;
-                guests.insert(k.value().to_string(), Bytes::from(json(&guest)?));
+                guests.insert(k.value().to_string(), guest_raw(&guest)?);
             }
         }
         let db = Arc::new(db);
@@ -175,14 +184,14 @@ impl Store {
             if guests.is_empty() {
                 Bytes::from_static(b"null\n")
             } else {
-                let size: usize = guests.values().map(|g| g.len() + 1).sum();
+                let size: usize = guests.values().map(|g| g.get().len() + 1).sum();
                 let mut out = Vec::with_capacity(size + 2);
                 out.push(b'[');
                 for (i, guest) in guests.values().enumerate() {
                     if i > 0 {
                         out.push(b',');
                     }
-                    out.extend_from_slice(guest);
+                    out.extend_from_slice(guest.get().as_bytes());
                 }
                 out.extend_from_slice(b"]\n");
                 Bytes::from(out)
@@ -210,14 +219,14 @@ impl Store {
     }
 
     /// Guest `id` as its stored JSON (for requests that only pass it on).
-    pub fn guest_json(&self, id: &str) -> Option<Bytes> {
+    pub fn guest_json(&self, id: &str) -> Option<Arc<RawValue>> {
         self.guests.read().ok().and_then(|g| g.get(id).cloned())
     }
 
     /// Guest `id`, parsed from its stored JSON.
     pub fn guest(&self, id: &str) -> Option<Arc<Guest>> {
-        let bytes = self.guests.read().ok().and_then(|g| g.get(id).cloned())?;
-        match serde_json::from_slice::<Guest>(&bytes) {
+        let raw = self.guests.read().ok().and_then(|g| g.get(id).cloned())?;
+        match serde_json::from_str::<Guest>(raw.get()) {
             Ok(guest) => Some(Arc::new(guest)),
             Err(e) => {
                 // Written by `json` above: cannot happen short of memory corruption.
@@ -250,13 +259,13 @@ impl Store {
         if only_new && self.has_guest(&guest.id) {
             return Ok(false);
         }
-        let bytes = json(guest)?;
+        let raw = guest_raw(guest)?;
         let txn = self.db.begin_write()?;
         txn.open_table(GUESTS)?
-            .insert(guest.id.as_str(), bytes.as_slice())?;
+            .insert(guest.id.as_str(), raw.get().as_bytes())?;
         txn.commit()?;
         if let Ok(mut g) = self.guests.write() {
-            g.insert(guest.id.clone(), Bytes::from(bytes));
+            g.insert(guest.id.clone(), raw);
         }
         self.invalidate_list();
         Ok(true)
@@ -270,19 +279,19 @@ impl Store {
             .map_err(|_| AgentError::Internal("guest lock poisoned".into()))?;
         let encoded = guests
             .iter()
-            .map(|g| json(g).map(|b| (g.id.clone(), b)))
+            .map(|g| guest_raw(g).map(|b| (g.id.clone(), b)))
             .collect::<Result<Vec<_>, _>>()?;
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(GUESTS)?;
             for (id, bytes) in &encoded {
-                table.insert(id.as_str(), bytes.as_slice())?;
+                table.insert(id.as_str(), bytes.get().as_bytes())?;
             }
         }
         txn.commit()?;
         if let Ok(mut g) = self.guests.write() {
             for (id, bytes) in encoded {
-                g.insert(id, Bytes::from(bytes));
+                g.insert(id, bytes);
             }
         }
         self.invalidate_list();

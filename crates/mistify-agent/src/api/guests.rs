@@ -8,12 +8,11 @@ use axum::extract::{Path, Query, RawPathParams, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mistify_client::{Guest, JobStatus};
-use serde_json::value::RawValue;
 
 use super::{accepted, check_id, decode, pipeline_id, read_body, with_job_id, AppState};
 use crate::agent::{derived_mac, Agent, Work};
 use crate::config::prefixed;
-use crate::error::{json_response, AgentError};
+use crate::error::{json_response, json_text_response, AgentError};
 use crate::runner::Runner;
 
 /// The guest `id` and its runner: 404 `not found` for an unknown guest.
@@ -176,10 +175,9 @@ pub async fn metrics(
         }
     }
     check_id("guest id", id)?;
-    // The stored JSON goes into the request as it is: no parse into a `Guest` and back.
-    let stored = agent.store.guest_json(id).ok_or(AgentError::NotFound)?;
-    let guest: &RawValue = serde_json::from_slice(&stored)
-        .map_err(|e| AgentError::Internal(format!("unreadable stored guest {id}: {e}")))?;
+    // The stored JSON goes into the request as it is: no parse into a `Guest` and back,
+    // no second check of what `serde_json` wrote.
+    let guest = agent.store.guest_json(id).ok_or(AgentError::NotFound)?;
     let runner = agent
         .runner(id)
         .ok_or_else(|| AgentError::Internal("guest runner not found".into()))?;
@@ -193,11 +191,11 @@ pub async fn metrics(
     let job_id = pipeline_id();
     let result = async {
         let _slot = runner.info_slot().await?;
-        agent.run_metrics(action, guest, kind).await
+        agent.run_metrics(action, &guest, kind).await
     }
     .await;
     let response = match result {
-        Ok(part) => json_response(StatusCode::OK, &part),
+        Ok(part) => json_text_response(StatusCode::OK, &part),
         Err(e) => axum::response::IntoResponse::into_response(e),
     };
     Ok(with_job_id(response, &job_id))
