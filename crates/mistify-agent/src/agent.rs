@@ -383,37 +383,25 @@ impl Agent {
         }
         if let [stage] = def.stages.as_slice() {
             // One stage (every shipped config): the `kind` member of its result is
-            // checked and copied as the sub-agent wrote it; the guest it echoes is
-            // skipped unread, and nothing is built.
+            // taken while the reply is decoded, as the sub-agent wrote it; the guest
+            // it echoes is skipped, and nothing is built.
             let request = MetricsRequest {
                 guest,
                 kind,
                 args: &stage.args,
             };
-            let raw = match self
-                .call_stage_with(stage, &request, |raw| {
-                    if raw.get().starts_with('{') {
-                        member(raw.get(), kind)
-                            .map(|part| Ok(part.unwrap_or(RawValue::NULL).to_owned()))
-                            .map_err(|e| format!("unreadable result: {e}"))
-                    } else {
-                        Ok(Err(raw.to_owned()))
-                    }
-                })
-                .await?
-            {
-                Ok(part) => return Ok(part),
-                Err(raw) => raw,
-            };
-            // Not an object: read as every other result is.
-            let mut response = json!({"guest": null, "type": ""});
-            merge(
-                &mut response,
-                serde_json::from_str(raw.get()).map_err(|e| {
-                    AgentError::Stage(format!("{}: unreadable result: {e}", stage.method))
-                })?,
+            let service = self.service(stage)?;
+            let start = Instant::now();
+            let result = service
+                .call_seed(&stage.method, &request, Member(kind))
+                .await;
+            self.metrics.rpc_latency(
+                &stage.service,
+                &stage.method,
+                start.elapsed(),
+                result.is_ok(),
             );
-            return raw_member(response, kind);
+            return Ok(result?);
         }
         let mut response = json!({"guest": null, "type": ""});
         for stage in &def.stages {
@@ -803,81 +791,131 @@ fn raw_member(mut response: Value, key: &str) -> Result<Box<RawValue>, AgentErro
     }
 }
 
-/// The member `key` of the JSON object `text` (the last one if repeated, as a map would
-/// keep it), checked and borrowed where it lies; the other members are skipped
-/// without being built or copied.
-fn member<'a>(text: &'a str, key: &str) -> Result<Option<&'a RawValue>, serde_json::Error> {
-    use serde::de::{DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, Visitor};
-    use std::fmt;
+/// Reads the member `.0` of a JSON object (the last one if repeated, as a map would
+/// keep it) as its JSON text, checked but not parsed into values; the other members
+/// are skipped without being built or copied. Anything but an object, and an object
+/// without the member, read as `null` (what merging the result into Go's response
+/// struct and taking the member gave).
+struct Member<'k>(&'k str);
 
-    /// Whether a map key equals `.0`, compared where it lies (no `String` per key).
-    struct KeyIs<'k>(&'k str);
-    impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
-        type Value = bool;
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-            d.deserialize_str(self)
-        }
+impl<'de> serde::de::DeserializeSeed<'de> for Member<'_> {
+    type Value = Box<RawValue>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
     }
-    impl Visitor<'_> for KeyIs<'_> {
-        type Value = bool;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a member name")
-        }
-        fn visit_str<E>(self, v: &str) -> Result<bool, E> {
-            Ok(v == self.0)
-        }
+}
+
+impl<'de> serde::de::Visitor<'de> for Member<'_> {
+    type Value = Box<RawValue>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
     }
-    struct Member<'k>(&'k str);
-    impl<'de> Visitor<'de> for Member<'_> {
-        type Value = Option<&'de RawValue>;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut found = None;
-            while let Some(hit) = map.next_key_seed(KeyIs(self.0))? {
-                if hit {
-                    found = Some(map.next_value::<&'de RawValue>()?);
-                } else {
-                    map.next_value::<IgnoredAny>()?;
-                }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(hit) = map.next_key_seed(KeyIs(self.0))? {
+            if hit {
+                found = Some(map.next_value::<&'de RawValue>()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
             }
-            Ok(found)
         }
+        Ok(found.unwrap_or(RawValue::NULL).to_owned())
     }
-    let mut de = serde_json::Deserializer::from_str(text);
-    let found = (&mut de).deserialize_map(Member(key))?;
-    de.end()?;
-    Ok(found)
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(RawValue::NULL.to_owned())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(RawValue::NULL.to_owned())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(RawValue::NULL.to_owned())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(RawValue::NULL.to_owned())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(RawValue::NULL.to_owned())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(RawValue::NULL.to_owned())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(RawValue::NULL.to_owned())
+    }
+}
+
+/// Whether a map key equals `.0`, compared where it lies (no `String` per key).
+struct KeyIs<'k>(&'k str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for KeyIs<'_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a member name")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<bool, E> {
+        Ok(v == self.0)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{derived_mac, member};
+    use super::{derived_mac, Member};
 
     #[test]
     fn a_member_is_found_where_it_lies() {
+        use serde::de::DeserializeSeed;
+        fn member(text: &str, key: &str) -> Result<String, serde_json::Error> {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let raw = Member(key).deserialize(&mut de)?;
+            de.end()?;
+            Ok(raw.get().to_owned())
+        }
         let reply = r#"{"guest":{"id":"g","nics":[{"mac":"02:00"}],"x":[[1],{"y":"\"z"}]},"type":"cpu","cpu":[{"cpu_time":1.5}]}"#;
-        let text = |m: Option<&serde_json::value::RawValue>| m.map(|r| r.get().to_owned());
         assert_eq!(
-            text(member(reply, "cpu").expect("object")),
-            Some(r#"[{"cpu_time":1.5}]"#.to_owned())
+            member(reply, "cpu").expect("object"),
+            r#"[{"cpu_time":1.5}]"#
         );
-        assert_eq!(text(member(reply, "disk").expect("object")), None);
+        assert_eq!(member(reply, "disk").expect("object"), "null");
         // An escaped name is compared unescaped; a repeated one keeps the last.
         assert_eq!(
-            text(member(r#"{"c\u0070u":1,"cpu":2,"cpu":3}"#, "cpu").expect("object")),
-            Some("3".to_owned())
+            member(r#"{"c\u0070u":1,"cpu":2,"cpu":3}"#, "cpu").expect("object"),
+            "3"
         );
         // The member's text is kept as the sub-agent wrote it, surrounding blanks aside.
         assert_eq!(
-            text(member("{ \"cpu\" : [ 1 ,2 ] }", "cpu").expect("object")),
-            Some("[ 1 ,2 ]".to_owned())
+            member("{ \"cpu\" : [ 1 ,2 ] }", "cpu").expect("object"),
+            "[ 1 ,2 ]"
         );
-        assert!(member(r#"{"cpu":[1,}"#, "cpu").is_err());
-        assert!(member(r#"{"cpu":1"#, "cpu").is_err());
-        assert!(member(r#"{"cpu":1} x"#, "cpu").is_err());
-        assert!(member("[1]", "cpu").is_err());
+        // Anything but an object has no member.
+        for other in [
+            "[1,{\"cpu\":1}]",
+            "\"cpu\"",
+            "1",
+            "-1",
+            "1.5",
+            "true",
+            "null",
+        ] {
+            assert_eq!(member(other, "cpu").expect(other), "null", "{other}");
+        }
+        // Bad JSON anywhere is refused, in the member or in what is skipped.
+        for bad in [
+            r#"{"cpu":[1,}"#,
+            r#"{"cpu":1"#,
+            r#"{"cpu":1} x"#,
+            r#"{"guest":{"id":},"cpu":1}"#,
+            "[1,]",
+        ] {
+            assert!(member(bad, "cpu").is_err(), "{bad}");
+        }
     }
 
     #[test]

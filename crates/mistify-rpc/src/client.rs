@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::header::{HeaderMap, CONTENT_ENCODING, CONTENT_TYPE};
 use reqwest::StatusCode;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::io::AsyncReadExt;
@@ -307,6 +307,75 @@ struct Reply<'a> {
     error: Option<&'a RawValue>,
 }
 
+/// A reply decoded with the caller's seed run on its `result` in place: (result,
+/// error), either absent when missing or `null`. Other members (`id`, `jsonrpc`) are
+/// skipped; a repeated `result` is refused, as the derived `Reply` refuses it.
+struct ReplySeed<S>(S);
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for ReplySeed<S> {
+    type Value = (Option<S::Value>, Option<&'de RawValue>);
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for ReplySeed<S> {
+    type Value = (Option<S::Value>, Option<&'de RawValue>);
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON-RPC reply object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "lowercase")]
+        enum Field {
+            Result,
+            Error,
+            #[serde(other)]
+            Other,
+        }
+        let (mut seed, mut result, mut error) = (Some(self.0), None, None);
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Result => match seed.take() {
+                    Some(seed) => result = map.next_value_seed(OptionSeed(seed))?,
+                    None => return Err(serde::de::Error::duplicate_field("result")),
+                },
+                Field::Error => error = map.next_value::<Option<&'de RawValue>>()?,
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok((result, error))
+    }
+}
+
+/// `null` as `None`, anything else read by the seed.
+struct OptionSeed<S>(S);
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for OptionSeed<S> {
+    type Value = Option<S::Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for OptionSeed<S> {
+    type Value = Option<S::Value>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a result or null")
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        self.0.deserialize(d).map(Some)
+    }
+}
+
 #[derive(Deserialize)]
 struct V2Error {
     #[serde(default)]
@@ -444,28 +513,99 @@ impl Service {
     where
         P: Serialize + ?Sized,
     {
+        self.call_timed(method, params, |bytes| {
+            let reply: Reply = serde_json::from_slice(bytes)
+                .map_err(|e| self.decode_error(method, format!("cannot decode the reply: {e}")))?;
+            if reply.error.is_some() {
+                return self.settle(method, reply.error, None);
+            }
+            let result = reply
+                .result
+                .map(read)
+                .transpose()
+                .map_err(|message| self.decode_error(method, message))?;
+            self.settle(method, None, result)
+        })
+        .await
+    }
+
+    /// Calls `method` and reads its `result` with `seed` while the reply is decoded:
+    /// one pass over the reply, however much of the result the seed skips. A `null` or
+    /// missing result is [`RpcError::NullResult`], as with the other calls; what the
+    /// seed refuses is a decode error of this call.
+    pub async fn call_seed<P, S, R>(&self, method: &str, params: &P, seed: S) -> Result<R, RpcError>
+    where
+        P: Serialize + ?Sized,
+        S: for<'de> DeserializeSeed<'de, Value = R>,
+    {
+        self.call_timed(method, params, |bytes| {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let (result, error) = ReplySeed(seed)
+                .deserialize(&mut de)
+                .and_then(|reply| de.end().map(|()| reply))
+                .map_err(|e| self.decode_error(method, format!("cannot decode the reply: {e}")))?;
+            self.settle(method, error, result)
+        })
+        .await
+    }
+
+    async fn call_timed<P, R>(
+        &self,
+        method: &str,
+        params: &P,
+        decode: impl FnOnce(&[u8]) -> Result<R, RpcError>,
+    ) -> Result<R, RpcError>
+    where
+        P: Serialize + ?Sized,
+    {
         let timeout = self.inner.config.timeout;
-        match tokio::time::timeout(timeout, self.call_inner(method, params, read)).await {
+        match tokio::time::timeout(timeout, self.call_inner(method, params, decode)).await {
             Ok(result) => result,
             Err(_) => Err(self.timeout_error(method, timeout)),
         }
+    }
+
+    fn decode_error(&self, method: &str, message: String) -> RpcError {
+        RpcError::Decode {
+            service: self.inner.name.clone(),
+            method: method.to_string(),
+            message,
+        }
+    }
+
+    /// A decoded reply's outcome: its error if it has one, else its result.
+    fn settle<R>(
+        &self,
+        method: &str,
+        error: Option<&RawValue>,
+        result: Option<R>,
+    ) -> Result<R, RpcError> {
+        if let Some(error) = error {
+            let (message, code) = remote_message(error);
+            return Err(RpcError::Remote {
+                service: self.inner.name.clone(),
+                method: method.to_string(),
+                message,
+                code,
+            });
+        }
+        result.ok_or_else(|| RpcError::NullResult {
+            service: self.inner.name.clone(),
+            method: method.to_string(),
+        })
     }
 
     async fn call_inner<P, R>(
         &self,
         method: &str,
         params: &P,
-        read: impl FnOnce(&RawValue) -> Result<R, String>,
+        decode: impl FnOnce(&[u8]) -> Result<R, RpcError>,
     ) -> Result<R, RpcError>
     where
         P: Serialize + ?Sized,
     {
         let name = &self.inner.name;
-        let decode_err = |message: String| RpcError::Decode {
-            service: name.clone(),
-            method: method.to_string(),
-            message,
-        };
+        let decode_err = |message: String| self.decode_error(method, message);
         let body = serde_json::to_vec(&Envelope {
             jsonrpc: "2.0",
             method,
@@ -517,24 +657,7 @@ impl Service {
                 body: String::from_utf8_lossy(&bytes).trim_end().to_string(),
             });
         }
-        let reply: Reply = serde_json::from_slice(&bytes)
-            .map_err(|e| decode_err(format!("cannot decode the reply: {e}")))?;
-        if let Some(error) = reply.error {
-            let (message, code) = remote_message(error);
-            return Err(RpcError::Remote {
-                service: name.clone(),
-                method: method.to_string(),
-                message,
-                code,
-            });
-        }
-        match reply.result {
-            Some(result) => read(result).map_err(decode_err),
-            None => Err(RpcError::NullResult {
-                service: name.clone(),
-                method: method.to_string(),
-            }),
-        }
+        decode(&bytes)
     }
 
     /// A Stream call: POSTs the bare `params` JSON (no envelope) to the service URL and

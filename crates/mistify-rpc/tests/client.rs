@@ -456,3 +456,66 @@ async fn streams_carry_the_token_decode_gzip_and_name_a_down_service() {
         "{err}"
     );
 }
+
+/// `call_seed` decodes the result while it reads the reply, and ends every reply shape
+/// as `call` does: result, remote error of either dialect, null or missing result,
+/// non-JSON; and a repeated `result` or trailing bytes are decode errors for both.
+#[tokio::test]
+async fn call_seed_ends_every_reply_as_call_does() {
+    let bodies = [
+        r#"{"result":{"guest":{"id":"v1"}},"error":null,"id":1}"#,
+        r#"{"id":1,"error":null,"result":{"guest":{"id":"v1b"}}}"#,
+        r#"{"jsonrpc":"2.0","result":{"guest":{"id":"v2"}},"id":1}"#,
+        r#"{"result":null,"error":"v1 failure","id":1}"#,
+        r#"{"jsonrpc":"2.0","error":{"code":-32000,"message":"v2 failure"},"id":1}"#,
+        r#"{"result":null,"error":null,"id":1}"#,
+        r#"{"id":1}"#,
+        r#"{"error":{"weird":true},"id":1}"#,
+        r#"{"result":{"guest":{"id":"a"}},"result":{"guest":{"id":"b"}},"id":1}"#,
+        r#"{"result":{"guest":{"id":"v1"}},"error":null,"id":1} x"#,
+        r#"{"result":{"guest":{"id":1}},"error":null,"id":1}"#,
+        "<html>",
+    ];
+    let mut outcomes = Vec::new();
+    for body in bodies {
+        let (url, task) = canned(200, body).await;
+        let service = Client::new().service("x", ServiceConfig::url(url));
+        let call = service
+            .call::<_, GuestResponse>("X.Y", &guest_request("g"))
+            .await;
+        let seed = service
+            .call_seed(
+                "X.Y",
+                &guest_request("g"),
+                std::marker::PhantomData::<GuestResponse>,
+            )
+            .await;
+        // Decode messages are serde's and differ in wording between the two.
+        let show = |r: &Result<GuestResponse, RpcError>| match r {
+            Ok(reply) => Ok(reply.guest.as_ref().map(|g| g.id.clone())),
+            Err(RpcError::Decode { .. }) => Err("decode".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(show(&seed), show(&call), "{body}");
+        outcomes.push(show(&seed));
+        task.abort();
+    }
+    let decode = Err("decode".to_string());
+    assert_eq!(
+        outcomes,
+        [
+            Ok(Some("v1".into())),
+            Ok(Some("v1b".into())),
+            Ok(Some("v2".into())),
+            Err("v1 failure".into()),
+            Err("v2 failure".into()),
+            Err("result is null".into()),
+            Err("result is null".into()),
+            Err(r#"{"weird":true}"#.into()),
+            decode.clone(),
+            decode.clone(),
+            decode.clone(),
+            decode,
+        ]
+    );
+}
