@@ -280,20 +280,34 @@ impl Agent {
         stage: &StageDef,
         request: &impl Serialize,
     ) -> Result<Box<serde_json::value::RawValue>, AgentError> {
-        self.call_stage_with(stage, request, |raw| Ok(raw.to_owned()))
+        let service = self.service(stage)?;
+        self.timed(stage, service.call_raw(&stage.method, request))
             .await
     }
 
-    /// One stage's call, its result read by `read` where it lies in the reply.
-    async fn call_stage_with<R>(
+    /// One stage's call, its result read by `seed` while the reply is decoded.
+    async fn call_stage_seed<S, R>(
         &self,
         stage: &StageDef,
         request: &impl Serialize,
-        read: impl FnOnce(&serde_json::value::RawValue) -> Result<R, String>,
-    ) -> Result<R, AgentError> {
+        seed: S,
+    ) -> Result<R, AgentError>
+    where
+        S: for<'de> serde::de::DeserializeSeed<'de, Value = R>,
+    {
         let service = self.service(stage)?;
+        self.timed(stage, service.call_seed(&stage.method, request, seed))
+            .await
+    }
+
+    /// A stage's call, its latency recorded by service and method.
+    async fn timed<R>(
+        &self,
+        stage: &StageDef,
+        call: impl std::future::Future<Output = Result<R, RpcError>>,
+    ) -> Result<R, AgentError> {
         let start = Instant::now();
-        let result = service.call_with(&stage.method, request, read).await;
+        let result = call.await;
         self.metrics.rpc_latency(
             &stage.service,
             &stage.method,
@@ -390,18 +404,7 @@ impl Agent {
                 kind,
                 args: &stage.args,
             };
-            let service = self.service(stage)?;
-            let start = Instant::now();
-            let result = service
-                .call_seed(&stage.method, &request, Member(kind))
-                .await;
-            self.metrics.rpc_latency(
-                &stage.service,
-                &stage.method,
-                start.elapsed(),
-                result.is_ok(),
-            );
-            return Ok(result?);
+            return self.call_stage_seed(stage, &request, Member(kind)).await;
         }
         let mut response = json!({"guest": null, "type": ""});
         for stage in &def.stages {
@@ -794,8 +797,7 @@ fn raw_member(mut response: Value, key: &str) -> Result<Box<RawValue>, AgentErro
 /// Reads the member `.0` of a JSON object (the last one if repeated, as a map would
 /// keep it) as its JSON text, checked but not parsed into values; the other members
 /// are skipped without being built or copied. Anything but an object, and an object
-/// without the member, read as `null` (what merging the result into Go's response
-/// struct and taking the member gave).
+/// without the member, read as `null`, as the multi-stage path reads them.
 struct Member<'k>(&'k str);
 
 impl<'de> serde::de::DeserializeSeed<'de> for Member<'_> {
