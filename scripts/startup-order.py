@@ -15,7 +15,8 @@ the kernel maps in around each page fault (see "Memory" in docs/agent.md).
     scripts/startup-order.py check    how many of order.ld's patterns name a function
                                       of target/release/mistify-agent
 
-STARTUP_ORDER_PREBUILT=1 skips the build. Needs valgrind.
+STARTUP_ORDER_PREBUILT=1 skips the build; STARTUP_ORDER_KEEP=1 keeps the temporary
+directory (config, store, callgrind dumps). Needs valgrind.
 """
 import json
 import os
