@@ -2,8 +2,8 @@
 //! configured action pipelines of JSON-RPC stages to sub-agents, per-guest runners, and
 //! the durable job log.
 //!
-//! [`run`] is what the binary does; [`Agent::start`] and [`api::router`] let tests and
-//! embedders assemble the same pieces.
+//! [`run`] is what the binary does; [`Agent::start`] and [`api::router`] (or
+//! [`api::service`]) let tests and embedders assemble the same pieces.
 
 pub mod agent;
 pub mod api;
@@ -41,13 +41,7 @@ pub async fn serve_with(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let mut app = api::router(agent.clone());
-    if let Some(auth) = auth {
-        app = app.layer(axum::middleware::from_fn_with_state(
-            auth,
-            auth::require_token,
-        ));
-    }
+    let app = api::service(agent.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drainer = agent.clone();
     tokio::spawn(async move {
@@ -58,6 +52,25 @@ pub async fn serve_with(
     let stopped = async {
         let _ = stop_rx.await;
     };
+    match auth {
+        Some(auth) => {
+            let app = tower::Layer::layer(
+                &axum::middleware::from_fn_with_state(auth, auth::require_token),
+                app,
+            );
+            serve_app(&agent, listener, app, stopped).await
+        }
+        None => serve_app(&agent, listener, app, stopped).await,
+    }
+}
+
+/// Serves `app` over HTTP or, with the agent's TLS settings, HTTPS.
+async fn serve_app<S: mistify_rpc::http::App>(
+    agent: &Agent,
+    listener: tokio::net::TcpListener,
+    app: S,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let limits = agent.limits.clone();
     match agent.tls.clone() {
         Some(tls) => {

@@ -342,3 +342,95 @@ async fn routing_details_metrics_and_openapi() {
         mistify_agent::openapi::document()
     );
 }
+
+/// `GET /guests/{id}/metrics/{kind}` is answered in front of the router when its path
+/// needs no decoding. Each plain path here has an encoded twin that the router answers:
+/// both give the same status, body and headers, and `/metrics` counts them under the
+/// same route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_answer_alike_in_front_of_the_router_and_through_it() {
+    let s = setup().await;
+    let id = s.new_guest(Guest::default()).await.id;
+    let base = s.agent.url();
+    // `%2D` is `-`, `%70` is `p`, `%40` is `@`, `%6F` is `o`.
+    let encoded_id = id.replacen('-', "%2D", 1);
+    let mut oks = 0;
+    for ((plain, encoded), status) in [
+        (
+            (
+                format!("{id}/metrics/cpu"),
+                format!("{encoded_id}/metrics/cpu"),
+            ),
+            200,
+        ),
+        (
+            (format!("{id}/metrics/cpu"), format!("{id}/metrics/c%70u")),
+            200,
+        ),
+        (
+            (format!("{id}/metrics/gpu"), format!("{id}/metrics/g%70u")),
+            404,
+        ),
+        (("a@b/metrics/cpu".into(), "a%40b/metrics/cpu".into()), 400),
+        (
+            ("nope/metrics/cpu".into(), "n%6Fpe/metrics/cpu".into()),
+            404,
+        ),
+    ] {
+        let (a_status, a_headers, a_body) =
+            raw("GET", &format!("{base}/guests/{plain}"), None).await;
+        let (b_status, b_headers, b_body) =
+            raw("GET", &format!("{base}/guests/{encoded}"), None).await;
+        assert_eq!(
+            (a_status, &a_body),
+            (status, &b_body),
+            "{plain} / {encoded}"
+        );
+        assert_eq!(b_status, status, "{encoded}");
+        for name in ["content-type", "content-length", "vary"] {
+            assert_eq!(
+                a_headers.get(name),
+                b_headers.get(name),
+                "{name} of {plain}"
+            );
+        }
+        assert_eq!(
+            a_headers.contains_key("x-guest-job-id"),
+            b_headers.contains_key("x-guest-job-id"),
+            "{plain}"
+        );
+        if status == 200 {
+            assert!(a_headers.contains_key("x-guest-job-id"), "{plain}");
+            oks += 2;
+        }
+    }
+    // The router still answers what it answered: HEAD, other methods, a trailing slash.
+    let (status, _, body) = raw("HEAD", &format!("{base}/guests/{id}/metrics/cpu"), None).await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    let (status, _, _) = raw("POST", &format!("{base}/guests/{id}/metrics/cpu"), None).await;
+    assert_eq!(status, 405);
+    assert_eq!(s.control.count("Fake.CPUMetrics"), 4 + 1);
+
+    let (_, _, text) = raw("GET", &format!("{base}/metrics"), None).await;
+    for (line, count) in [
+        (
+            "method=\"GET\",route=\"/guests/{id}/metrics/{kind}\",status=\"200\"",
+            oks,
+        ),
+        (
+            "method=\"GET\",route=\"/guests/{id}/metrics/{kind}\",status=\"404\"",
+            4,
+        ),
+        (
+            "method=\"GET\",route=\"/guests/{id}/metrics/{kind}\",status=\"400\"",
+            2,
+        ),
+        (
+            "method=\"HEAD\",route=\"/guests/{id}/metrics/{kind}\",status=\"200\"",
+            1,
+        ),
+    ] {
+        let needle = format!("mistify_agent_http_requests_total{{{line}}} {count}\n");
+        assert!(text.contains(&needle), "{needle} in\n{text}");
+    }
+}

@@ -21,27 +21,54 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tower::Layer as _;
 use tower_http::compression::CompressionLayer;
 
+/// What the shared layers wrap and [`crate::limits::serve`] serves: an axum `Router`,
+/// or any service answering requests as one.
+pub trait App:
+    tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Put into a response's extensions by the RPC endpoint so the request log names the
 /// RPC method.
 #[derive(Debug, Clone)]
 pub struct RpcMethodName(pub String);
 
-/// Wraps `router` in the shared layers, outermost first: request log, gzip (only when
-/// the client sends `Accept-Encoding: gzip`), panic recovery (500, empty body, as the Go
-/// daemons answered).
+/// Wraps `router` (a [`Router`] or any service answering as one) in the shared layers,
+/// outermost first: request log, gzip (only when the client sends `Accept-Encoding:
+/// gzip`), panic recovery (500, empty body, as the Go daemons answered).
 ///
 /// The layers wrap the router as a whole, as one concrete service, not each route
 /// (`Router::layer` boxes every route once per layer, and axum clones that chain of
 /// boxes on every request). The result is a router again, whose fallback is that
 /// service: one box per request for the whole stack.
-pub fn with_common_layers(router: Router) -> Router {
+pub fn with_common_layers<S: App>(router: S) -> Router {
+    Router::new().fallback_service(common_layers(router))
+}
+
+/// The layers of [`with_common_layers`] around `inner`, as a service of its own rather
+/// than a router: what [`crate::limits::serve`] takes without the router's own work per
+/// request (a route lookup, a boxed service cloned and called).
+pub fn common_layers<S: App>(inner: S) -> impl App {
     let compressed = CompressionLayer::new()
         .gzip(true)
         .no_br()
         .no_deflate()
         .no_zstd()
-        .layer(router);
-    Router::new().fallback_service(Edge { inner: compressed })
+        .layer(inner);
+    Edge { inner: compressed }
 }
 
 /// The outermost layer: panic recovery, Go's `Vary` spelling and, when the

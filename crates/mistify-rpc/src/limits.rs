@@ -1,6 +1,7 @@
 //! The HTTP server every mistify daemon runs, with the same limits everywhere.
 //!
-//! [`serve`] accepts connections on a listener and serves an axum `Router` over HTTP/1.1
+//! [`serve`] accepts connections on a listener and serves an axum `Router` (or any
+//! service answering as one) over HTTP/1.1
 //! with [`Limits`]:
 //!
 //! * request heads larger than `max_header_bytes` are answered `431` and the connection
@@ -28,10 +29,11 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
+
+use crate::http::App;
 
 /// Limits of one daemon's HTTP server (see the module documentation).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,12 +68,13 @@ impl Default for Limits {
     }
 }
 
-/// Serves `router` on `listener` with `limits` until `shutdown` resolves; then stops
-/// accepting, lets the requests in flight finish and closes idle connections. Handlers
-/// can extract `ConnectInfo<SocketAddr>`.
-pub async fn serve(
+/// Serves `router` (an axum `Router`, or any service answering as one) on `listener`
+/// with `limits` until `shutdown` resolves; then stops accepting, lets the requests in
+/// flight finish and closes idle connections. Handlers can extract
+/// `ConnectInfo<SocketAddr>`.
+pub async fn serve<S: App>(
     listener: tokio::net::TcpListener,
-    router: Router,
+    router: S,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -80,9 +83,9 @@ pub async fn serve(
 
 /// As [`serve`], over TLS with `config` (see [`tls_config`]). The handshake must end
 /// within [`Limits::header_timeout`]; a failed one closes the connection (logged at debug).
-pub async fn serve_tls(
+pub async fn serve_tls<S: App>(
     listener: tokio::net::TcpListener,
-    router: Router,
+    router: S,
     limits: Limits,
     config: Arc<rustls::ServerConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -91,9 +94,9 @@ pub async fn serve_tls(
     serve_maybe_tls(listener, router, limits, Some(acceptor), shutdown).await
 }
 
-async fn serve_maybe_tls(
+async fn serve_maybe_tls<S: App>(
     listener: tokio::net::TcpListener,
-    router: Router,
+    router: S,
     limits: Limits,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,

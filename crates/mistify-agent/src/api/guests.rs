@@ -161,12 +161,11 @@ pub async fn action(
     Ok(accepted(&job, &*guest))
 }
 
-/// `GET /guests/{id}/metrics/{kind}`. The path parameters are read where axum keeps
-/// them (`RawPathParams`, already percent-decoded): this is the agent's busiest route.
-pub async fn metrics(
-    State(agent): State<AppState>,
-    params: RawPathParams,
-) -> Result<Response, AgentError> {
+/// `GET /guests/{id}/metrics/{kind}` as a route of the router. The path parameters are
+/// read where axum keeps them (`RawPathParams`, already percent-decoded). Plain paths of
+/// this route, the agent's busiest, do not reach the router: [`super::HotRoutes`]
+/// answers them with [`metrics_of`] directly.
+pub async fn metrics(State(agent): State<AppState>, params: RawPathParams) -> Response {
     let (mut id, mut kind) = ("", "");
     for (name, value) in &params {
         match name {
@@ -174,6 +173,18 @@ pub async fn metrics(
             _ => kind = value,
         }
     }
+    metrics_of(&agent, id, kind).await
+}
+
+/// The answer to `GET /guests/{id}/metrics/{kind}`, errors included.
+pub async fn metrics_of(agent: &Agent, id: &str, kind: &str) -> Response {
+    match metrics_result(agent, id, kind).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn metrics_result(agent: &Agent, id: &str, kind: &str) -> Result<Response, AgentError> {
     check_id("guest id", id)?;
     // The stored JSON goes into the request as it is: no parse into a `Guest` and back,
     // no second check of what `serde_json` wrote.
@@ -196,7 +207,7 @@ pub async fn metrics(
     .await;
     let response = match result {
         Ok(part) => json_text_response(StatusCode::OK, &part),
-        Err(e) => axum::response::IntoResponse::into_response(e),
+        Err(e) => e.into_response(),
     };
     Ok(with_job_id(response, &job_id))
 }

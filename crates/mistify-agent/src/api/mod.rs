@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -37,6 +38,17 @@ pub type AppState = Arc<Agent>;
 
 /// The agent's complete router with its middleware.
 pub fn router(agent: Arc<Agent>) -> Router {
+    mistify_rpc::http::with_common_layers(routes(agent))
+}
+
+/// The same as [`router`] as a plain service: what the agent serves (one router fewer
+/// to pass through per request).
+pub fn service(agent: Arc<Agent>) -> impl mistify_rpc::http::App {
+    mistify_rpc::http::common_layers(routes(agent))
+}
+
+/// The routes, without the shared layers.
+fn routes(agent: Arc<Agent>) -> HotRoutes {
     let snapshot_routes = |prefix: &str| {
         Router::new()
             .route(
@@ -83,8 +95,82 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .method_not_allowed_fallback(|| async { AgentError::MethodNotAllowed.into_response() })
         .fallback(not_found_or_strict_slash)
         .layer(CountAndGateLayer(agent.clone()))
-        .with_state(agent);
-    mistify_rpc::http::with_common_layers(api)
+        .with_state(agent.clone());
+    HotRoutes { agent, router: api }
+}
+
+/// The route template of the metrics route, as `/metrics` labels it.
+const METRICS_ROUTE: &str = "/guests/{id}/metrics/{kind}";
+
+/// The router, with `GET /guests/{id}/metrics/{kind}` answered in front of it.
+///
+/// That route is the agent's busiest (a controller polls every guest), and the router's
+/// own work for it (matching, the path parameters decoded into a map, the matched path
+/// kept, a route service cloned) cost as many instructions as the rest of the request
+/// handling. A path this service answers is one the router would give to the same
+/// handler: `GET`, two non-empty parameters, no `/` in them, nothing percent-encoded
+/// (every other path, `HEAD` included, goes to the router). It counts the request
+/// under the same route label and, being a `GET`, is never refused while draining, as
+/// [`CountAndGate`] does.
+#[derive(Clone)]
+struct HotRoutes {
+    agent: AppState,
+    router: Router,
+}
+
+type HotFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl tower::Service<Request> for HotRoutes {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures::future::Either<HotFuture, <Router as tower::Service<Request>>::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        tower::Service::<Request>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let hot = match request.method() == Method::GET {
+            true => metrics_path(request.uri().path()),
+            false => None,
+        };
+        let Some((id, kind)) = hot else {
+            return futures::future::Either::Right(self.router.call(request));
+        };
+        let agent = self.agent.clone();
+        // The URI shares its bytes with the request head: no copy of the path.
+        let uri = request.into_parts().0.uri;
+        futures::future::Either::Left(Box::pin(async move {
+            let path = uri.path();
+            let response = match (path.get(id), path.get(kind)) {
+                (Some(id), Some(kind)) => guests::metrics_of(&agent, id, kind).await,
+                _ => AgentError::Internal("the path changed".into()).into_response(),
+            };
+            agent
+                .metrics
+                .request("GET", METRICS_ROUTE, response.status().as_u16());
+            Ok(response)
+        }))
+    }
+}
+
+/// Where `id` and `kind` lie in a path the metrics route matches, when neither needs
+/// decoding: `/guests/{id}/metrics/{kind}`, both non-empty, neither holding a `/`, and
+/// no `%` in the path.
+fn metrics_path(path: &str) -> Option<(Range<usize>, Range<usize>)> {
+    const PREFIX: &[u8] = b"/guests/";
+    const MIDDLE: &[u8] = b"/metrics/";
+    let bytes = path.as_bytes();
+    if !bytes.starts_with(PREFIX) || bytes.contains(&b'%') {
+        return None;
+    }
+    let id_end = PREFIX.len() + bytes[PREFIX.len()..].iter().position(|&b| b == b'/')?;
+    let kind_start = id_end + MIDDLE.len();
+    let plain = id_end > PREFIX.len()
+        && bytes[id_end..].starts_with(MIDDLE)
+        && kind_start < bytes.len()
+        && !bytes[kind_start..].contains(&b'/');
+    plain.then_some((PREFIX.len()..id_end, kind_start..bytes.len()))
 }
 
 /// What no route matched: a path with a trailing slash answers 301 to the path without
@@ -216,13 +302,15 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for Counted<F> {
 /// number check: an unknown well-formed id is simply not found. (`openapi::id_pattern`
 /// says the same to clients.)
 pub fn check_id(what: &str, id: &str) -> Result<(), AgentError> {
-    let bad = id.is_empty()
-        || id == "."
-        || id.len() > 256
-        || id.contains("..")
-        || id.chars().any(|c| {
-            c == '/' || c == '@' || c == ';' || c == '\\' || c.is_whitespace() || c.is_control()
-        });
+    let unsafe_char =
+        |c: char| matches!(c, '/' | '@' | ';' | '\\') || c.is_whitespace() || c.is_control();
+    // Byte by byte while the id is ASCII (ids are UUIDs and names), by `char` otherwise.
+    let unsafe_chars = if id.is_ascii() {
+        id.bytes().any(|b| unsafe_char(b as char))
+    } else {
+        id.chars().any(unsafe_char)
+    };
+    let bad = id.is_empty() || id == "." || id.len() > 256 || id.contains("..") || unsafe_chars;
     if bad {
         return Err(AgentError::BadRequest(format!("invalid {what} {id:?}")));
     }
@@ -283,20 +371,71 @@ pub fn accepted(job_id: &str, body: &impl serde::Serialize) -> Response {
 
 /// A fresh id for the header of an Info or Stream pipeline (never logged as a job).
 pub fn pipeline_id() -> String {
-    // A version 4 UUID from the thread's generator: no system call per request.
+    // A version 4 UUID from the thread's generator: no system call per request; written
+    // by the encoder, not through `Display`.
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     uuid::Builder::from_random_bytes(rand::random())
         .into_uuid()
-        .to_string()
+        .hyphenated()
+        .encode_lower(&mut text)
+        .to_owned()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::check_id;
+    use super::{check_id, metrics_path};
+
+    #[test]
+    fn metrics_paths_taken_before_the_router() {
+        fn parts(path: &str) -> Option<(&str, &str)> {
+            metrics_path(path).map(|(i, k)| (&path[i], &path[k]))
+        }
+        assert_eq!(parts("/guests/g1/metrics/cpu"), Some(("g1", "cpu")));
+        assert_eq!(parts("/guests/metrics/metrics/x"), Some(("metrics", "x")));
+        // Unknown kinds and unsafe ids are the handler's to refuse, as from the router.
+        assert_eq!(parts("/guests/../metrics/gpu"), Some(("..", "gpu")));
+        // Everything else is the router's: empty or encoded parameters, a trailing
+        // slash, more segments, other routes.
+        for path in [
+            "/guests//metrics/cpu",
+            "/guests/g1/metrics/",
+            "/guests/g1/metrics/cpu/",
+            "/guests/g1/metrics/cpu/x",
+            "/guests/g%31/metrics/cpu",
+            "/guests/g1/metrics/c%70u",
+            "/guests/g1/metrics",
+            "/guests/g1/metricsx/cpu",
+            "/guests/g1/jobs/cpu",
+            "/guests/g1",
+            "/guests/",
+            "/guests",
+            "//guests/g1/metrics/cpu",
+            "/guests/g1/disks/vda/metrics/cpu",
+        ] {
+            assert_eq!(parts(path), None, "{path}");
+        }
+    }
 
     #[test]
     fn unsafe_ids() {
         for bad in [
-            "", ".", "a/b", "..", "a..b", "x@y", "a;b", "a b", "a\tb", "a\u{0}b", "\\x",
+            "",
+            ".",
+            "a/b",
+            "..",
+            "a..b",
+            "x@y",
+            "a;b",
+            "a b",
+            "a\tb",
+            "a\u{0}b",
+            "\\x",
+            "a\u{7f}b",
+            "\u{e9}/x",
+            "a\u{a0}b",
+            "a\u{2028}b",
+            "a\u{85}b",
+            "\u{e9}\tx",
         ] {
             assert!(check_id("id", bad).is_err(), "{bad:?}");
         }
@@ -306,6 +445,8 @@ mod tests {
             "0",
             "snap-1433160000",
             "a.b_c",
+            "caf\u{e9}",
+            "\u{65e5}\u{672c}-1",
         ] {
             assert!(check_id("id", good).is_ok(), "{good:?}");
         }
