@@ -1,12 +1,16 @@
 //! Agent figures, measured in one run on this machine (release build):
 //!
 //! * `GET /guests/{id}/metrics/cpu` through the agent vs the same `Test.CPUMetrics` call
-//!   made directly to `test-rpc-service`: requests/s, p50, p99, and the ratio;
+//!   made directly to `test-rpc-service`: requests/s, p50, p99, and the ratio, with
+//!   the CPU time per request of the load generator, the agent and the sub-agent on
+//!   each side (the cores of the machine are shared by all three: the ratio follows
+//!   from these sums);
 //! * `GET /guests` with 10 and with 10,000 guests;
 //! * one job update with 10, 1,000 and 100,000 jobs kept;
 //! * the agent's RSS idle, under load and with 10,000 guests.
 //!
-//! Load: 32 connections from 2 client threads (like `wrk -t2 -c32`) for `BENCH_SECONDS`
+//! Load: 32 connections from 2 client threads, each with its own event loop (as
+//! `wrk -t2 -c32` makes them), for `BENCH_SECONDS`
 //! (default 10) per figure. The through-the-agent and direct loads alternate for
 //! `BENCH_ROUNDS` rounds (default 3): on a shared VM the CPU the host lends (the `steal`
 //! of `/proc/stat`, printed with every load) changes within seconds, and alternating
@@ -86,74 +90,193 @@ fn cpu_ticks() -> (u64, u64) {
     (fields.get(7).copied().unwrap_or(0), total)
 }
 
-/// `conns` requests in flight for `secs` seconds against one URL.
-fn load(
-    method: reqwest::Method,
-    url: &str,
-    body: Option<String>,
-    conns: usize,
-    secs: f64,
-) -> Sample {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+/// CPU time a process has used, user and system, all threads, in ms (from
+/// `/proc/PID/stat`, counted in USER_HZ ticks, 100 per second on Linux).
+fn process_cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces:
+    // the state, then numbers (some negative), utime and stime the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 * 10.0
+}
+
+/// Runs `f` and gives, with its result, the CPU ms each of `pids` used meanwhile.
+fn cpu_during<T>(pids: &[u32], f: impl FnOnce() -> T) -> (T, Vec<f64>) {
+    let before: Vec<f64> = pids.iter().map(|&p| process_cpu_ms(p)).collect();
+    let out = f();
+    let used = pids
+        .iter()
+        .zip(before)
+        .map(|(&p, b)| process_cpu_ms(p) - b)
+        .collect();
+    (out, used)
+}
+
+/// `conns` requests in flight for `secs` seconds against one `http://` URL, as `wrk -t2`
+/// makes them: two threads, each running its own event loop over half the connections,
+/// each connection sending the same request bytes (made once) and reading the reply
+/// up to its `Content-Length`. A general HTTP client here would cost more CPU per
+/// request than the servers measured, and more still as their latency grows: its
+/// connection tasks and worker threads wake one another.
+fn load(method: &str, url: &str, body: Option<&str>, conns: usize, secs: f64) -> Sample {
+    const THREADS: usize = 2;
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let addr: std::net::SocketAddr = authority.parse().expect("an IP:port URL");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\n");
+    if let Some(b) = body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body.unwrap_or_default());
+    let request = Arc::new(request.into_bytes());
+
     let (steal0, total0) = cpu_ticks();
-    rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(conns)
-            .build()
-            .expect("client");
-        let deadline = Instant::now() + Duration::from_secs_f64(secs);
-        let errors = Arc::new(AtomicU64::new(0));
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..conns)
-            .map(|_| {
-                let (client, url, body, method, errors) = (
-                    client.clone(),
-                    url.to_string(),
-                    body.clone(),
-                    method.clone(),
-                    errors.clone(),
-                );
-                tokio::spawn(async move {
-                    let mut latencies = Vec::with_capacity(100_000);
-                    while Instant::now() < deadline {
-                        let t = Instant::now();
-                        let mut req = client.request(method.clone(), &url);
-                        if let Some(b) = &body {
-                            req = req
-                                .header("Content-Type", "application/json")
-                                .body(b.clone());
-                        }
-                        match req.send().await {
-                            Ok(r) if r.status().is_success() => {
-                                let _ = r.bytes().await;
-                                latencies.push(t.elapsed().as_micros() as u32);
-                            }
-                            _ => {
-                                errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let n = conns / THREADS + usize::from(t < conns % THREADS);
+            let request = request.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    let tasks: Vec<_> = (0..n)
+                        .map(|_| {
+                            let request = request.clone();
+                            tokio::spawn(async move { connection(addr, &request, deadline).await })
+                        })
+                        .collect();
+                    let (mut latencies, mut errors) = (Vec::new(), 0);
+                    for task in tasks {
+                        let (l, e) = task.await.expect("load task");
+                        latencies.extend(l);
+                        errors += e;
                     }
-                    latencies
+                    (latencies, errors)
                 })
             })
-            .collect();
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.expect("load task"));
+        })
+        .collect();
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for thread in threads {
+        let (l, e) = thread.join().expect("load thread");
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let (steal1, total1) = cpu_ticks();
+    Sample {
+        latencies,
+        secs: elapsed,
+        errors,
+        steal: 100.0 * (steal1 - steal0) as f64 / (total1 - total0).max(1) as f64,
+    }
+}
+
+/// One keep-alive connection sending `request` until `deadline`: the latency of each
+/// 2xx reply in µs, and the count of other replies and failures (a failure reconnects).
+async fn connection(
+    addr: std::net::SocketAddr,
+    request: &[u8],
+    deadline: Instant,
+) -> (Vec<u32>, u64) {
+    let mut latencies = Vec::with_capacity(100_000);
+    let mut errors = 0;
+    let mut conn: Option<tokio::net::TcpStream> = None;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        let stream = match conn.as_mut() {
+            Some(stream) => stream,
+            None => match tokio::net::TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    conn.insert(stream)
+                }
+                Err(_) => {
+                    errors += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        match exchange(stream, request, &mut buf).await {
+            Ok(status) if (200..300).contains(&status) => {
+                latencies.push(t.elapsed().as_micros() as u32)
+            }
+            Ok(_) => errors += 1,
+            Err(_) => {
+                errors += 1;
+                conn = None;
+            }
         }
-        let elapsed = start.elapsed().as_secs_f64();
-        let (steal1, total1) = cpu_ticks();
-        Sample {
-            latencies: all,
-            secs: elapsed,
-            errors: errors.load(Ordering::Relaxed),
-            steal: 100.0 * (steal1 - steal0) as f64 / (total1 - total0).max(1) as f64,
+    }
+    (latencies, errors)
+}
+
+/// Writes `request` and reads one reply with a `Content-Length` body; its status.
+async fn exchange(
+    conn: &mut tokio::net::TcpStream,
+    request: &[u8],
+    buf: &mut Vec<u8>,
+) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(request).await?;
+    buf.clear();
+    loop {
+        let head = {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut reply = httparse::Response::new(&mut headers);
+            match reply.parse(buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let body = reply
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                        .and_then(|h| {
+                            std::str::from_utf8(h.value)
+                                .ok()?
+                                .trim()
+                                .parse::<usize>()
+                                .ok()
+                        })
+                        .ok_or_else(|| std::io::Error::other("a reply without Content-Length"))?;
+                    Some((reply.code.unwrap_or(0), len + body))
+                }
+                Ok(httparse::Status::Partial) => None,
+                Err(e) => return Err(std::io::Error::other(e)),
+            }
+        };
+        if let Some((status, total)) = head {
+            while buf.len() < total {
+                if conn.read_buf(buf).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            return Ok(status);
         }
-    })
+        if conn.read_buf(buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -289,7 +412,7 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("dir");
 
     let fake_port = free_port();
-    let _fake = Daemon::start(
+    let fake = Daemon::start(
         &example("test-rpc-service"),
         &[
             "--port".into(),
@@ -319,37 +442,31 @@ fn main() {
         .max(1);
     let mut rss_load = 0;
     let mut pairs = Vec::new();
+    // CPU ms used by the load generator (this process), the agent and the sub-agent,
+    // through the agent and directly, over all rounds.
+    let pids = [std::process::id(), agent.pid(), fake.pid()];
+    let (mut cpu_through, mut cpu_direct) = ([0.0; 3], [0.0; 3]);
     for _ in 0..rounds {
-        let (through, peak) = peak_rss_during(agent.pid(), || {
-            load(reqwest::Method::GET, &cpu_url, None, 32, secs)
+        let ((through, peak), used) = cpu_during(&pids, || {
+            peak_rss_during(agent.pid(), || load("GET", &cpu_url, None, 32, secs))
         });
         rss_load = rss_load.max(peak);
-        let direct = load(
-            reqwest::Method::POST,
-            &direct_url,
-            Some(direct_body.clone()),
-            32,
-            secs,
-        );
+        for (sum, ms) in cpu_through.iter_mut().zip(used) {
+            *sum += ms;
+        }
+        let (direct, used) = cpu_during(&pids, || {
+            load("POST", &direct_url, Some(&direct_body), 32, secs)
+        });
+        for (sum, ms) in cpu_direct.iter_mut().zip(used) {
+            *sum += ms;
+        }
         pairs.push((through, direct));
     }
-    let list10 = load(
-        reqwest::Method::GET,
-        &format!("{}/guests", agent.url()),
-        None,
-        32,
-        secs,
-    );
+    let list10 = load("GET", &format!("{}/guests", agent.url()), None, 32, secs);
     drop(agent);
 
     let (agent, (rss_10k, anon_10k)) = agent_with_guests(&dir, &config, 10_000);
-    let list10k = load(
-        reqwest::Method::GET,
-        &format!("{}/guests", agent.url()),
-        None,
-        32,
-        secs,
-    );
+    let list10k = load("GET", &format!("{}/guests", agent.url()), None, 32, secs);
     drop(agent);
 
     let updates: Vec<(usize, Duration)> = [10, 1_000, 100_000]
@@ -406,6 +523,29 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", "),
         sorted[sorted.len() / 2]
+    );
+    // Where the CPU went: per request, what each process used. Through the agent, the
+    // agent's share is what it adds; the ratio above follows from these sums when the
+    // machine's cores are the limit.
+    let per_request = |cpu: &[f64; 3], samples: Vec<&Sample>| {
+        let requests: usize = samples.iter().map(|s| s.latencies.len()).sum();
+        cpu.map(|ms| ms * 1000.0 / requests.max(1) as f64)
+    };
+    let t_cpu = per_request(&cpu_through, pairs.iter().map(|(t, _)| t).collect());
+    let d_cpu = per_request(&cpu_direct, pairs.iter().map(|(_, d)| d).collect());
+    println!(
+        "CPU per metrics/cpu request, µs: through the agent: load generator {:.1}, agent {:.1}, sub-agent {:.1} (sum {:.1}); directly: load generator {:.1}, sub-agent {:.1} (sum {:.1})",
+        t_cpu[0],
+        t_cpu[1],
+        t_cpu[2],
+        t_cpu.iter().sum::<f64>(),
+        d_cpu[0],
+        d_cpu[2],
+        d_cpu[0] + d_cpu[2],
+    );
+    println!(
+        "agent CPU per request / (load generator + sub-agent CPU per direct request): {:.2}",
+        t_cpu[1] / (d_cpu[0] + d_cpu[2]).max(f64::MIN_POSITIVE)
     );
     println!();
     println!("{:<48} {:>10}", "one job update, jobs kept", "mean");
