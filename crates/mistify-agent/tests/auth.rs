@@ -89,6 +89,13 @@ async fn tokens_gate_every_route_but_healthz() {
         request("POST", &format!("{base}/guests"), None, Some(&guest_body())).await;
     assert_eq!(status, 401);
 
+    // The metrics route, answered in front of the router, is behind the same gate.
+    let metrics = format!("{base}/guests/no-such-guest/metrics/cpu");
+    for token in [None, Some("not-a-known-token-at-all")] {
+        assert_eq!(request("GET", &metrics, token, None).await.0, 401);
+    }
+    assert_eq!(request("GET", &metrics, Some(RO), None).await.0, 404);
+
     // /healthz stays open.
     let (status, _, _) = request("GET", &format!("{base}/healthz"), None, None).await;
     assert_eq!(status, 200);
