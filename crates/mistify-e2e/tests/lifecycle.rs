@@ -42,8 +42,9 @@ fn zfs_names(root: &str, kind: &str) -> Vec<String> {
         .collect()
 }
 
+/// `zfs args…` under the mount lock.
 fn zfs(args: &[&str]) -> (bool, String) {
-    let out = Command::new("zfs")
+    let out = mistify_e2e::stack::zfs_locked()
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -393,7 +394,8 @@ async fn guest_lifecycle_over_rest() {
         .download_snapshot(&id, None, "first")
         .await
         .expect("GET download");
-    let mut child = tokio::process::Command::new("zfs")
+    // Under the mount lock, like every command that makes datasets on zfs-fuse.
+    let mut child = tokio::process::Command::from(mistify_e2e::stack::zfs_locked())
         .args(["receive", "-u", &recv])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -54,6 +54,12 @@ pub struct Flags {
     /// Seconds one image import (`zfs receive`) may take.
     #[arg(long, default_value_t = 3600)]
     pub receive_timeout: u64,
+    /// Hold an exclusive flock on this file around every zfs command that mounts or
+    /// unmounts (create, clone, receive, destroy, rollback, …), machine-wide. Default:
+    /// /tmp/mistify-zpool.lock on zfs-fuse (which wedges on concurrent mounts), none on
+    /// OpenZFS.
+    #[arg(long)]
+    pub mount_lock: Option<PathBuf>,
     /// Seconds the image server may stay silent during a download.
     #[arg(long, default_value_t = 60)]
     pub download_idle: u64,
@@ -89,6 +95,7 @@ impl Flags {
             zfs_timeout: Duration::from_secs(self.zfs_timeout.max(1)),
             receive_timeout: Duration::from_secs(self.receive_timeout.max(1)),
             download_idle: Duration::from_secs(self.download_idle.max(1)),
+            mount_lock: self.mount_lock.clone(),
         }
     }
 }

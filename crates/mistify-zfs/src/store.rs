@@ -59,6 +59,9 @@ pub struct Config {
     pub receive_timeout: Duration,
     /// Of the image server's answer and of each gap between two chunks.
     pub download_idle: Duration,
+    /// The file whose `flock` the commands that mount or unmount hold. None: the
+    /// default, [`crate::zfs::FUSE_MOUNT_LOCK`] on zfs-fuse and no lock on OpenZFS.
+    pub mount_lock: Option<PathBuf>,
 }
 
 impl Config {
@@ -74,6 +77,7 @@ impl Config {
             zfs_timeout: Duration::from_secs(60),
             receive_timeout: Duration::from_secs(3600),
             download_idle: Duration::from_secs(60),
+            mount_lock: None,
         }
     }
 }
@@ -107,7 +111,10 @@ impl Store {
     /// missing, cleans the temp dir, opens the image records (rebuilding them from the
     /// image datasets when the file is missing).
     pub async fn open(cfg: Config) -> Result<Arc<Store>> {
-        let zfs = Zfs::detect(cfg.zfs_program.clone(), cfg.zfs_timeout).await;
+        let mut zfs = Zfs::detect(cfg.zfs_program.clone(), cfg.zfs_timeout).await;
+        if let Some(path) = &cfg.mount_lock {
+            zfs = zfs.with_mount_lock(Some(crate::zfs::MountLock::new(path)));
+        }
         Self::open_with(cfg, zfs).await
     }
 

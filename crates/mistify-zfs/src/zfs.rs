@@ -5,8 +5,12 @@
 //! OpenZFS (`zfs list -H -p` gives exact numbers) and zfs-fuse 0.7 (no `list -p`: exact
 //! numbers come from `zfs get -H -p`). The argv builders ([`argv`]) and the parsers are
 //! pure functions with golden tests.
+//!
+//! On zfs-fuse, every command that mounts or unmounts a filesystem holds an exclusive
+//! `flock` on a lock file shared by every process of the machine ([`MountLock`]):
+//! zfs-fuse stops serving its FUSE mounts for good when two of them run at once.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -314,12 +318,109 @@ pub fn parse_get(text: &str) -> Result<Vec<Dataset>, String> {
     Ok(out)
 }
 
+/// The lock file zfs-fuse's mount-changing commands hold by default: the same file the
+/// tests and the dev pool's manifest take (with `flock`) around `zpool create`,
+/// `import`, `export` and `destroy`.
+pub const FUSE_MOUNT_LOCK: &str = "/tmp/mistify-zpool.lock";
+
+/// Whether `zfs args…` may mount or unmount a filesystem (and so must hold the mount
+/// lock on zfs-fuse): `create`, `clone` and `receive` mount what they make, `destroy`,
+/// `rename` and `promote` unmount, `mount`/`unmount` do both, `rollback` and
+/// `set`/`inherit` (a `mountpoint`) may remount.
+pub fn changes_mounts(args: &[String]) -> bool {
+    matches!(
+        args.first().map(String::as_str),
+        Some(
+            "create"
+                | "clone"
+                | "receive"
+                | "recv"
+                | "destroy"
+                | "rename"
+                | "promote"
+                | "mount"
+                | "umount"
+                | "unmount"
+                | "rollback"
+                | "set"
+                | "inherit"
+        )
+    )
+}
+
+/// An exclusive `flock` on one file, shared with every process of the machine that
+/// takes the same file (including `flock(1)` in shell scripts).
+#[derive(Debug, Clone)]
+pub struct MountLock {
+    path: PathBuf,
+}
+
+/// A held [`MountLock`]: released when dropped (the file is opened close-on-exec, so
+/// the zfs child never inherits it).
+#[derive(Debug)]
+pub struct MountGuard {
+    _file: std::fs::File,
+}
+
+impl MountLock {
+    pub fn new(path: impl Into<PathBuf>) -> MountLock {
+        MountLock { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits (polling, so a caller's timeout can cancel the wait) until the lock is ours.
+    pub async fn acquire(&self) -> std::io::Result<MountGuard> {
+        let file = match std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.path)
+        {
+            Ok(f) => f,
+            // A lock file made by another user: reading is enough to lock it.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                std::fs::File::open(&self.path)?
+            }
+            Err(e) => return Err(e),
+        };
+        let mut delay = Duration::from_millis(2);
+        loop {
+            if try_lock_exclusive(&file)? {
+                return Ok(MountGuard { _file: file });
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: Ok(false) while another holder has it.
+fn try_lock_exclusive(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this function borrows for the call; no memory is
+    // passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => Ok(false),
+        _ => Err(err),
+    }
+}
+
 /// Runs zfs commands. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Zfs {
     program: PathBuf,
     flavor: Flavor,
     timeout: Duration,
+    /// Held around the commands that change mounts ([`changes_mounts`]); set on zfs-fuse.
+    mount_lock: Option<MountLock>,
     /// Every command started (tests prove that a refused request ran none).
     counter: Arc<AtomicU64>,
 }
@@ -331,18 +432,48 @@ impl Zfs {
         let version = zfs.run(vec!["version".into()]).await;
         if matches!(&version, Ok(out) if out.starts_with("zfs-")) {
             zfs.flavor = Flavor::OpenZfs;
+            zfs.mount_lock = None;
         }
-        tracing::info!(flavor = ?zfs.flavor, "zfs CLI detected");
+        tracing::info!(
+            flavor = ?zfs.flavor,
+            mount_lock = ?zfs.mount_lock.as_ref().map(MountLock::path),
+            "zfs CLI detected"
+        );
         zfs
     }
 
-    /// Without detection (tests, or when the flavor is known).
+    /// Without detection (tests, or when the flavor is known). zfs-fuse gets the mount
+    /// lock [`FUSE_MOUNT_LOCK`].
     pub fn with_flavor(program: impl Into<PathBuf>, flavor: Flavor, timeout: Duration) -> Zfs {
         Zfs {
             program: program.into(),
             flavor,
             timeout,
+            mount_lock: (flavor == Flavor::Fuse).then(|| MountLock::new(FUSE_MOUNT_LOCK)),
             counter: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Replaces the mount lock (None: mount-changing commands run concurrently).
+    pub fn with_mount_lock(mut self, lock: Option<MountLock>) -> Zfs {
+        self.mount_lock = lock;
+        self
+    }
+
+    pub fn mount_lock(&self) -> Option<&MountLock> {
+        self.mount_lock.as_ref()
+    }
+
+    /// The mount lock, held, when `args` change mounts and this CLI needs it.
+    async fn lock_for(&self, args: &[String]) -> Result<Option<MountGuard>, ZfsError> {
+        match &self.mount_lock {
+            Some(lock) if changes_mounts(args) => {
+                lock.acquire().await.map(Some).map_err(|e| ZfsError::Spawn {
+                    command: Self::describe(args),
+                    error: format!("cannot lock {}: {e}", lock.path().display()),
+                })
+            }
+            _ => Ok(None),
         }
     }
 
@@ -375,24 +506,31 @@ impl Zfs {
     pub async fn run(&self, args: Vec<String>) -> Result<String, ZfsError> {
         let command = Self::describe(&args);
         tracing::debug!(%command, "zfs");
-        let child = self.command(&args).spawn().map_err(|e| ZfsError::Spawn {
-            command: command.clone(),
-            error: e.to_string(),
-        })?;
-        let output = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
+        let work = async {
+            // Waiting for the mount lock counts against the command's timeout.
+            let _held = self.lock_for(&args).await?;
+            let child = self.command(&args).spawn().map_err(|e| ZfsError::Spawn {
+                command: command.clone(),
+                error: e.to_string(),
+            })?;
+            Ok::<_, ZfsError>(child.wait_with_output().await)
+        };
+        let output = match tokio::time::timeout(self.timeout, work).await {
             Err(_) => {
                 return Err(ZfsError::Timeout {
                     command,
                     after: self.timeout,
                 })
             }
-            Ok(Err(e)) => {
+            // The lock or the spawn failed.
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(Err(e))) => {
                 return Err(ZfsError::Spawn {
                     command,
                     error: e.to_string(),
                 })
             }
-            Ok(Ok(o)) => o,
+            Ok(Ok(Ok(o))) => o,
         };
         if output.status.success() {
             Ok(String::from_utf8_lossy(&output.stdout).into_owned())
@@ -552,6 +690,17 @@ impl Zfs {
         let args = argv::receive(dest);
         let command = Self::describe(&args);
         tracing::debug!(%command, "zfs");
+        // zfs-fuse 0.7 has no `receive -u`: the lock is held for the whole stream, as
+        // the received filesystem is mounted at its end.
+        let _held = match tokio::time::timeout(timeout, self.lock_for(&args)).await {
+            Ok(held) => held?,
+            Err(_) => {
+                return Err(ZfsError::Timeout {
+                    command,
+                    after: timeout,
+                })
+            }
+        };
         let mut cmd = self.command(&args);
         cmd.stdin(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| ZfsError::Spawn {

@@ -168,8 +168,8 @@ async fn agent_drives_images_disks_snapshots_and_download() {
 
 fn receive_stream(name: &str, stream: &[u8]) {
     use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("zfs")
+    use std::process::Stdio;
+    let mut child = mistify_e2e::stack::zfs_locked()
         .args(["receive", name])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())

@@ -506,7 +506,7 @@ async fn guest_disks_snapshots_download_rollback_delete() {
 /// `zfs receive name` of `stream`.
 pub fn receive(name: &str, stream: &[u8]) {
     use std::io::Write;
-    let mut child = Command::new("zfs")
+    let mut child = mistify_e2e::stack::zfs_locked()
         .args(["receive", name])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())

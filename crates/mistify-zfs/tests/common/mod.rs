@@ -110,9 +110,9 @@ impl Drop for TestPool {
     }
 }
 
-/// Runs `zfs args…`, panicking on failure; stdout.
+/// Runs `zfs args…` under the mount lock, panicking on failure; stdout.
 pub fn zfs(args: &[&str]) -> String {
-    let out = Command::new("zfs")
+    let out = mistify_e2e::stack::zfs_locked()
         .args(args)
         .env("LC_ALL", "C")
         .output()
@@ -260,10 +260,11 @@ pub async fn served(image_server: &Daemon, id: &str) -> u64 {
     v["downloads"][id].as_u64().unwrap_or(0)
 }
 
-/// `zfs destroy -r name`, retrying zfs-fuse's transient "dataset is busy".
+/// `zfs destroy -r name` under the mount lock, retrying zfs-fuse's transient "dataset
+/// is busy".
 pub fn destroy(name: &str) {
     for _ in 0..40 {
-        let out = Command::new("zfs")
+        let out = mistify_e2e::stack::zfs_locked()
             .args(["destroy", "-r", name])
             .env("LC_ALL", "C")
             .output()
