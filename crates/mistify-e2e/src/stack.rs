@@ -52,14 +52,60 @@ pub fn zpool_works() -> bool {
     quiet(Command::new("zpool").arg("list"))
 }
 
+/// The mountpoints of zfs-fuse's filesystems in `/proc/mounts` text (type `fuse.zfs`).
+pub fn zfs_fuse_mounts(proc_mounts: &str) -> Vec<String> {
+    proc_mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let (_source, target, kind) = (fields.next()?, fields.next()?, fields.next()?);
+            (kind == "fuse.zfs").then(|| target.replace("\\040", " "))
+        })
+        .collect()
+}
+
+/// How long a zfs-fuse mount may take to answer `statfs` before the daemon counts as
+/// wedged.
+const WEDGE_PROBE: &str = "10";
+
+/// Err when one of zfs-fuse's mounts does not answer `statfs` in 10 s: a wedged
+/// zfs-fuse (docs/zfs.md) answers `zpool list` but no FUSE request, and every later ZFS
+/// test would wait for it until the run's timeout. A mount that goes away meanwhile is
+/// not a wedge.
+pub fn check_zfs_fuse_serves() -> Result<(), String> {
+    let text = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    for mount in zfs_fuse_mounts(&text) {
+        // SIGKILL: a caller waiting on a FUSE request can only be killed.
+        let status = Command::new("timeout")
+            .args(["-s", "KILL", WEDGE_PROBE, "stat", "-f", "--"])
+            .arg(&mount)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run timeout(1): {e}"))?;
+        // timeout(1) kills its own process group too, itself included: the wait ran
+        // out when timeout died of SIGKILL or said so (124, 137).
+        use std::os::unix::process::ExitStatusExt;
+        if status.signal() == Some(9) || matches!(status.code(), Some(124 | 137)) {
+            return Err(format!(
+                "zfs-fuse is wedged: its mount {mount} does not answer statfs in \
+                 {WEDGE_PROBE} s, so every ZFS test would wait for it; kill zfs-fuse and \
+                 `umount -l` its mounts (docs/zfs.md)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Makes sure a zfs-fuse daemon runs: one that runs is used; otherwise
 /// `zfs-fuse --no-daemon` is started in its own process group and left running (it is
 /// shared by every test process and never stopped by a test). Waits until `zpool list`
-/// works.
+/// works. A running daemon that is wedged is an error ([`check_zfs_fuse_serves`]).
 pub fn ensure_zfs_fuse() -> Result<(), String> {
     let _guard = ZFS_FUSE.lock().unwrap_or_else(|e| e.into_inner());
     if zpool_works() {
-        return Ok(());
+        return check_zfs_fuse_serves();
     }
     // A zfs-fuse that is starting gets a moment; one that never answers us (e.g. another
     // root's, visible through the shared pid namespace) is not ours to wait for.
@@ -354,4 +400,27 @@ pub fn http_get(url: &str) -> Option<(u16, String)> {
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
     Some((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::zfs_fuse_mounts;
+
+    #[test]
+    fn zfs_fuse_mounts_are_read_off_proc_mounts() {
+        let text = "proc /proc proc rw,nosuid 0 0\n\
+            kstat /zfs-kstat fuse rw,nosuid,nodev 0 0\n\
+            mzt1x0 /tmp/mistify-mzt1x0/mnt fuse.zfs rw,relatime,user_id=0 0 0\n\
+            mzt1x0/guests /tmp/with\\040space/mnt/guests fuse.zfs rw 0 0\n\
+            /dev/vda / ext4 rw 0 0\n\
+            truncated line\n";
+        assert_eq!(
+            zfs_fuse_mounts(text),
+            vec![
+                "/tmp/mistify-mzt1x0/mnt".to_string(),
+                "/tmp/with space/mnt/guests".to_string()
+            ]
+        );
+        assert!(zfs_fuse_mounts("").is_empty());
+    }
 }
