@@ -690,8 +690,9 @@ impl Zfs {
         let args = argv::receive(dest);
         let command = Self::describe(&args);
         tracing::debug!(%command, "zfs");
-        // zfs-fuse 0.7 has no `receive -u`: the lock is held for the whole stream, as
-        // the received filesystem is mounted at its end.
+        // Held for the whole stream, as the received filesystem is mounted at its end
+        // (zfs-fuse 0.7 lists no `receive -u`; the stress runs of docs/zfs.md held it
+        // so). Its wait has its own `timeout`, before the stream's.
         let _held = match tokio::time::timeout(timeout, self.lock_for(&args)).await {
             Ok(held) => held?,
             Err(_) => {
