@@ -14,7 +14,7 @@ echo "==> soak: tests"
 start=$(date +%s)
 log=target/soak.log
 rc=0
-MISTIFY_E2E_PREBUILT=1 cargo test --release --locked -p mistify-e2e --test soak \
+cargo test --release --locked -p mistify-e2e --test soak \
     -- --include-ignored --nocapture --test-threads=1 >"$log" 2>&1 || rc=$?
 grep -E '^(SOAK:|test |test result)' "$log" || true
 if [ "$rc" != 0 ]; then

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # `make test`: prerequisites, formatting, lints, build, every test, then Schemathesis
-# against the agent's OpenAPI document (scripts/schemathesis.sh). Prints the wall time
-# of each phase. MISTIFY_SKIP=suite,... skips whole test suites (never in CI); the
+# against the agent's OpenAPI document (scripts/schemathesis.sh), then a check that the
+# tests left nothing behind (scripts/leftovers.sh). Prints the wall time of each phase.
+#
+# The build phase builds every binary, example and test binary, and the Debian package
+# the package test inspects, once; the tests never run cargo (they find what was built,
+# and fail naming what to build when it is missing). MISTIFY_SKIP=suite,... skips whole test suites (never in CI); the
 # Schemathesis phase is the suite `schemathesis`.
 #
 # Bounded: the test phase gets MISTIFY_TEST_TIMEOUT seconds (default 2400; a normal
@@ -49,8 +53,21 @@ room_for_tests() {
 phase deps   scripts/install-deps.sh
 phase fmt    cargo fmt --all --check
 phase clippy cargo clippy --workspace --all-targets --locked -- -D warnings
-phase build  cargo build --workspace --bins --examples --locked
+build() {
+  cargo build --workspace --bins --examples --locked
+  cargo test --workspace --locked --no-run
+  if [[ ",${MISTIFY_SKIP:-}," != *",package,"* ]]; then
+    # The package of these debug binaries, for the package test (target/debian-test/).
+    rm -rf "${CARGO_TARGET_DIR:-target}/debian-test"
+    cargo deb -p mistify-supervisor --no-build --fast --profile dev \
+      --output "${CARGO_TARGET_DIR:-target}/debian-test/" >/dev/null
+  fi
+}
+phase build  build
 phase room   room_for_tests
+leftovers_state=$(mktemp)
+trap 'rm -f "$leftovers_state"' EXIT
+scripts/leftovers.sh snapshot "$leftovers_state"
 phase test   timeout --kill-after=30 "${MISTIFY_TEST_TIMEOUT:-2400}" \
   cargo test --workspace --locked --no-fail-fast
 # About a minute and a half (half a minute more to make the venv); bounded like the test phase.
@@ -60,6 +77,8 @@ else
   phase schemathesis timeout --kill-after=30 "${MISTIFY_SCHEMATHESIS_TIMEOUT:-600}" \
     scripts/schemathesis.sh
 fi
+
+phase leftovers scripts/leftovers.sh check "$leftovers_state"
 
 echo
 echo "==> wall time per phase"

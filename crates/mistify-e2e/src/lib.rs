@@ -1,11 +1,12 @@
 //! Test support shared by every crate's integration tests, and the home of the
 //! end-to-end tests (`tests/`).
 //!
-//! [`binary`] and [`example`] build the workspace's binaries and examples once per test
-//! process (`cargo build --workspace --bins --examples`, a quick no-op when they are up
-//! to date) and return their paths under `target/`; with `MISTIFY_E2E_PREBUILT` set they
-//! only look (the caller built what it needs). [`Daemon`] runs one as a child
-//! process that is killed when the test ends. [`free_port`] picks a free loopback port.
+//! Tests never run cargo. The build phase of `make test` builds every binary and example
+//! of the workspace once (`cargo build --workspace --bins --examples`); a test finds a
+//! binary of its own crate with `env!("CARGO_BIN_EXE_<name>")`, and any other with
+//! [`binary`] or [`example`], which only look under `target/` and fail with a message
+//! naming what to build. [`Daemon`] runs one as a child process that is killed when the
+//! test ends. [`free_port`] picks a free loopback port.
 
 pub mod pki;
 pub mod recorded;
@@ -14,7 +15,6 @@ pub mod stack;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The workspace root (the directory of the top-level `Cargo.toml`).
@@ -46,60 +46,36 @@ pub fn profile_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target").join("debug"))
 }
 
-fn build_once() -> &'static Result<PathBuf, String> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let profile = profile_dir();
-        // Set by a caller that built what it needs itself (e.g. a benchmark of one crate).
-        if std::env::var_os("MISTIFY_E2E_PREBUILT").is_some() {
-            return Ok(profile);
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-        let mut cmd = Command::new(cargo);
-        cmd.arg("build")
-            .arg("--manifest-path")
-            .arg(workspace_root().join("Cargo.toml"))
-            .args(["--workspace", "--bins", "--examples", "--quiet"]);
-        if profile.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .status()
-            .map_err(|e| format!("cannot run cargo to build the workspace: {e}"))?;
-        if !status.success() {
-            return Err(format!(
-                "cargo build --workspace --bins --examples failed: {status}"
-            ));
-        }
-        Ok(profile)
-    })
-}
-
-fn built(path: PathBuf) -> PathBuf {
-    assert!(path.is_file(), "{} was not built", path.display());
+/// `path`, when it is a built file; otherwise the test cannot run, and the message says
+/// what to build.
+fn built(what: &str, path: PathBuf) -> PathBuf {
+    assert!(
+        path.is_file(),
+        "{what} is not built ({} is missing): tests never run cargo; build every binary \
+         and example first with `cargo build --workspace --bins --examples` (the build \
+         phase of `make test` does), with `--release` for a release test run",
+        path.display()
+    );
     path
 }
 
-/// Path of the workspace binary `name`, built if needed.
+/// Path of the workspace binary `name` (of any crate), as the build phase left it.
 ///
 /// # Panics
-/// When the build fails or the binary does not exist: the test cannot run.
+/// When it has not been built, naming the command that builds it.
 pub fn binary(name: &str) -> PathBuf {
-    match build_once() {
-        Ok(profile) => built(profile.join(name)),
-        Err(e) => panic!("{e}"),
-    }
+    built(&format!("the binary {name}"), profile_dir().join(name))
 }
 
-/// Path of the example `name` of any workspace crate, built if needed.
+/// Path of the example `name` of any workspace crate, as the build phase left it.
 ///
 /// # Panics
 /// As [`binary`].
 pub fn example(name: &str) -> PathBuf {
-    match build_once() {
-        Ok(profile) => built(profile.join("examples").join(name)),
-        Err(e) => panic!("{e}"),
-    }
+    built(
+        &format!("the example {name}"),
+        profile_dir().join("examples").join(name),
+    )
 }
 
 /// The arguments that start `mistify-agent` on `127.0.0.1:port` with the configuration

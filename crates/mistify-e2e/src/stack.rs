@@ -47,6 +47,77 @@ pub fn zfs_locked() -> Command {
     cmd
 }
 
+/// How long a destroy keeps retrying zfs-fuse's transient "busy".
+pub const BUSY_RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// Runs `cmd()` until it succeeds; while it fails with zfs-fuse's transient "is busy"
+/// (a dataset just received or cloned, a pool whose mounts are still being released),
+/// again every 250 ms for up to [`BUSY_RETRY_FOR`]; any other failure at once. Err with
+/// the last error text.
+fn retry_busy(what: &str, cmd: impl Fn() -> Command, between: impl Fn()) -> Result<(), String> {
+    let deadline = Instant::now() + BUSY_RETRY_FOR;
+    loop {
+        let out = cmd()
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{what}: cannot run: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if !text.contains("busy") || Instant::now() > deadline {
+            return Err(format!("{what}: {text}"));
+        }
+        between();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `zfs destroy -r name` under [`ZPOOL_LOCK`], tolerating zfs-fuse's transient "dataset
+/// is busy" ([`retry_busy`]). The one destroy of the tests' own datasets.
+pub fn destroy_dataset(name: &str) -> Result<(), String> {
+    retry_busy(
+        &format!("zfs destroy -r {name}"),
+        || {
+            let mut cmd = zfs_locked();
+            cmd.args(["destroy", "-r", name]);
+            cmd
+        },
+        || {},
+    )
+}
+
+/// `zpool destroy -f pool` under [`ZPOOL_LOCK`], tolerating zfs-fuse's transient "pool
+/// is busy": between tries its datasets are unmounted (deepest first), which is what
+/// holds a pool busy. Ok when the pool is gone (or was never imported).
+pub fn destroy_pool(pool: &str) -> Result<(), String> {
+    if !quiet(Command::new("zpool").args(["list", pool])) {
+        return Ok(());
+    }
+    let unmount = || {
+        let out = Command::new("zfs")
+            .args(["list", "-H", "-o", "name", "-t", "filesystem", "-r", pool])
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .output();
+        let names = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for name in names.lines().rev() {
+            let _ = quiet(zfs_locked().args(["unmount", "-f", name]));
+        }
+    };
+    retry_busy(
+        &format!("zpool destroy -f {pool}"),
+        || {
+            let mut cmd = zpool_locked();
+            cmd.args(["destroy", "-f", pool]);
+            cmd
+        },
+        unmount,
+    )
+}
+
 /// Whether `zpool list` answers (a zfs-fuse daemon runs and is ready).
 pub fn zpool_works() -> bool {
     quiet(Command::new("zpool").arg("list"))
@@ -324,8 +395,8 @@ impl DevStack {
 impl Drop for DevStack {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(60));
-        if self.pool_imported() {
-            let _ = quiet(zpool_locked().args(["destroy", "-f", &self.pool]));
+        if let Err(e) = destroy_pool(&self.pool) {
+            eprintln!("warning: the dev stack's pool is left: {e}");
         }
     }
 }

@@ -13,10 +13,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use mistify_client::types::{Disk, Guest, ImageRequest, JobStatus, Nic, SnapshotRequest};
 use mistify_client::{Accepted, Client, GuestAction};
 use mistify_e2e::stack::DevStack;
 use mistify_e2e::{binary, skipped};
+use mistify_types::{Disk, Guest, ImageRequest, JobStatus, Nic, SnapshotRequest};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
@@ -430,8 +430,9 @@ async fn guest_lifecycle_over_rest() {
     ] {
         assert!(received.contains(&ds), "{ds} not received: {received:?}");
     }
-    let (ok, text) = zfs(&["destroy", "-r", &recv]);
-    assert!(ok, "zfs destroy -r {recv}: {text}");
+    if let Err(e) = mistify_e2e::stack::destroy_dataset(&recv) {
+        panic!("{e}");
+    }
     assert!(
         zfs_names(&pool, "all")
             .iter()

@@ -1,12 +1,13 @@
-//! The Debian package (`cargo deb -p mistify-supervisor`, what `make deb` builds):
-//! built from the test's own binaries, unpacked into a scratch root with `dpkg-deb -x`,
-//! its layout checked, its production manifests validated by the supervisor's loader
-//! and its binaries run.
+//! The Debian package (`cargo deb -p mistify-supervisor`, what `make deb` builds): the
+//! build phase of `make test` packages the test run's own binaries into
+//! `target/debian-test/`; this test unpacks it into a scratch root with `dpkg-deb -x`,
+//! checks its layout, validates its production manifests with the supervisor's loader
+//! and runs its binaries.
 
 use std::path::Path;
 use std::process::Command;
 
-use mistify_e2e::{binary, profile_dir, skipped, workspace_root, TempDir};
+use mistify_e2e::{profile_dir, skipped, TempDir};
 use mistify_supervisor::manifest::load_dir_with;
 
 const BINARIES: [&str; 8] = [
@@ -39,35 +40,27 @@ fn the_package_installs_with_the_documented_layout() {
     if skipped("package") {
         return;
     }
-    for name in BINARIES {
-        binary(name); // built (once) by the helper
-    }
-    let profile = profile_dir();
-    let profile_name = if profile.file_name().is_some_and(|n| n == "release") {
-        "release"
-    } else {
-        "dev"
-    };
-    let dir = TempDir::new("deb");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(&cargo)
-        .current_dir(workspace_root())
-        .args([
-            "deb",
-            "-p",
-            "mistify-supervisor",
-            "--no-build",
-            "--strip",
-            "--fast",
-        ])
-        .args(["--profile", profile_name, "--output"])
-        .arg(dir.path()));
-    let deb = std::fs::read_dir(dir.path())
-        .expect("output dir")
+    // Made by the build phase from the binaries of this profile.
+    let packages = profile_dir()
+        .parent()
+        .map(|target| target.join("debian-test"))
+        .expect("target directory");
+    let deb = std::fs::read_dir(&packages)
+        .into_iter()
+        .flatten()
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .expect("cargo deb wrote no .deb");
+        .unwrap_or_else(|| {
+            panic!(
+                "no package in {}: tests never run cargo; the build phase of `make test` \
+                 makes it (`cargo deb -p mistify-supervisor --no-build --fast --profile dev \
+                 --output {}`)",
+                packages.display(),
+                packages.display()
+            )
+        });
+    let dir = TempDir::new("deb");
     let name = deb
         .file_name()
         .unwrap_or_default()

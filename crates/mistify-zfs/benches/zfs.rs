@@ -3,8 +3,8 @@
 //! image (a clone: should be flat).
 //!
 //! ```text
-//! cargo build -p mistify-agent -p mistify-rpc -p mistify-zfs --bins --examples
-//! MISTIFY_E2E_PREBUILT=1 cargo bench --profile dev -p mistify-zfs --bench zfs
+//! cargo build --workspace --bins --examples
+//! cargo bench --profile dev -p mistify-zfs --bench zfs
 //! ```
 //! (With `--release` binaries, build them with `--release` and drop `--profile dev`.)
 
@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures::StreamExt;
-use mistify_client::client::Client as AgentClient;
-use mistify_client::types::{Disk, Guest, ImageRequest, JobStatus, SnapshotRequest};
+use mistify_client::Client as AgentClient;
 use mistify_e2e::{free_port, Daemon};
+use mistify_types::{Disk, Guest, ImageRequest, JobStatus, SnapshotRequest};
 use serde_json::{json, Value};
 
 const RUNS: usize = 5;

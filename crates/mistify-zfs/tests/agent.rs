@@ -1,9 +1,7 @@
 //! Our agent in front of this sub-agent (storage → `mistify-zfs`, libvirt → the
 //! `test-rpc-service` example): images, guest disks, snapshots, the download stream
 //! through the agent, rollback and delete, checked against `zfs list`.
-//!
-//! Build first: `cargo build -p mistify-agent -p mistify-rpc -p mistify-zfs --bins --examples`
-//! and run with `MISTIFY_E2E_PREBUILT=1`.
+//! Needs the workspace's binaries and examples built (the build phase of `make test`).
 
 mod common;
 
@@ -11,9 +9,9 @@ use std::time::Duration;
 
 use common::*;
 use futures::StreamExt;
-use mistify_client::client::{Client as AgentClient, GuestAction};
-use mistify_client::types::{Disk, Guest, ImageRequest, JobStatus, SnapshotRequest};
+use mistify_client::{Client as AgentClient, GuestAction};
 use mistify_e2e::{free_port, Daemon};
+use mistify_types::{Disk, Guest, ImageRequest, JobStatus, SnapshotRequest};
 
 async fn complete(client: &AgentClient, job: Option<String>, what: &str) {
     let job = job.unwrap_or_else(|| panic!("{what}: no job id"));

@@ -94,19 +94,11 @@ impl TestPool {
 impl Drop for TestPool {
     fn drop(&mut self) {
         let _guard = POOL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        for _ in 0..40 {
-            let ok = mistify_e2e::stack::zpool_locked()
-                .args(["destroy", "-f", &self.name])
-                .env("LC_ALL", "C")
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(500));
+        if let Err(e) = mistify_e2e::stack::destroy_pool(&self.name) {
+            // Not a panic in a drop (it would abort a failing test's report): make
+            // test's leftover check names the pool.
+            eprintln!("warning: the test pool is left: {e}");
         }
-        eprintln!("warning: could not destroy test pool {}", self.name);
     }
 }
 
@@ -260,21 +252,12 @@ pub async fn served(image_server: &Daemon, id: &str) -> u64 {
     v["downloads"][id].as_u64().unwrap_or(0)
 }
 
-/// `zfs destroy -r name` under the mount lock, retrying zfs-fuse's transient "dataset
-/// is busy".
+/// `zfs destroy -r name` ([`mistify_e2e::stack::destroy_dataset`]); panics when it
+/// fails for another reason than zfs-fuse's transient busy, or stays busy.
 pub fn destroy(name: &str) {
-    for _ in 0..40 {
-        let out = mistify_e2e::stack::zfs_locked()
-            .args(["destroy", "-r", name])
-            .env("LC_ALL", "C")
-            .output()
-            .expect("zfs destroy");
-        if out.status.success() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(250));
+    if let Err(e) = mistify_e2e::stack::destroy_dataset(name) {
+        panic!("{e}");
     }
-    panic!("cannot destroy {name}");
 }
 
 /// The agent with `config/agent.json`, storage on `storage_port`, libvirt stages on the
