@@ -16,10 +16,8 @@
 //! of `/proc/stat`, printed with every load) changes within seconds, and alternating
 //! rounds keeps a slow stretch from landing on one side only. `BENCH_AGENT_THREADS=N`
 //! starts the agent with `--worker-threads N`. Run with
-//! `cargo bench -p mistify-agent --bench agent` (builds the whole workspace in release
-//! first), or, building only what it needs:
-//! `cargo build --release -p mistify-agent -p mistify-rpc --bins --examples &&
-//!  MISTIFY_E2E_PREBUILT=1 cargo bench -p mistify-agent --bench agent`.
+//! `cargo build --release --workspace --bins --examples &&
+//!  cargo bench -p mistify-agent --bench agent` (the bench runs no build of its own).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,7 +27,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use mistify_agent::store::Store;
 use mistify_client::{Guest, Job, JobStatus};
-use mistify_e2e::{binary, example, free_port, Daemon};
+use mistify_e2e::{example, free_port, Daemon};
 
 /// What one load measured.
 struct Sample {
@@ -335,7 +333,11 @@ fn start_agent(config: &Path, db: &Path) -> Daemon {
     if let Ok(n) = std::env::var("BENCH_AGENT_THREADS") {
         args.extend(["--worker-threads".to_string(), n]);
     }
-    Daemon::start(&binary("mistify-agent"), &args, port)
+    Daemon::start(
+        &std::path::PathBuf::from(env!("CARGO_BIN_EXE_mistify-agent")),
+        &args,
+        port,
+    )
 }
 
 /// An agent whose store holds `n` guests (written as the agent writes them), and its
@@ -345,6 +347,7 @@ fn agent_with_guests(dir: &Path, config: &Path, n: usize) -> (Daemon, (u64, u64)
     Store::open(&db, 1000)
         .expect("store")
         .put_guests(&(0..n).map(guest).collect::<Vec<_>>())
+        .wait()
         .expect("guests");
     let agent = start_agent(config, &db);
     std::thread::sleep(Duration::from_secs(1));
@@ -385,18 +388,19 @@ fn job(i: usize, status: JobStatus) -> Job {
 fn job_update(dir: &Path, kept: usize) -> Duration {
     let store = Store::open(&dir.join(format!("jobs-{kept}.redb")), kept + 10).expect("store");
     let jobs: Vec<Job> = (0..kept).map(|i| job(i, JobStatus::Complete)).collect();
-    store.import_jobs(&jobs).expect("import");
+    store.import_jobs(&jobs).wait().expect("import");
     let probe = job(kept + 1, JobStatus::Queued);
-    store.add_job(&probe, None).expect("add");
+    store.add_job(&probe, None).wait().expect("add");
     let rounds = 200;
     let start = Instant::now();
     for i in 0..rounds {
         store
-            .update_job(&probe.id, |j| {
+            .update_job(&probe.id, move |j| {
                 j.message = format!("update {i}");
                 j.updated_at = Utc::now();
                 true
             })
+            .wait()
             .expect("update");
     }
     start.elapsed() / rounds

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use mistify_client::serde_go::null_default;
+use mistify_types::serde_go::null_default;
+pub use mistify_types::{Action, ActionType};
 
 /// Where the store lives unless the config or `--db-path` says otherwise.
 pub const DEFAULT_DB_PATH: &str = "/var/lib/mistify/agent.redb";
@@ -21,67 +22,6 @@ pub const DEFAULT_MAX_PENDING: usize = 4;
 pub const DEFAULT_SERVICE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The RPC path of a service without `path`.
 pub const DEFAULT_RPC_PATH: &str = mistify_rpc::RPC_PATH;
-
-/// How an action runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ActionType {
-    /// Synchronously inside the request, under the guest's Info limit.
-    Info,
-    /// Bytes proxied from the one stage, under the guest's Stream limit.
-    Stream,
-    /// Queued on the guest's FIFO, one at a time per guest; answered with a job id.
-    Async,
-}
-
-/// Every action name a config may define, with its type: the original whitelist plus
-/// `suspend`/`resume` (Async) and `status` (Info), each with its container variant.
-pub const VALID_ACTIONS: &[(&str, ActionType)] = &[
-    ("create", ActionType::Async),
-    ("delete", ActionType::Async),
-    ("start", ActionType::Async),
-    ("reboot", ActionType::Async),
-    ("restart", ActionType::Async),
-    ("poweroff", ActionType::Async),
-    ("shutdown", ActionType::Async),
-    ("suspend", ActionType::Async),
-    ("resume", ActionType::Async),
-    ("status", ActionType::Info),
-    ("containerCreate", ActionType::Async),
-    ("containerDelete", ActionType::Async),
-    ("containerStart", ActionType::Async),
-    ("containerReboot", ActionType::Async),
-    ("containerRestart", ActionType::Async),
-    ("containerPoweroff", ActionType::Async),
-    ("containerShutdown", ActionType::Async),
-    ("containerSuspend", ActionType::Async),
-    ("containerResume", ActionType::Async),
-    ("containerStatus", ActionType::Info),
-    ("cpuMetrics", ActionType::Info),
-    ("diskMetrics", ActionType::Info),
-    ("nicMetrics", ActionType::Info),
-    ("listImages", ActionType::Info),
-    ("getImage", ActionType::Info),
-    ("deleteImage", ActionType::Async),
-    ("fetchImage", ActionType::Async),
-    ("containerListImages", ActionType::Info),
-    ("containerGetImage", ActionType::Info),
-    ("containerDeleteImage", ActionType::Async),
-    ("containerFetchImage", ActionType::Async),
-    ("listSnapshots", ActionType::Info),
-    ("getSnapshot", ActionType::Info),
-    ("createSnapshot", ActionType::Async),
-    ("deleteSnapshot", ActionType::Async),
-    ("rollbackSnapshot", ActionType::Async),
-    ("downloadSnapshot", ActionType::Stream),
-];
-
-/// The type of a whitelisted action name.
-pub fn action_type(name: &str) -> Option<ActionType> {
-    VALID_ACTIONS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, t)| *t)
-}
 
 /// One sub-agent.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,24 +42,23 @@ pub struct StageDef {
     pub args: BTreeMap<String, String>,
 }
 
-/// A configured action.
+/// A configured action: its stages (how it runs is [`Action::kind`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActionDef {
-    pub kind: ActionType,
     pub stages: Vec<StageDef>,
 }
 
 /// The merged configuration.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
-    pub actions: BTreeMap<String, ActionDef>,
+    pub actions: BTreeMap<Action, ActionDef>,
     pub services: BTreeMap<String, ServiceDef>,
     /// `dbpath` of the first file that set it.
     pub db_path: Option<PathBuf>,
     /// `joblog_max` of the first file that set it.
     pub joblog_max: Option<usize>,
     /// The file each action was last defined in (named by [`Config::check`]).
-    pub action_files: BTreeMap<String, String>,
+    pub action_files: BTreeMap<Action, String>,
 }
 
 /// A problem with the configuration; the text names the file and the entry.
@@ -263,14 +202,18 @@ impl Config {
         }
         let mut actions = BTreeMap::new();
         for (aname, a) in file.actions {
-            if self.actions.contains_key(&aname) {
+            // The whitelist: the type always comes from the action's name.
+            let action = match Action::parse(&aname) {
+                Ok(action) => action,
+                Err(e) => {
+                    problems.push(format!("{name}: action {e}"));
+                    continue;
+                }
+            };
+            if self.actions.contains_key(&action) {
                 problems.push(format!("{name}: action {aname} has already been defined"));
                 continue;
             }
-            let Some(kind) = action_type(&aname) else {
-                problems.push(format!("{name}: action {aname} is not a valid action"));
-                continue;
-            };
             let mut stages = Vec::new();
             for (i, st) in a.stages.into_iter().enumerate() {
                 if st.method.is_empty() {
@@ -289,13 +232,13 @@ impl Config {
                     args: st.args,
                 });
             }
-            if kind == ActionType::Stream && stages.len() != 1 {
+            if action.kind() == ActionType::Stream && stages.len() != 1 {
                 problems.push(format!(
                     "{name}: {aname}: a Stream action must have exactly one stage, it has {}",
                     stages.len()
                 ));
             }
-            actions.insert(aname, ActionDef { kind, stages });
+            actions.insert(action, ActionDef { stages });
         }
         if file.joblog_max == Some(0) {
             problems.push(format!("{name}: joblog_max must be at least 1"));
@@ -305,8 +248,8 @@ impl Config {
             return Err(ConfigError { problems });
         }
         self.services.extend(services);
-        for aname in actions.keys() {
-            self.action_files.insert(aname.clone(), name.to_string());
+        for action in actions.keys() {
+            self.action_files.insert(*action, name.to_string());
         }
         self.actions.extend(actions);
         if self.db_path.is_none() && !file.dbpath.is_empty() {
@@ -351,21 +294,9 @@ impl Config {
         }
     }
 
-    pub fn action(&self, name: &str) -> Option<&ActionDef> {
-        self.actions.get(name)
-    }
-}
-
-/// `container` + name with its first letter upper-cased, for container guests/images;
-/// the name unchanged otherwise (the original's `prefixed`).
-pub fn prefixed(kind: &str, name: &str) -> String {
-    if kind != "container" || name.is_empty() {
-        return name.to_string();
-    }
-    let mut chars = name.chars();
-    match chars.next() {
-        Some(first) => format!("container{}{}", first.to_uppercase(), chars.as_str()),
-        None => name.to_string(),
+    /// The stages of `action`, when it is configured.
+    pub fn action(&self, action: Action) -> Option<&ActionDef> {
+        self.actions.get(&action)
     }
 }
 
@@ -393,8 +324,9 @@ mod tests {
         let mut c = Config::default();
         c.add_str("a.json", GOOD).unwrap();
         c.check().unwrap();
-        assert_eq!(c.actions["create"].kind, ActionType::Async);
-        assert_eq!(c.actions["create"].stages[1].args["a"], "b");
+        let create = Action::parse("create").unwrap();
+        assert_eq!(create.kind(), ActionType::Async);
+        assert_eq!(c.actions[&create].stages[1].args["a"], "b");
         assert_eq!(c.services["storage"].max_pending, 4);
         assert_eq!(c.services["storage"].timeout, Duration::from_secs(3600));
         assert_eq!(c.services["libvirt"].path, "/_mistify_RPC_");
@@ -459,13 +391,5 @@ mod tests {
         assert!(Config::default()
             .add_str("e.json", r#"{"bogus": 1}"#)
             .is_ok());
-    }
-
-    #[test]
-    fn prefixing() {
-        assert_eq!(prefixed("container", "start"), "containerStart");
-        assert_eq!(prefixed("container", "listImages"), "containerListImages");
-        assert_eq!(prefixed("kvm", "start"), "start");
-        assert_eq!(prefixed("", "start"), "start");
     }
 }

@@ -3,8 +3,11 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use mistify_client::ErrorBody;
 use mistify_rpc::RpcError;
+use mistify_types::{Action, ErrorBody};
+
+use crate::pipeline::StageError;
+use crate::store::StoreError;
 
 /// Everything a request or a job can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -15,9 +18,9 @@ pub enum AgentError {
     /// The request is malformed or its input unsafe; nothing was changed.
     #[error("{0}")]
     BadRequest(String),
-    /// The action (already prefixed) is not in the configuration.
+    /// The action (the variant for the guest's or image's type) is not configured.
     #[error("{0}: Not configured")]
-    NotConfigured(String),
+    NotConfigured(Action),
     /// The route exists but not this action word.
     #[error("unknown action {0:?}")]
     UnknownAction(String),
@@ -33,19 +36,22 @@ pub enum AgentError {
     /// The request body is larger than the agent accepts.
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
-    /// The request body stopped arriving (see `mistify_rpc::limits`).
+    /// The request body stopped arriving (see `mistify_http::Limits`).
     #[error("the request body stopped arriving")]
     BodyTimeout,
     /// A sub-agent call failed.
     #[error(transparent)]
     Rpc(#[from] RpcError),
     /// A stage returned something unusable (e.g. no guest).
-    #[error("{0}")]
-    Stage(String),
+    #[error(transparent)]
+    Stage(#[from] StageError),
     /// The local store failed.
     #[error("store: {0}")]
-    Store(String),
-    /// Anything else that is the agent's own fault.
+    Store(#[from] StoreError),
+    /// An answer could not be encoded.
+    #[error("cannot encode the result: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// Anything else that is the agent's own fault (a broken invariant).
     #[error("{0}")]
     Internal(String),
 }
@@ -68,33 +74,19 @@ impl AgentError {
             AgentError::Rpc(_)
             | AgentError::Stage(_)
             | AgentError::Store(_)
+            | AgentError::Encode(_)
             | AgentError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
-}
 
-impl From<redb::Error> for AgentError {
-    fn from(e: redb::Error) -> Self {
-        AgentError::Store(e.to_string())
+    /// The 503 of a draining agent.
+    pub fn draining() -> AgentError {
+        AgentError::Unavailable {
+            message: "the agent is shutting down".into(),
+            retry_after: 10,
+        }
     }
 }
-
-macro_rules! store_errors {
-    ($($t:ty),*) => {$(
-        impl From<$t> for AgentError {
-            fn from(e: $t) -> Self {
-                AgentError::Store(e.to_string())
-            }
-        }
-    )*};
-}
-store_errors!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
 
 /// A JSON response with `Content-Type: application/json` and Go's trailing newline.
 pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {

@@ -4,12 +4,25 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use mistify_client::{Guest, Job, JobStatus};
+use mistify_types::{Guest, Job, JobStatus};
 use rusqlite::{Connection, OpenFlags};
 
-use crate::api::check_id;
-use crate::error::AgentError;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+
+/// Why an import stopped (entries that cannot be read are skipped and reported instead).
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("reading the Go database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("{} has no mistify_agent table: not a Go mistify-agent database", .0.display())]
+    NotGo(std::path::PathBuf),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+fn check_id(what: &'static str, id: &str) -> Result<(), mistify_types::IdError> {
+    mistify_types::id::check(what, id)
+}
 
 /// The message of a Go job that had not finished when its log was imported.
 pub const UNFINISHED: &str = "imported from the Go agent before it finished";
@@ -24,46 +37,32 @@ pub struct ImportReport {
     pub skipped: Vec<String>,
 }
 
-fn sql(e: rusqlite::Error) -> AgentError {
-    AgentError::Store(format!("reading the Go database: {e}"))
-}
-
 /// Imports `go_db` into `store`. Guests already in the store are kept and reported.
-pub fn import_go_db(go_db: &Path, store: &Store) -> Result<ImportReport, AgentError> {
-    let conn = Connection::open_with_flags(go_db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sql)?;
-    let has_table: bool = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'mistify_agent'",
-            [],
-            |row| row.get::<_, i64>(0),
-        )
-        .map_err(sql)?
-        > 0;
+pub fn import_go_db(go_db: &Path, store: &Store) -> Result<ImportReport, ImportError> {
+    let conn = Connection::open_with_flags(go_db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let has_table: bool = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'mistify_agent'",
+        [],
+        |row| row.get::<_, i64>(0),
+    )? > 0;
     if !has_table {
-        return Err(AgentError::Store(format!(
-            "{} has no mistify_agent table: not a Go mistify-agent database",
-            go_db.display()
-        )));
+        return Err(ImportError::NotGo(go_db.to_path_buf()));
     }
-    let mut stmt = conn
-        .prepare("SELECT key, bucket, value FROM mistify_agent ORDER BY rowid")
-        .map_err(sql)?;
-    let rows = stmt
-        .query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, Vec<u8>>(2)?,
-            ))
-        })
-        .map_err(sql)?;
+    let mut stmt = conn.prepare("SELECT key, bucket, value FROM mistify_agent ORDER BY rowid")?;
+    let rows = stmt.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, Vec<u8>>(2)?,
+        ))
+    })?;
 
     let mut report = ImportReport::default();
     let mut guests = Vec::new();
     let mut metadata = BTreeMap::new();
     let mut jobs: BTreeMap<String, Job> = BTreeMap::new();
     for row in rows {
-        let (key, bucket, value) = row.map_err(sql)?;
+        let (key, bucket, value) = row?;
         match bucket.as_str() {
             "guests" => match serde_json::from_slice::<Guest>(&value) {
                 Ok(mut guest) => {
@@ -116,11 +115,12 @@ pub fn import_go_db(go_db: &Path, store: &Store) -> Result<ImportReport, AgentEr
     }
     let mut jobs: Vec<Job> = jobs.into_values().collect();
     jobs.sort_by_key(|j| j.queued_at);
-    store.put_guests(&guests)?;
+    // A command-line tool, outside any runtime: the writes are waited for here.
+    store.put_guests(&guests).wait()?;
     if !metadata.is_empty() {
-        store.patch_metadata(&metadata)?;
+        store.patch_metadata(&metadata).wait()?;
     }
-    store.import_jobs(&jobs)?;
+    store.import_jobs(&jobs).wait()?;
     report.guests = guests.len();
     report.metadata = metadata.len();
     report.jobs = jobs.len();

@@ -7,12 +7,14 @@
 
 pub mod agent;
 pub mod api;
-pub mod auth;
 pub mod config;
 pub mod error;
 pub mod import;
+pub mod jobs;
 pub mod metrics;
 pub mod openapi;
+pub mod ops;
+pub mod pipeline;
 pub mod runner;
 pub mod store;
 
@@ -20,9 +22,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use agent::{Agent, Settings, TlsSettings, Work};
+pub use agent::{Agent, Settings, TlsSettings};
 pub use config::Config;
 pub use error::AgentError;
+pub use jobs::Work;
+use mistify_http::auth::{Gate, Refusal, Tokens};
 
 /// Serves the agent on `listener` until `shutdown` resolves; then stops taking work
 /// (503), waits (bounded) for running jobs, and finishes the requests in flight.
@@ -34,10 +38,12 @@ pub async fn serve(
     serve_with(agent, None, listener, shutdown).await
 }
 
-/// As [`serve`], with bearer tokens required when `auth` is given (see [`auth`]).
+/// As [`serve`], with bearer tokens required when `auth` is given (`--token-file`: 401
+/// without a token of the file, 403 for a read-only token that does more than read;
+/// `/healthz` stays open).
 pub async fn serve_with(
     agent: Arc<Agent>,
-    auth: Option<Arc<auth::Auth>>,
+    auth: Option<Arc<Tokens>>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -53,9 +59,15 @@ pub async fn serve_with(
         let _ = stop_rx.await;
     };
     match auth {
-        Some(auth) => {
+        Some(tokens) => {
+            let gate = Gate {
+                tokens,
+                refusal: Refusal::Json {
+                    realm: "mistify-agent",
+                },
+            };
             let app = tower::Layer::layer(
-                &axum::middleware::from_fn_with_state(auth, auth::require_token),
+                &axum::middleware::from_fn_with_state(gate, mistify_http::auth::require_token),
                 app,
             );
             serve_app(&agent, listener, app, stopped).await
@@ -65,7 +77,7 @@ pub async fn serve_with(
 }
 
 /// Serves `app` over HTTP or, with the agent's TLS settings, HTTPS.
-async fn serve_app<S: mistify_rpc::http::App>(
+async fn serve_app<S: mistify_http::App>(
     agent: &Agent,
     listener: tokio::net::TcpListener,
     app: S,
@@ -73,10 +85,8 @@ async fn serve_app<S: mistify_rpc::http::App>(
 ) -> std::io::Result<()> {
     let limits = agent.limits.clone();
     match agent.tls.clone() {
-        Some(tls) => {
-            mistify_rpc::limits::serve_tls(listener, app, limits, tls.config, stopped).await
-        }
-        None => mistify_rpc::limits::serve(listener, app, limits, stopped).await,
+        Some(tls) => mistify_http::serve_tls(listener, app, limits, tls.config, stopped).await,
+        None => mistify_http::serve(listener, app, limits, stopped).await,
     }
 }
 
@@ -86,14 +96,14 @@ async fn serve_app<S: mistify_rpc::http::App>(
 pub async fn run(
     settings: Settings,
     address: SocketAddr,
-    auth: Option<auth::Auth>,
+    auth: Option<Tokens>,
 ) -> Result<(), String> {
     let auth = auth.map(Arc::new);
     if let Some(auth) = &auth {
         auth.reload_on_sighup()
             .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
     }
-    let agent = Agent::start(settings).map_err(|e| e.to_string())?;
+    let agent = Agent::start(settings).await.map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| format!("cannot listen on {address}: {e}"))?;
@@ -102,7 +112,7 @@ pub async fn run(
         tracing::warn!(%address, "listening beyond loopback without authentication (see --token-file and --client-ca)");
     }
     tracing::info!(%address, tokens = auth.is_some(), tls = agent.tls.is_some(), client_certs, "mistify-agent serving");
-    serve_with(agent, auth, listener, mistify_rpc::http::shutdown_signal())
+    serve_with(agent, auth, listener, mistify_http::shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("mistify-agent stopped");

@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::Parser;
 use mistify_agent::config::{Config, DEFAULT_DB_PATH, DEFAULT_JOBLOG_MAX};
 use mistify_agent::Settings;
-use mistify_rpc::http::{init_tracing, LogFormat};
-use mistify_rpc::limits;
+use mistify_http as limits;
+use mistify_http::{init_tracing, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -97,6 +97,15 @@ fn level(name: &str) -> &str {
 
 fn main() {
     let flags = Flags::parse();
+    // The import is a plain command-line tool: it waits for its writes, outside any
+    // runtime.
+    if let Some(Command::ImportGoDb { path }) = &flags.command {
+        let dest = flags
+            .db_path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DB_PATH));
+        std::process::exit(import(path.as_path(), &dest));
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if flags.worker_threads > 0 {
         runtime.worker_threads(flags.worker_threads as usize);
@@ -115,13 +124,6 @@ async fn agent_main(flags: Flags) {
         eprintln!("mistify-agent: {e}");
         std::process::exit(2);
     }
-    if let Some(Command::ImportGoDb { path }) = &flags.command {
-        let dest = flags
-            .db_path
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DB_PATH));
-        std::process::exit(import(path.as_path(), &dest));
-    }
     let config = match Config::load(&flags.config_file) {
         Ok(c) => c,
         Err(e) => {
@@ -132,7 +134,7 @@ async fn agent_main(flags: Flags) {
     let auth = match flags
         .token_file
         .as_deref()
-        .map(mistify_agent::auth::Auth::load)
+        .map(mistify_http::auth::Tokens::load)
     {
         None => None,
         Some(Ok(auth)) => Some(auth),

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use mistify_client::JobStatus;
+use mistify_types::JobStatus;
 
 /// Upper bounds (seconds) of the sub-agent latency buckets.
 const LATENCY_BUCKETS: &[f64] = &[

@@ -4,12 +4,13 @@
 
 use serde_json::{json, Value};
 
-/// A character of a path id other than `.`: not `/`, `@`, `;`, `\`, whitespace or a
-/// control character (`api::check_id`; Rust's `char::is_whitespace` and `is_control`).
+/// A character of a path id other than `.`: not `/`, `\`, `@`, `;`, `?`, `#`, whitespace
+/// or a control character (`mistify_types::id::check`; Rust's `char::is_whitespace` and
+/// `is_control`).
 const ID_CHAR: &str =
-    r"[^./@;\\\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]";
+    r"[^./@;?#\\\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]";
 
-/// The pattern of an id `api::check_id` accepts: at least one character that is not a
+/// The pattern of an id `mistify_types::id::check` accepts: at least one character that is not a
 /// dot, never two dots in a row. Linear to match (each repetition takes one character).
 pub fn id_pattern() -> String {
     format!(r"^\.?{ID_CHAR}(\.?{ID_CHAR})*\.?$")
@@ -519,7 +520,7 @@ pub fn document() -> Value {
     paths.insert("/guests/{id}/{action}".into(), json!({
         "post": op("A guest action (Async): shutdown, reboot, restart, poweroff, start, suspend, resume, delete",
             vec![id(), param_with("action", "path", "the action",
-                json!({"type": "string", "enum": crate::api::GUEST_ACTIONS}))], None,
+                json!({"type": "string", "enum": mistify_types::GuestAction::ALL.map(|a| a.as_str())}))], None,
             json!({"202": accepted(r("Guest")), "400": error("an unsafe id, or a body that cannot be read (it is ignored)"),
                    "404": error("unknown guest or action, or not configured")}))
     }));

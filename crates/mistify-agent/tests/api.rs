@@ -158,9 +158,9 @@ async fn nics_without_mac_get_a_derived_one_and_metadata_works_without_a_map() {
         .await;
     let stored = s.client.get_guest(&guest.id).await.unwrap();
     let macs: Vec<&str> = stored.nics.iter().map(|n| n.mac.as_str()).collect();
-    assert_eq!(macs[0], mistify_agent::agent::derived_mac(&guest.id, 0));
+    assert_eq!(macs[0], mistify_types::derived_mac(&guest.id, 0));
     assert_eq!(macs[1], "52:54:00:00:00:01");
-    assert_eq!(macs[2], mistify_agent::agent::derived_mac(&guest.id, 2));
+    assert_eq!(macs[2], mistify_types::derived_mac(&guest.id, 2));
     assert_eq!(
         guest.nics, stored.nics,
         "the 202 answer shows the MACs that were stored"

@@ -230,15 +230,17 @@ fn an_unusable_token_file_stops_the_agent_at_start() {
         ("# only comments\n".to_string(), "no token"),
     ] {
         std::fs::write(&tokens, content).expect("tokens");
-        let out = Command::new(binary("mistify-agent"))
-            .args(["-a", "127.0.0.1:1", "-c"])
-            .arg(&config)
-            .arg("--db-path")
-            .arg(dir.path().join("agent.redb"))
-            .arg("--token-file")
-            .arg(&tokens)
-            .output()
-            .expect("agent");
+        let out = Command::new(std::path::PathBuf::from(env!(
+            "CARGO_BIN_EXE_mistify-agent"
+        )))
+        .args(["-a", "127.0.0.1:1", "-c"])
+        .arg(&config)
+        .arg("--db-path")
+        .arg(dir.path().join("agent.redb"))
+        .arg("--token-file")
+        .arg(&tokens)
+        .output()
+        .expect("agent");
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expect), "{err}");
@@ -350,11 +352,13 @@ async fn a_service_token_reaches_a_sub_agent_that_requires_it() {
     broken["services"]["test"]["token"] = "two words".into();
     let file = dir.path().join("broken.json");
     std::fs::write(&file, broken.to_string()).expect("config");
-    let out = Command::new(binary("mistify-agent"))
-        .args(["--check-config", "-c"])
-        .arg(&file)
-        .output()
-        .expect("agent");
+    let out = Command::new(std::path::PathBuf::from(env!(
+        "CARGO_BIN_EXE_mistify-agent"
+    )))
+    .args(["--check-config", "-c"])
+    .arg(&file)
+    .output()
+    .expect("agent");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("service test: token"), "{err}");
@@ -484,13 +488,15 @@ fn unusable_tls_files_stop_the_agent_naming_the_file() {
         vec!["--tls-cert", not_pem.to_str().unwrap()],
         vec!["--client-ca", not_pem.to_str().unwrap()],
     ] {
-        let out = Command::new(binary("mistify-agent"))
-            .arg("-c")
-            .arg(&config)
-            .args(&args)
-            .arg("--check-config")
-            .output()
-            .expect("run");
+        let out = Command::new(std::path::PathBuf::from(env!(
+            "CARGO_BIN_EXE_mistify-agent"
+        )))
+        .arg("-c")
+        .arg(&config)
+        .args(&args)
+        .arg("--check-config")
+        .output()
+        .expect("run");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(

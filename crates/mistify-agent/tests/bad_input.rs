@@ -369,10 +369,12 @@ fn out_of_range_limits_are_refused() {
         ("--max-header-bytes", "10"),
         ("--worker-threads", "1025"),
     ] {
-        let out = std::process::Command::new(mistify_e2e::binary("mistify-agent"))
-            .args(["-c", "/nonexistent.json", flag, value, "--check-config"])
-            .output()
-            .expect("run");
+        let out = std::process::Command::new(std::path::PathBuf::from(env!(
+            "CARGO_BIN_EXE_mistify-agent"
+        )))
+        .args(["-c", "/nonexistent.json", flag, value, "--check-config"])
+        .output()
+        .expect("run");
         assert_eq!(out.status.code(), Some(2), "{flag} {value}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(flag), "{flag}: {stderr}");

@@ -43,7 +43,7 @@ async fn a_go_database_is_refused_then_imported() {
     let dir = TempDir::new("import");
     let go_db = dir.path().join("mistify-agent.db");
     go_database(&go_db);
-    let bin = mistify_e2e::binary("mistify-agent");
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_mistify-agent"));
     let config = dir.path().join("agent.json");
     std::fs::write(&config, fake::config(1, &[]).to_string()).unwrap();
 

@@ -400,7 +400,7 @@ proptest::proptest! {
         .unwrap()
     ) {
         proptest::prop_assume!(id.chars().count() as u64 <= mistify_agent::openapi::ID_MAX_CHARS);
-        proptest::prop_assert!(mistify_agent::api::check_id("id", &id).is_ok(), "{id:?}");
+        proptest::prop_assert!(mistify_types::id::check("id", &id).is_ok(), "{id:?}");
     }
 }
 
@@ -431,7 +431,7 @@ fn path_ids_carry_the_pattern_which_names_every_refused_character() {
         "a\u{3000}b",
     ] {
         assert!(
-            mistify_agent::api::check_id("id", refused).is_err(),
+            mistify_types::id::check("id", refused).is_err(),
             "{refused:?}"
         );
     }

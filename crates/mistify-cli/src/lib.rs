@@ -17,9 +17,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::client::{Accepted, Client, ClientError, GuestAction, MetadataPatch};
-use crate::types::{
-    Disk, Guest, Image, ImageRequest, Job, JobStatus, Metadata, Nic, Snapshot, SnapshotRequest,
+use mistify_client::{Accepted, Client, ClientError, DownloadStream, MetadataPatch, TlsFiles};
+use mistify_types::{
+    Disk, Guest, GuestAction, Image, ImageRequest, Job, JobStatus, Metadata, Nic, Snapshot,
+    SnapshotRequest,
 };
 
 /// The agent address used when neither `--agent` nor `MISTIFY_AGENT` gives one.
@@ -572,7 +573,7 @@ pub fn guest_details(g: &Guest) -> String {
 }
 
 fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
-    if *t == crate::serde_go::go_time::zero() {
+    if *t == mistify_types::serde_go::go_time::zero() {
         "-".to_string()
     } else {
         t.format("%Y-%m-%d %H:%M:%S").to_string()
@@ -751,26 +752,18 @@ async fn after_accepted<T: Serialize>(
 
 // ----- commands ------------------------------------------------------------------------
 
-/// The token in `path`: its first line that is not blank or a `#` comment, without an
-/// `ro:` prefix (so an agent's token file line can be copied as is).
+/// The token of `path` (a token file; its first token, `ro:` prefix dropped, so an
+/// agent's token file line can be copied as is).
 fn read_token(path: &std::path::Path) -> Result<String, ClientError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ClientError::InvalidInput(format!(
-            "cannot read the token file {}: {e}",
-            path.display()
-        ))
-    })?;
-    text.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| l.strip_prefix("ro:").unwrap_or(l).to_string())
-        .ok_or_else(|| ClientError::InvalidInput(format!("no token in {}", path.display())))
+    mistify_types::token::TokenFile::load(path)
+        .map(|file| file.first().to_string())
+        .map_err(|e| ClientError::InvalidInput(e.to_string()))
 }
 
 /// Carries out a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let mut client = Client::new(&cli.agent)?.with_timeout(Duration::from_secs(cli.timeout));
-    let tls = crate::TlsFiles {
+    let tls = TlsFiles {
         ca: cli.ca_cert.clone(),
         cert: cli.client_cert.clone(),
         key: cli.client_key.clone(),
@@ -1002,7 +995,7 @@ async fn download(
     }
 }
 
-async fn download_to(mut stream: crate::DownloadStream, part: &Path) -> Result<(), CliError> {
+async fn download_to(mut stream: DownloadStream, part: &Path) -> Result<(), CliError> {
     let bar = match stream.content_length {
         Some(len) => {
             let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());

@@ -20,23 +20,21 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use url::Url;
 
-use crate::stream::{IdleTimeout, IdleTimeoutError};
-use crate::types::{
-    ErrorBody, Guest, GuestCpuMetrics, GuestDiskMetrics, GuestNicMetrics, Image, ImageRequest,
-    ImageResponse, Job, Snapshot, SnapshotRequest,
+use mistify_types::{
+    ErrorBody, Guest, GuestAction, GuestCpuMetrics, GuestDiskMetrics, GuestNicMetrics, Image,
+    ImageRequest, ImageResponse, Job, Snapshot, SnapshotRequest,
 };
 
 /// The header in which the agent names the job (pipeline) it started for a request.
@@ -154,74 +152,9 @@ pub struct Accepted<T> {
     pub body: T,
 }
 
-/// The guest actions reachable as `POST /guests/{id}/{action}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum GuestAction {
-    Shutdown,
-    Reboot,
-    Restart,
-    Poweroff,
-    Start,
-    Suspend,
-    Resume,
-    Delete,
-}
-
-impl GuestAction {
-    /// Every action, in route-table order.
-    pub const ALL: [GuestAction; 8] = [
-        GuestAction::Shutdown,
-        GuestAction::Reboot,
-        GuestAction::Restart,
-        GuestAction::Poweroff,
-        GuestAction::Start,
-        GuestAction::Suspend,
-        GuestAction::Resume,
-        GuestAction::Delete,
-    ];
-
-    /// The last path segment of the action's route, e.g. `poweroff`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GuestAction::Shutdown => "shutdown",
-            GuestAction::Reboot => "reboot",
-            GuestAction::Restart => "restart",
-            GuestAction::Poweroff => "poweroff",
-            GuestAction::Start => "start",
-            GuestAction::Suspend => "suspend",
-            GuestAction::Resume => "resume",
-            GuestAction::Delete => "delete",
-        }
-    }
-}
-
-impl fmt::Display for GuestAction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The error of parsing an unknown guest action name.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown guest action {0:?} (expected one of shutdown, reboot, restart, poweroff, start, suspend, resume, delete)")]
-pub struct UnknownGuestAction(pub String);
-
-impl From<UnknownGuestAction> for ClientError {
-    fn from(e: UnknownGuestAction) -> Self {
+impl From<mistify_types::UnknownGuestAction> for ClientError {
+    fn from(e: mistify_types::UnknownGuestAction) -> Self {
         ClientError::InvalidInput(e.to_string())
-    }
-}
-
-impl FromStr for GuestAction {
-    type Err = UnknownGuestAction;
-
-    /// Parses the route word, ignoring ASCII case and surrounding whitespace.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let word = s.trim();
-        GuestAction::ALL
-            .into_iter()
-            .find(|a| a.as_str().eq_ignore_ascii_case(word))
-            .ok_or_else(|| UnknownGuestAction(s.to_string()))
     }
 }
 
@@ -388,25 +321,10 @@ impl Reply {
     }
 }
 
-/// Refuses ids that cannot stand as one URL path segment.
-fn check_segment(what: &str, value: &str) -> Result<(), ClientError> {
-    let bad = if value.is_empty() {
-        Some("must not be empty")
-    } else if value == "." || value.contains("..") {
-        Some("must not be `.` or contain `..`")
-    } else if value.contains(['/', '\\', '?', '#']) {
-        Some("must not contain `/`, `\\`, `?` or `#`")
-    } else if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        Some("must not contain whitespace or control characters")
-    } else {
-        None
-    };
-    match bad {
-        Some(reason) => Err(ClientError::InvalidInput(format!(
-            "{what} {value:?} {reason}"
-        ))),
-        None => Ok(()),
-    }
+/// Refuses ids that cannot stand as one URL path segment (the agent's own id rule,
+/// [`mistify_types::id::check`]).
+fn check_segment(what: &'static str, value: &str) -> Result<(), ClientError> {
+    mistify_types::id::check(what, value).map_err(|e| ClientError::InvalidInput(e.to_string()))
 }
 
 fn job_id_of(headers: &HeaderMap) -> Option<String> {
@@ -482,18 +400,6 @@ fn parse_error_body(raw: &[u8]) -> Option<ErrorBody> {
 fn encode<T: Serialize + ?Sized>(body: &T) -> Result<Vec<u8>, ClientError> {
     serde_json::to_vec(body)
         .map_err(|e| ClientError::InvalidInput(format!("cannot encode the request body: {e}")))
-}
-
-/// Errors inside the download stream before they get the route attached.
-enum ChunkError {
-    Idle(IdleTimeoutError),
-    Transport(reqwest::Error),
-}
-
-impl From<IdleTimeoutError> for ChunkError {
-    fn from(e: IdleTimeoutError) -> Self {
-        ChunkError::Idle(e)
-    }
 }
 
 /// The HTTP client under [`Client`]: our user agent, `headers` on every request, and
@@ -1017,20 +923,25 @@ impl Client {
         let job_id = job_id_of(response.headers());
         let content_length = response.content_length();
 
-        let chunks = Box::pin(response.bytes_stream().map_err(ChunkError::Transport));
+        // Each chunk must come within `after` of the one before; the first failure ends
+        // the stream.
         let idle_what = format!("{what} (waiting for data)");
-        let inner = IdleTimeout::new(chunks, after).map(move |item| {
-            item.map_err(|e| match e {
-                ChunkError::Idle(IdleTimeoutError(after)) => ClientError::Timeout {
-                    what: idle_what.clone(),
-                    after,
-                },
-                ChunkError::Transport(source) => ClientError::Transport {
+        let inner = tokio_stream::StreamExt::timeout(response.bytes_stream(), after)
+            .map(move |item| match item {
+                Ok(Ok(chunk)) => Ok(chunk),
+                Ok(Err(source)) => Err(ClientError::Transport {
                     what: idle_what.clone(),
                     source,
-                },
+                }),
+                Err(_elapsed) => Err(ClientError::Timeout {
+                    what: idle_what.clone(),
+                    after,
+                }),
             })
-        });
+            .scan(false, |failed, item| {
+                let end = std::mem::replace(failed, item.is_err());
+                std::future::ready((!end).then_some(item))
+            });
         Ok(DownloadStream {
             job_id,
             content_length,

@@ -1,8 +1,8 @@
-//! Types and an async client of the mistify-agent REST API.
+//! An async client of the mistify-agent REST API: one method per agent route.
 //!
-//! The types serialize exactly as the Go agent's JSON (`docs/compat.md` lists the few
-//! deliberate differences) and decode leniently. [`Client`] covers every agent route.
-//! [`cli`] is the `mistify` operator CLI built on it (`docs/cli.md`).
+//! The types it sends and returns are the wire types of [`mistify_types`], re-exported
+//! here. The `mistify` operator CLI built on it is the crate `mistify-cli`
+//! (`docs/cli.md`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), mistify_client::ClientError> {
@@ -13,15 +13,10 @@
 //! # Ok(()) }
 //! ```
 
-pub mod cli;
 pub mod client;
-pub mod serde_go;
-pub mod stream;
-pub mod types;
 
-pub use client::{
-    Accepted, Client, ClientError, DownloadStream, GuestAction, MetadataPatch, TlsFiles,
-};
+pub use client::{Accepted, Client, ClientError, DownloadStream, MetadataPatch, TlsFiles};
+pub use mistify_types::rest::*;
+pub use mistify_types::{GuestAction, MetricsKind};
 /// The TLS client configuration [`TlsFiles::client_config`] loads.
 pub use rustls::ClientConfig as TlsClientConfig;
-pub use types::*;

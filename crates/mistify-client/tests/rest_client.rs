@@ -15,7 +15,7 @@ use axum::response::Response;
 use axum::Router;
 use bytes::Bytes;
 use futures::StreamExt;
-use mistify_client::client::Accepted;
+use mistify_client::Accepted;
 use mistify_client::{
     Client, ClientError, Guest, GuestAction, ImageRequest, JobStatus, MetadataPatch,
     SnapshotRequest,

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mistify_client::types::{ImageRequest, Job, JobStatus};
 use mistify_client::Client;
 use mistify_e2e::stack::DevStack;
 use mistify_e2e::{binary, skipped};
+use mistify_types::{ImageRequest, Job, JobStatus};
 use serde_json::Value;
 
 /// Per 64 KiB of image: `big` (32 MiB of data) then takes about 10 s to fetch.

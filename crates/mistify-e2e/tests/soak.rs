@@ -24,9 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mistify_client::types::{Guest, Job, JobStatus};
 use mistify_client::{Client, GuestAction};
 use mistify_e2e::{binary, example, free_port, wait_for_port, Daemon, TempDir};
+use mistify_types::{Guest, Job, JobStatus};
 use serde_json::{json, Value};
 
 const RESTARTED: &str = "agent restarted before the job finished";
@@ -637,7 +637,7 @@ async fn wait_queues_empty(http: &reqwest::Client, base: &str) -> Duration {
 }
 
 /// Quiet time before an RSS figure: the agent hands its free memory back once it has
-/// seen no request for `mistify_rpc::limits::TRIM_AFTER_QUIET` (checked as often).
+/// seen no request for `mistify_http::TRIM_AFTER_QUIET` (checked as often).
 const AT_REST: Duration = Duration::from_secs(3);
 
 #[derive(Default)]

@@ -1,7 +1,7 @@
 //! HTTP layers shared by every mistify daemon: the per-request log event, gzip on
-//! request, panic recovery, `GET /healthz`, tracing set-up and graceful shutdown.
+//! request, panic recovery and `GET /healthz`.
 //!
-//! One implementation, used by the sub-agent [`crate::Server`] and by the agent.
+//! One implementation, used by the sub-agents' RPC server, the agent and the supervisor.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,7 +21,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tower::Layer as _;
 use tower_http::compression::CompressionLayer;
 
-/// What the shared layers wrap and [`crate::limits::serve`] serves: an axum `Router`,
+/// What the shared layers wrap and [`crate::serve`] serves: an axum `Router`,
 /// or any service answering requests as one.
 pub trait App:
     tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
@@ -59,7 +59,7 @@ pub fn with_common_layers<S: App>(router: S) -> Router {
 }
 
 /// The layers of [`with_common_layers`] around `inner`, as a service of its own rather
-/// than a router: what [`crate::limits::serve`] takes without the router's own work per
+/// than a router: what [`crate::serve`] takes without the router's own work per
 /// request (a route lookup, a boxed service cloned and called).
 pub fn common_layers<S: App>(inner: S) -> impl App {
     let compressed = CompressionLayer::new()
@@ -254,78 +254,4 @@ impl Drop for LoggedBody {
             "request processed"
         );
     }
-}
-
-/// Resolves on SIGTERM or Ctrl-C (SIGINT).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!("cannot listen for Ctrl-C: {e}");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("Ctrl-C received, shutting down"),
-        _ = term => tracing::info!("SIGTERM received, shutting down"),
-    }
-}
-
-/// Log output format of the daemons.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum LogFormat {
-    /// One JSON object per line (the Go daemons logged JSON).
-    #[default]
-    Json,
-    /// Human-readable lines.
-    Pretty,
-}
-
-impl std::str::FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "json" => Ok(LogFormat::Json),
-            "pretty" | "text" => Ok(LogFormat::Pretty),
-            other => Err(format!("unknown log format {other:?} (json or pretty)")),
-        }
-    }
-}
-
-/// Installs the global tracing subscriber: `level` (e.g. `info`, or a full `RUST_LOG`
-/// style filter), overridden by `RUST_LOG` when set. Returns an error for a bad filter.
-pub fn init_tracing(level: &str, format: LogFormat) -> Result<(), String> {
-    use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(env) if !env.is_empty() => EnvFilter::try_new(env),
-        _ => EnvFilter::try_new(level),
-    }
-    .map_err(|e| format!("invalid log level {level:?}: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Pretty => builder.try_init(),
-    };
-    result.map_err(|e| format!("cannot install the log subscriber: {e}"))
-}
-
-/// Whether `a` and `b` are equal, in time that depends on their length only (for
-/// comparing secrets such as bearer tokens).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -1,4 +1,4 @@
-//! The HTTP server every mistify daemon runs, with the same limits everywhere.
+//! The HTTP server of every mistify daemon, with the same limits everywhere.
 //!
 //! [`serve`] accepts connections on a listener and serves an axum `Router` (or any
 //! service answering as one) over HTTP/1.1
@@ -33,7 +33,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-use crate::http::App;
+use crate::layers::App;
 
 /// Limits of one daemon's HTTP server (see the module documentation).
 #[derive(Debug, Clone, PartialEq, Eq)]

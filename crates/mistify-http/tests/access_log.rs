@@ -20,7 +20,7 @@ fn app() -> Router {
             handler_bug.expect("handler bug")
         }),
     );
-    mistify_rpc::http::with_common_layers(routes)
+    mistify_http::with_common_layers(routes)
 }
 
 async fn send(app: &Router, path: &str) {

@@ -1,4 +1,4 @@
-//! The shared HTTP layers (`mistify_rpc::http::with_common_layers`) on a router of their
+//! The shared HTTP layers (`mistify_http::with_common_layers`) on a router of their
 //! own, in process: panic recovery and gzip on request with Go's `Vary` (the access log
 //! is tested in `access_log.rs`, a binary of its own).
 
@@ -21,7 +21,7 @@ fn app() -> Router {
                 "unreachable"
             }),
         );
-    mistify_rpc::http::with_common_layers(routes)
+    mistify_http::with_common_layers(routes)
 }
 
 async fn send(

@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mistify_client::types::{Disk, Guest};
+use mistify_types::{Disk, Guest};
 
 const CALLS: usize = 2000;
 const CONCURRENCY: usize = 8;

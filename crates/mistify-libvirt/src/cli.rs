@@ -64,7 +64,7 @@ impl Flags {
 
 /// Sets up logging and serves until SIGTERM or Ctrl-C.
 pub async fn run(flags: Flags) -> std::io::Result<()> {
-    mistify_rpc::http::init_tracing(tracing_level(&flags.log_level), Default::default())
+    mistify_http::init_tracing(tracing_level(&flags.log_level), Default::default())
         .map_err(std::io::Error::other)?;
     tracing::info!(uri = %flags.uri, port = flags.port, mode = %flags.network_mode, "starting");
     let mut rpc = server(flags.libvirt());

@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::str::FromStr;
 
-use mistify_client::types::Nic;
 use mistify_rpc::Guest;
+use mistify_types::Nic;
 
 use crate::error::{Error, Result};
 use crate::xml;

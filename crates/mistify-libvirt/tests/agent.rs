@@ -7,8 +7,8 @@ use std::time::Duration;
 mod common;
 
 use common::start_stack;
-use mistify_client::client::{Client as AgentClient, GuestAction};
-use mistify_client::types::{Disk, Guest, JobStatus, Nic};
+use mistify_client::{Client as AgentClient, GuestAction};
+use mistify_types::{Disk, Guest, JobStatus, Nic};
 
 async fn complete(client: &AgentClient, job: Option<String>, what: &str) {
     let job = job.unwrap_or_else(|| panic!("{what}: no job id"));

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use mistify_client::types::{Disk, Nic};
 use mistify_libvirt::render::{self, DiskKind, Options};
 use mistify_libvirt::xml;
 use mistify_rpc::Guest;
+use mistify_types::{Disk, Nic};
 use proptest::prelude::*;
 
 /// One NIC and one file disk carrying `text` in their free-text fields, `text` also as a

@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use mistify_client::types::{Disk, Nic};
 use mistify_libvirt::render::{self, DiskKind, NetworkMode, Options};
 use mistify_libvirt::xml;
 use mistify_rpc::Guest;
+use mistify_types::{Disk, Nic};
 
 const ID: &str = "5a0c6c1e-2f0a-4b7e-9a3e-0d1c2b3a4f50";
 

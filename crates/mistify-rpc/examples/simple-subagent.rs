@@ -19,7 +19,7 @@ struct Flags {
 async fn main() -> std::io::Result<()> {
     let Flags { port, percent } = Flags::parse();
     let percent = percent.min(100);
-    mistify_rpc::http::init_tracing("info", Default::default()).map_err(std::io::Error::other)?;
+    mistify_http::init_tracing("info", Default::default()).map_err(std::io::Error::other)?;
 
     Server::new("simple")
         .method("Simple.DoStuff", move |req: GuestRequest| async move {

@@ -7,7 +7,7 @@
 use axum::http::header;
 use axum::routing::any;
 use clap::Parser;
-use mistify_rpc::http::{init_tracing, LogFormat};
+use mistify_http::{init_tracing, LogFormat};
 use mistify_rpc::{
     Guest, GuestCpuMetrics, GuestDiskMetrics, GuestMetricsRequest, GuestMetricsResponse,
     GuestNicMetrics, GuestRequest, GuestResponse, Image, ImageRequest, ImageResponse, Server,

@@ -20,8 +20,6 @@ use serde_json::value::RawValue;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use mistify_client::stream::{IdleTimeout, IdleTimeoutError};
-
 use crate::{h1, RPC_PATH};
 
 /// Default overall timeout of one call.
@@ -733,39 +731,35 @@ impl Service {
         } else {
             Box::pin(chunks)
         };
+        // Each chunk must come within the idle timeout of the one before; the first
+        // failure ends the body. The permit lives as long as the body is read.
         let (s, m) = (service, what);
-        let body = IdleTimeout::new(chunks.map_err(StreamFault::Io), idle).map(move |item| {
-            // The permit lives as long as the body is read.
-            let _held = &permit;
-            item.map_err(|fault| match fault {
-                StreamFault::Idle(e) => RpcError::Timeout {
-                    service: s.clone(),
-                    method: m.clone(),
-                    after: e.0,
-                },
-                StreamFault::Io(e) => RpcError::Transport {
-                    service: s.clone(),
-                    method: m.clone(),
-                    message: e.to_string(),
-                },
+        let body = tokio_stream::StreamExt::timeout(chunks, idle)
+            .map(move |item| {
+                let _held = &permit;
+                match item {
+                    Ok(Ok(chunk)) => Ok(chunk),
+                    Ok(Err(e)) => Err(RpcError::Transport {
+                        service: s.clone(),
+                        method: m.clone(),
+                        message: e.to_string(),
+                    }),
+                    Err(_elapsed) => Err(RpcError::Timeout {
+                        service: s.clone(),
+                        method: m.clone(),
+                        after: idle,
+                    }),
+                }
             })
-        });
+            .scan(false, |failed, item| {
+                let end = std::mem::replace(failed, item.is_err());
+                std::future::ready((!end).then_some(item))
+            });
         Ok(RawStream {
             status,
             headers,
             body: Box::pin(body),
         })
-    }
-}
-
-enum StreamFault {
-    Idle(IdleTimeoutError),
-    Io(std::io::Error),
-}
-
-impl From<IdleTimeoutError> for StreamFault {
-    fn from(e: IdleTimeoutError) -> Self {
-        StreamFault::Idle(e)
     }
 }
 

@@ -1,11 +1,13 @@
 //! JSON-RPC over HTTP between the mistify agent and its sub-agents.
 //!
-//! * [`types`] — the request and response objects of every sub-agent method.
+//! * the request and response objects of every sub-agent method, from
+//!   [`mistify_types`] (re-exported here).
 //! * [`Client`] / [`Service`] — what the agent uses to call a sub-agent: keep-alive
 //!   pool, per-service timeouts and concurrency limit, raw Stream calls.
 //! * [`Server`] — what a sub-agent author uses: register `Service.Method` handlers,
 //!   add plain routes, serve on loopback with graceful shutdown.
-//! * [`http`] — the HTTP layers every daemon shares (request log, gzip, `/healthz`).
+//! * The HTTP server under it (limits, shared layers, `/healthz`, the token gate) is the
+//!   crate `mistify-http`, which every daemon shares.
 //!
 //! The wire format is gorilla/rpc v1 (what the Go agent and sub-agents speak) and
 //! JSON-RPC 2.0; the server answers each request in its own dialect. See
@@ -30,15 +32,17 @@
 pub mod client;
 pub mod envelope;
 mod h1;
-pub mod http;
-pub mod limits;
 pub mod merge;
 pub mod server;
-pub mod types;
 
 pub use client::{Client, RawStream, RpcError, Service, ServiceConfig};
+pub use mistify_http::Limits;
+pub use mistify_types::rest::{
+    Guest, GuestCpuMetrics, GuestDiskMetrics, GuestNicMetrics, Image, ImageRequest, ImageResponse,
+    Snapshot, SnapshotRequest, Volume,
+};
+pub use mistify_types::rpc::*;
 pub use server::{read_token_file, BoundServer, RunningServer, Server};
-pub use types::*;
 
 /// The path of the RPC endpoint of every sub-agent.
 pub const RPC_PATH: &str = "/_mistify_RPC_";

@@ -23,11 +23,10 @@ use serde_json::value::RawValue;
 use tokio::net::TcpListener;
 
 use crate::envelope::{self, codes, Dialect, RawRequest};
-use crate::http::{
-    constant_time_eq, healthz_route, shutdown_signal, with_common_layers, RpcMethodName,
-};
-use crate::limits::Limits;
 use crate::RPC_PATH;
+use mistify_http::auth::{Gate, Refusal, Tokens};
+use mistify_http::{healthz_route, shutdown_signal, with_common_layers, Limits, RpcMethodName};
+use mistify_types::token::TokenFile;
 
 /// Default limit of a request body (16 MiB); larger bodies get 413.
 pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024 * 1024;
@@ -71,7 +70,7 @@ pub struct Server {
     path: String,
     body_limit: usize,
     v1_only: bool,
-    token: Option<Arc<str>>,
+    tokens: Option<Arc<Tokens>>,
     allow_remote: bool,
     limits: Limits,
 }
@@ -105,13 +104,13 @@ impl Server {
             path: RPC_PATH.to_string(),
             body_limit: DEFAULT_BODY_LIMIT,
             v1_only: false,
-            token: None,
+            tokens: None,
             allow_remote: false,
             limits: Limits::default(),
         }
     }
 
-    /// The HTTP server's limits (default [`Limits::default`]; see [`crate::limits`]).
+    /// The HTTP server's limits (default [`Limits::default`]; see [`mistify_http::Limits`]).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
@@ -120,9 +119,16 @@ impl Server {
     /// Requires `Authorization: Bearer <token>` on every request but `/healthz` (the
     /// agent sends it from the service's `token` key in agent.json); others get 401.
     /// Without it the sub-agent trusts whatever reaches its (loopback) port, as the Go
-    /// sub-agents did.
-    pub fn require_token(mut self, token: impl Into<String>) -> Self {
-        self.token = Some(Arc::from(token.into()));
+    /// sub-agents did. Read a `--token-file` with [`read_token_file`], which checks it.
+    pub fn require_token(self, token: impl Into<String>) -> Self {
+        let file = TokenFile::single(&token.into());
+        self.require_tokens(Arc::new(Tokens::fixed(file)))
+    }
+
+    /// Requires one of `tokens` (a `--token-file`, reloadable on SIGHUP with
+    /// [`Tokens::reload_on_sighup`]) on every request but `/healthz`.
+    pub fn require_tokens(mut self, tokens: Arc<Tokens>) -> Self {
+        self.tokens = Some(tokens);
         self
     }
 
@@ -232,8 +238,12 @@ impl Server {
             .route(&self.path, any(rpc_endpoint))
             .with_state(registry);
         let mut app = rpc.merge(self.routes);
-        if let Some(token) = self.token {
-            app = app.layer(axum::middleware::from_fn_with_state(token, check_token));
+        if let Some(tokens) = self.tokens {
+            let gate = Gate {
+                tokens,
+                refusal: Refusal::Text,
+            };
+            app = mistify_http::auth::guarded(app, gate);
         }
         with_common_layers(app.merge(healthz_route(&self.name, &self.version)))
     }
@@ -269,48 +279,12 @@ impl Server {
     }
 }
 
-/// The token in a sub-agent's `--token-file`: its first line that is not blank or a `#`
-/// comment; printable ASCII without spaces.
+/// The token in a sub-agent's `--token-file`: its first token (the format of
+/// [`mistify_types::token`]); the error names the file and the line.
 pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
-    let token = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .ok_or_else(|| format!("{}: no token in the file", path.display()))?;
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
-            "{}: a token is printable ASCII without spaces",
-            path.display()
-        ));
-    }
-    Ok(token.to_string())
-}
-
-/// 401 unless the request carries `Authorization: Bearer <token>`.
-async fn check_token(
-    State(token): State<Arc<str>>,
-    request: Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let ok = presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()));
-    if ok {
-        next.run(request).await
-    } else {
-        (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
-            "401 unauthorized: this sub-agent requires the agent's token\n",
-        )
-            .into_response()
-    }
+    TokenFile::load(path)
+        .map(|file| file.first().to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// A server bound to its socket; [`BoundServer::local_addr`] tells the port.
@@ -338,7 +312,7 @@ impl BoundServer {
     ) -> std::io::Result<()> {
         let addr = self.listener.local_addr()?;
         tracing::info!(service = %self.name, %addr, "serving");
-        crate::limits::serve(self.listener, self.router, self.limits, shutdown).await?;
+        mistify_http::serve(self.listener, self.router, self.limits, shutdown).await?;
         tracing::info!(service = %self.name, "stopped");
         Ok(())
     }
@@ -490,13 +464,13 @@ async fn rpc_endpoint(State(registry): State<Arc<Registry>>, request: Request) -
     let body = match axum::body::to_bytes(request.into_body(), registry.body_limit).await {
         Ok(body) => body,
         Err(e) => {
-            if crate::limits::is_body_timeout(&e) {
+            if mistify_http::is_body_timeout(&e) {
                 return plain_text(
                     StatusCode::REQUEST_TIMEOUT,
                     "rpc: the request body stopped arriving".to_string(),
                 );
             }
-            let too_large = crate::limits::caused_by::<http_body_util::LengthLimitError>(&e);
+            let too_large = mistify_http::caused_by::<http_body_util::LengthLimitError>(&e);
             return if too_large {
                 plain_text(
                     StatusCode::PAYLOAD_TOO_LARGE,

@@ -1,11 +1,11 @@
-//! The shared HTTP limits (`mistify_rpc::limits`) on a real sub-agent server over real
+//! The shared HTTP limits (`mistify_http`) on a real sub-agent server over real
 //! sockets: oversized heads, slow and idle connections, stalled bodies, load shedding.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mistify_rpc::limits::Limits;
+use mistify_http::Limits;
 use mistify_rpc::{GuestRequest, GuestResponse, RunningServer, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

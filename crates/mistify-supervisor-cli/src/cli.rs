@@ -1,8 +1,8 @@
 //! `mistify-supervisor`: the command-line client (tables by default, `--json`).
 
-use crate::api::{LogRecord, ServiceInfo, State, Time};
-use crate::client::rest::{Client, ClientError, ClientOptions, WATCH_SECS};
+use crate::rest::{Client, ClientError, ClientOptions, WATCH_SECS};
 use clap::{Parser, Subcommand};
+use mistify_types::supervisor::{LogRecord, ServiceInfo, State, Time};
 use std::io::Write;
 
 #[derive(Debug, Parser)]
@@ -204,7 +204,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Log { service, follow } => {
             log(&client, service.as_deref(), follow, cli.json).await
         }
-        Command::Tui => crate::client::tui::run(client)
+        Command::Tui => crate::tui::run(client)
             .await
             .map_err(ClientError::Transport),
     };

@@ -1,6 +1,8 @@
 //! REST client of the supervisor API (govisor routes, plus `?full=1` and `?since=`).
 
-use crate::api::{ErrorBody, Hex, LogRecord, ManagerInfo, ServiceInfo, POLL_ETAG, POLL_TIME};
+use mistify_types::supervisor::{
+    ErrorBody, Hex, LogRecord, ManagerInfo, ServiceInfo, POLL_ETAG, POLL_TIME,
+};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use std::time::Duration;

@@ -2,9 +2,9 @@
 //! panels, actions with their result in the status bar, help, and a login prompt on 401.
 //! It is fed by one long-poll of `GET /services?full=1` (no N+1 requests).
 
-use crate::api::{Hex, LogRecord, ServiceInfo, State};
-use crate::client::cli::{elapsed, log_line, sort_services};
-use crate::client::rest::{Client, ClientError, WATCH_SECS};
+use crate::cli::{elapsed, log_line, sort_services};
+use crate::rest::{Client, ClientError, WATCH_SECS};
+use mistify_types::supervisor::{Hex, LogRecord, ServiceInfo, State};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -116,7 +116,10 @@ impl App {
             Update::Log(name, mut records) => {
                 if name == self.log_for {
                     self.log.append(&mut records);
-                    let excess = self.log.len().saturating_sub(crate::api::MAX_LOG_RECORDS);
+                    let excess = self
+                        .log
+                        .len()
+                        .saturating_sub(mistify_types::supervisor::MAX_LOG_RECORDS);
                     self.log.drain(..excess);
                 }
             }

@@ -6,7 +6,7 @@
 
 use mistify_e2e::{free_port, wait_for_port, TempDir};
 use mistify_supervisor::api::State;
-use mistify_supervisor::client::{Client, ClientOptions};
+use mistify_supervisor_cli::{Client, ClientOptions};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -8,11 +8,11 @@ use serde_json::json;
 use std::process::Command;
 
 fn cli(sup: &Sup, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(CLI)
+    let out = Command::new(common::cli())
         .args(["--addr", &sup.url])
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {CLI}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", common::cli().display()));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -135,7 +135,7 @@ async fn log_follow_prints_new_lines() {
         )],
     );
     sup.until_state("t", State::Running, T).await;
-    let mut child = Command::new(CLI)
+    let mut child = Command::new(common::cli())
         .args(["--addr", &sup.url, "log", "-f", "t"])
         .stdout(std::process::Stdio::piped())
         .spawn()

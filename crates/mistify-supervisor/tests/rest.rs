@@ -112,7 +112,7 @@ async fn basic_auth_from_a_bcrypt_password_file() {
     assert_eq!(info["name"], "hv1");
     // The CLI's --user/--pass.
     let cli = |extra: &[&str]| {
-        std::process::Command::new(CLI)
+        std::process::Command::new(cli())
             .args(["--addr", &sup.url])
             .args(extra)
             .arg("list")

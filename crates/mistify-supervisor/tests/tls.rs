@@ -64,7 +64,7 @@ fn daemon_serves_https_and_the_cli_verifies_it() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let run = |extra: &[&str]| {
-        Command::new(CLI)
+        Command::new(cli())
             .args(["--addr", &url])
             .args(extra)
             .arg("list")

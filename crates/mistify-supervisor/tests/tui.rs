@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use mistify_supervisor::api::State;
-use mistify_supervisor::client::tui::{dispatch, watch_services, App, Command, Screen, Update};
+use mistify_supervisor_cli::tui::{dispatch, watch_services, App, Command, Screen, Update};
 use ratatui::backend::TestBackend;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::Terminal;
@@ -141,7 +141,7 @@ async fn a_killed_service_changes_state_on_screen_through_the_long_poll() {
 
 #[test]
 fn unauthorized_switches_to_the_login_screen() {
-    use mistify_supervisor::client::ClientError;
+    use mistify_supervisor_cli::ClientError;
     let mut app = App::new("http://127.0.0.1:1");
     app.apply(Update::Error(ClientError::Api {
         code: 401,

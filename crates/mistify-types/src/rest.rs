@@ -1,8 +1,8 @@
 //! The JSON types of the agent's REST API (and the data types shared with sub-agents).
 //!
-//! Output is exactly what the Go agent wrote (`spec/agent.md` §11–§12): key names, key
-//! order, which keys are omitted when empty and which are always present (`"vlans": null`,
-//! every `Disk` key). Input is lenient like Go's decoder: every field is optional with a
+//! Output is exactly what the Go agent wrote: key names, key order, which keys are
+//! omitted when empty and which are always present (`"vlans": null`, every `Disk` key).
+//! Input is lenient like Go's decoder: every field is optional with a
 //! zero default, `null` means the zero value, unknown keys are ignored.
 
 use std::collections::BTreeMap;

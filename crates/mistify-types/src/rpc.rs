@@ -1,16 +1,12 @@
-//! Request and response objects exchanged between the agent and its sub-agents
-//! (`spec/agent.md` §11). Output keys and their presence are those of the Go `rpc`
-//! package; input is lenient (every field optional, `null` = zero, unknown keys ignored).
+//! Request and response objects exchanged between the agent and its sub-agents.
+//! Output keys and their presence are those of the Go `rpc` package; input is lenient (every field optional, `null` = zero, unknown keys ignored).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use mistify_client::serde_go::null_default;
-pub use mistify_client::types::{
-    Guest, GuestCpuMetrics, GuestDiskMetrics, GuestNicMetrics, Image, ImageRequest, ImageResponse,
-    Snapshot, SnapshotRequest, Volume,
-};
+use crate::rest::{Guest, GuestCpuMetrics, GuestDiskMetrics, GuestNicMetrics, Snapshot, Volume};
+use crate::serde_go::null_default;
 
 /// Stage arguments from the agent configuration.
 pub type Args = BTreeMap<String, String>;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use mistify_rpc::http::{init_tracing, LogFormat};
+use mistify_http::{init_tracing, LogFormat};
 
 use crate::store::{Config, DiskMode, Store};
 

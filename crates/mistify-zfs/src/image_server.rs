@@ -111,11 +111,11 @@ async fn serve(dir: PathBuf, port: u16, delay: Duration) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
         .await
         .map_err(|e| format!("cannot listen on port {port}: {e}"))?;
-    mistify_rpc::limits::serve(
+    mistify_http::serve(
         listener,
         router(dir, delay),
-        mistify_rpc::limits::Limits::default(),
-        mistify_rpc::http::shutdown_signal(),
+        mistify_http::Limits::default(),
+        mistify_http::shutdown_signal(),
     )
     .await
     .map_err(|e| e.to_string())

@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::{check_id, AppState};
+use super::{id, AppState};
 use crate::error::{json_response, AgentError};
 
 /// Default `limit` of a job list. A larger one returns at most the whole log, which
@@ -38,12 +38,15 @@ pub async fn list(
 
 pub async fn list_guest(
     State(agent): State<AppState>,
-    Path(id): Path<String>,
+    Path(guest): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, AgentError> {
-    check_id("guest id", &id)?;
+    let guest = id("guest id", &guest)?;
     let n = limit(&query)?;
-    let jobs = agent.store.blocking(move |s| s.guest_jobs(&id, n)).await?;
+    let jobs = agent
+        .store
+        .blocking(move |s| s.guest_jobs(&guest, n))
+        .await?;
     Ok(json_response(StatusCode::OK, &jobs))
 }
 
@@ -52,7 +55,7 @@ pub async fn get_one(
     Path(job): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, AgentError> {
-    check_id("job id", &job)?;
+    let job = id("job id", &job)?;
     let job = match query.get("wait") {
         None => agent.store.job(&job)?.ok_or(AgentError::NotFound)?,
         Some(w) => {
@@ -72,12 +75,12 @@ pub async fn get_one(
 
 pub async fn get_guest_job(
     State(agent): State<AppState>,
-    Path((id, job)): Path<(String, String)>,
+    Path((guest, job)): Path<(String, String)>,
 ) -> Result<Response, AgentError> {
-    check_id("guest id", &id)?;
-    check_id("job id", &job)?;
+    let guest = id("guest id", &guest)?;
+    let job = id("job id", &job)?;
     match agent.store.job(&job)? {
-        Some(job) if job.guest_id == id => Ok(json_response(StatusCode::OK, &job)),
+        Some(job) if job.guest_id == *guest => Ok(json_response(StatusCode::OK, &job)),
         _ => Err(AgentError::NotFound),
     }
 }
@@ -86,7 +89,7 @@ pub async fn cancel(
     State(agent): State<AppState>,
     Path(job): Path<String>,
 ) -> Result<Response, AgentError> {
-    check_id("job id", &job)?;
+    let job = id("job id", &job)?;
     let job = agent.cancel(&job).await?;
     Ok(json_response(StatusCode::OK, &job))
 }

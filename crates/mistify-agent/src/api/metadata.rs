@@ -8,14 +8,11 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::Value;
 
-use super::guests::load;
-use super::{decode, read_body, AppState};
+use super::{decode, id, read_body, AppState};
 use crate::error::{json_response, AgentError};
 
-type Patch = BTreeMap<String, Option<String>>;
-
 pub async fn get_hypervisor(State(agent): State<AppState>) -> Result<Response, AgentError> {
-    let map = agent.store.blocking(|s| s.metadata()).await?;
+    let map = agent.store.metadata()?;
     Ok(json_response(StatusCode::OK, &map))
 }
 
@@ -24,11 +21,8 @@ pub async fn patch_hypervisor(
     State(agent): State<AppState>,
     body: Body,
 ) -> Result<Response, AgentError> {
-    let patch: Patch = decode(&read_body(body).await?, false)?;
-    let map = agent
-        .store
-        .blocking(move |s| s.patch_metadata(&patch))
-        .await?;
+    let patch: BTreeMap<String, Option<String>> = decode(&read_body(body).await?, false)?;
+    let map = agent.store.patch_metadata(&patch).await?;
     Ok(json_response(StatusCode::OK, &map))
 }
 
@@ -43,34 +37,28 @@ fn guest_metadata(map: &BTreeMap<String, String>) -> Value {
 
 pub async fn get_guest(
     State(agent): State<AppState>,
-    Path(id): Path<String>,
+    Path(guest): Path<String>,
 ) -> Result<Response, AgentError> {
-    let (guest, _) = load(&agent, &id)?;
+    let guest = agent.guest(&id("guest id", &guest)?)?;
     Ok(json_response(
         StatusCode::OK,
         &guest_metadata(&guest.metadata),
     ))
 }
 
+/// As for the hypervisor: sets every pair, deletes keys with an empty or `null` value;
+/// answers the guest's whole metadata.
 pub async fn patch_guest(
     State(agent): State<AppState>,
-    Path(id): Path<String>,
+    Path(guest): Path<String>,
     body: Body,
 ) -> Result<Response, AgentError> {
-    let (guest, _) = load(&agent, &id)?;
-    let patch: Patch = decode(&read_body(body).await?, false)?;
-    let mut guest = (*guest).clone();
-    for (k, v) in patch {
-        match v {
-            Some(v) if !v.is_empty() => {
-                guest.metadata.insert(k, v);
-            }
-            _ => {
-                guest.metadata.remove(&k);
-            }
-        }
-    }
-    let metadata = guest_metadata(&guest.metadata);
-    agent.store.blocking(move |s| s.put_guest(&guest)).await?;
-    Ok(json_response(StatusCode::OK, &metadata))
+    let guest = id("guest id", &guest)?;
+    agent.guest(&guest)?;
+    let patch: BTreeMap<String, Option<String>> = decode(&read_body(body).await?, false)?;
+    let guest = agent.patch_guest_metadata(&guest, patch).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &guest_metadata(&guest.metadata),
+    ))
 }

@@ -1,6 +1,7 @@
 //! The REST API: routes, the shared request helpers and the middleware of the agent.
-//! One file per resource; every handler returns `Result<Response, AgentError>` and the
-//! error becomes the original JSON error body at this edge.
+//! One file per resource. A handler parses the request into typed values (ids, actions,
+//! bodies), calls one operation of the agent core (`crate::ops`) and writes its answer;
+//! every error becomes the original JSON error body at this edge.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,6 +20,8 @@ use serde::de::DeserializeOwned;
 
 use crate::agent::Agent;
 use crate::error::{json_response, AgentError};
+use crate::ops::Pipeline;
+use mistify_types::Id;
 
 mod guests;
 mod images;
@@ -26,8 +29,6 @@ mod jobs;
 mod metadata;
 mod snapshots;
 mod system;
-
-pub use guests::GUEST_ACTIONS;
 
 /// Largest request body the agent reads (1 MiB); larger bodies get 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -38,13 +39,13 @@ pub type AppState = Arc<Agent>;
 
 /// The agent's complete router with its middleware.
 pub fn router(agent: Arc<Agent>) -> Router {
-    mistify_rpc::http::with_common_layers(routes(agent))
+    mistify_http::with_common_layers(routes(agent))
 }
 
 /// The same as [`router`] as a plain service: what the agent serves (one router fewer
 /// to pass through per request).
-pub fn service(agent: Arc<Agent>) -> impl mistify_rpc::http::App {
-    mistify_rpc::http::common_layers(routes(agent))
+pub fn service(agent: Arc<Agent>) -> impl mistify_http::App {
+    mistify_http::common_layers(routes(agent))
 }
 
 /// The routes, without the shared layers.
@@ -143,7 +144,7 @@ impl tower::Service<Request> for HotRoutes {
         futures::future::Either::Left(Box::pin(async move {
             let path = uri.path();
             let response = match (path.get(id), path.get(kind)) {
-                (Some(id), Some(kind)) => guests::metrics_of(&agent, id, kind).await,
+                (Some(guest), Some(kind)) => guests::metrics_of(&agent, guest, kind).await,
                 _ => AgentError::Internal("the path changed".into()).into_response(),
             };
             agent
@@ -240,11 +241,7 @@ where
         let method = request.method().clone();
         let (inner, refused) =
             if self.agent.is_draining() && method != Method::GET && method != Method::HEAD {
-                let refused = AgentError::Unavailable {
-                    message: "the agent is shutting down".into(),
-                    retry_after: 10,
-                };
-                (None, Some(refused.into_response()))
+                (None, Some(AgentError::draining().into_response()))
             } else {
                 (Some(self.inner.call(request)), None)
             };
@@ -297,32 +294,19 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for Counted<F> {
     }
 }
 
-/// Refuses ids that are unsafe in a path, a dataset name or a store key: empty, `.`,
-/// `/`, `..`, `@`, `;`, whitespace, control characters, more than 256 bytes. No UUID or
-/// number check: an unknown well-formed id is simply not found. (`openapi::id_pattern`
-/// says the same to clients.)
-pub fn check_id(what: &str, id: &str) -> Result<(), AgentError> {
-    let unsafe_char =
-        |c: char| matches!(c, '/' | '@' | ';' | '\\') || c.is_whitespace() || c.is_control();
-    // Byte by byte while the id is ASCII (ids are UUIDs and names), by `char` otherwise.
-    let unsafe_chars = if id.is_ascii() {
-        id.bytes().any(|b| unsafe_char(b as char))
-    } else {
-        id.chars().any(unsafe_char)
-    };
-    let bad = id.is_empty() || id == "." || id.len() > 256 || id.contains("..") || unsafe_chars;
-    if bad {
-        return Err(AgentError::BadRequest(format!("invalid {what} {id:?}")));
-    }
-    Ok(())
+/// Parses an id of the path or body: 400 for one that is unsafe in a path, a dataset
+/// name or a store key (the one id rule, [`mistify_types::id::check`];
+/// `openapi::id_pattern` says the same to clients).
+pub fn id(what: &'static str, text: &str) -> Result<Id, AgentError> {
+    Id::parse(what, text).map_err(|e| AgentError::BadRequest(e.to_string()))
 }
 
 /// Reads the whole body, up to [`BODY_LIMIT`].
 pub async fn read_body(body: Body) -> Result<Bytes, AgentError> {
     axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|e| {
-        if mistify_rpc::limits::caused_by::<http_body_util::LengthLimitError>(&e) {
+        if mistify_http::caused_by::<http_body_util::LengthLimitError>(&e) {
             AgentError::TooLarge(BODY_LIMIT)
-        } else if mistify_rpc::limits::is_body_timeout(&e) {
+        } else if mistify_http::is_body_timeout(&e) {
             AgentError::BodyTimeout
         } else {
             AgentError::BadRequest(format!("cannot read the request body: {e}"))
@@ -369,21 +353,19 @@ pub fn accepted(job_id: &str, body: &impl serde::Serialize) -> Response {
     response
 }
 
-/// A fresh id for the header of an Info or Stream pipeline (never logged as a job).
-pub fn pipeline_id() -> String {
-    // A version 4 UUID from the thread's generator: no system call per request; written
-    // by the encoder, not through `Display`.
-    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid::Builder::from_random_bytes(rand::random())
-        .into_uuid()
-        .hyphenated()
-        .encode_lower(&mut text)
-        .to_owned()
+/// The answer to a synchronous pipeline: `ok` of its result, or its error, with the
+/// pipeline's id in `X-Guest-Job-ID` either way.
+pub fn pipeline_response<T>(pipeline: Pipeline<T>, ok: impl FnOnce(T) -> Response) -> Response {
+    let response = match pipeline.outcome {
+        Ok(value) => ok(value),
+        Err(e) => e.into_response(),
+    };
+    with_job_id(response, &pipeline.id)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{check_id, metrics_path};
+    use super::metrics_path;
 
     #[test]
     fn metrics_paths_taken_before_the_router() {
@@ -413,42 +395,6 @@ mod tests {
             "/guests/g1/disks/vda/metrics/cpu",
         ] {
             assert_eq!(parts(path), None, "{path}");
-        }
-    }
-
-    #[test]
-    fn unsafe_ids() {
-        for bad in [
-            "",
-            ".",
-            "a/b",
-            "..",
-            "a..b",
-            "x@y",
-            "a;b",
-            "a b",
-            "a\tb",
-            "a\u{0}b",
-            "\\x",
-            "a\u{7f}b",
-            "\u{e9}/x",
-            "a\u{a0}b",
-            "a\u{2028}b",
-            "a\u{85}b",
-            "\u{e9}\tx",
-        ] {
-            assert!(check_id("id", bad).is_err(), "{bad:?}");
-        }
-        for good in [
-            "5a0c7d7e-0000-4000-8000-000000000001",
-            "vda",
-            "0",
-            "snap-1433160000",
-            "a.b_c",
-            "caf\u{e9}",
-            "\u{65e5}\u{672c}-1",
-        ] {
-            assert!(check_id("id", good).is_ok(), "{good:?}");
         }
     }
 }

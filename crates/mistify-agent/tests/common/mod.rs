@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use mistify_e2e::{binary, example, free_port, Daemon};
+use mistify_e2e::{example, free_port, Daemon};
 use serde_json::Value;
 
 pub use mistify_e2e::TempDir;
@@ -38,7 +38,11 @@ pub fn agent(config: &Value, dir: &Path, db: &Path, extra: &[&str]) -> Daemon {
     let port = free_port();
     let mut args = mistify_e2e::agent_args(&file, db, port, "warn");
     args.extend(extra.iter().map(|s| s.to_string()));
-    Daemon::start(&binary("mistify-agent"), &args, port)
+    Daemon::start(
+        &std::path::PathBuf::from(env!("CARGO_BIN_EXE_mistify-agent")),
+        &args,
+        port,
+    )
 }
 
 /// An in-process fake sub-agent (built with mistify-rpc, real HTTP) whose guest

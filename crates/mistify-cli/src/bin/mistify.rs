@@ -1,5 +1,5 @@
 //! `mistify`: the operator CLI of the mistify agent (see `docs/cli.md`).
 
 fn main() -> std::process::ExitCode {
-    mistify_client::cli::main()
+    mistify_cli::main()
 }

@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use mistify_client::types::{Disk, Nic};
 use mistify_e2e::{free_port, Daemon};
 use mistify_rpc::{
     Client, Guest, GuestMetricsRequest, GuestMetricsResponse, GuestRequest, GuestResponse,
     RpcError, Service, ServiceConfig,
 };
+use mistify_types::{Disk, Nic};
 
 pub const TEST_URI: &str = "test:///default";
 

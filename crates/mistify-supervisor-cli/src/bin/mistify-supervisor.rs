@@ -1,5 +1,5 @@
 use clap::Parser;
-use mistify_supervisor::client::cli::{run, Cli};
+use mistify_supervisor_cli::cli::{run, Cli};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

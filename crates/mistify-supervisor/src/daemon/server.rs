@@ -351,9 +351,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         }
     } else {
         tokio::spawn(async move {
-            let limits = mistify_rpc::limits::Limits::default();
+            let limits = mistify_http::Limits::default();
             let forever = std::future::pending::<()>();
-            if let Err(e) = mistify_rpc::limits::serve(listener, app, limits, forever).await {
+            if let Err(e) = mistify_http::serve(listener, app, limits, forever).await {
                 tracing::error!("server: {e}");
             }
         })

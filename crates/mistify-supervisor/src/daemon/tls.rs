@@ -1,5 +1,5 @@
 //! TLS (rustls with the ring provider) for `https://` listen addresses, served with the
-//! HTTP limits every mistify daemon shares (`mistify_rpc::limits`).
+//! HTTP limits every mistify daemon shares (`mistify_http`).
 
 use crate::daemon::server::DaemonError;
 use std::path::Path;
@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 
 /// Loads the PEM certificate (chain) and private key.
 pub async fn config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, DaemonError> {
-    mistify_rpc::limits::tls_config(cert, key, None).map_err(|e| DaemonError::Tls(e.to_string()))
+    mistify_http::tls_config(cert, key, None).map_err(|e| DaemonError::Tls(e.to_string()))
 }
 
 /// Serves `app` over TLS.
@@ -18,10 +18,9 @@ pub fn serve(
     config: Arc<rustls::ServerConfig>,
 ) -> Result<JoinHandle<()>, DaemonError> {
     Ok(tokio::spawn(async move {
-        let limits = mistify_rpc::limits::Limits::default();
+        let limits = mistify_http::Limits::default();
         let forever = std::future::pending::<()>();
-        if let Err(e) = mistify_rpc::limits::serve_tls(listener, app, limits, config, forever).await
-        {
+        if let Err(e) = mistify_http::serve_tls(listener, app, limits, config, forever).await {
             tracing::error!("TLS server: {e}");
         }
     }))

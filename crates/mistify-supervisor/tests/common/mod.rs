@@ -3,14 +3,18 @@
 
 use mistify_e2e::{free_port, wait_for_port, TempDir};
 use mistify_supervisor::api::{ServiceInfo, State};
-use mistify_supervisor::client::{Client, ClientOptions};
+use mistify_supervisor_cli::{Client, ClientOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_mistify-supervisord");
-pub const CLI: &str = env!("CARGO_BIN_EXE_mistify-supervisor");
+/// The `mistify-supervisor` CLI (a binary of the crate `mistify-supervisor-cli`, built by
+/// the build phase of `make test`).
+pub fn cli() -> std::path::PathBuf {
+    mistify_e2e::binary("mistify-supervisor")
+}
 
 pub struct Sup {
     pub child: Child,
