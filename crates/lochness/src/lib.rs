@@ -77,6 +77,7 @@ pub mod fwgroup;
 pub mod guest;
 pub mod heartbeat;
 pub mod hypervisor;
+pub mod keys;
 pub mod network;
 pub mod placement;
 pub mod subnet;
