@@ -1,12 +1,14 @@
 //! [`Flavor`] (§1.6) and [`Resources`] (§1.2).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use serde::Serialize;
 
 use crate::codec::{canonicalize, is_uuid, new_id, Obj};
-use crate::context::{Context, FLAVORS};
+use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::keys;
 
 /// Memory (MiB), disk (MiB) and virtual CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -101,7 +103,7 @@ impl Flavor {
     }
 
     fn key(&self) -> String {
-        format!("{FLAVORS}{}/metadata", self.id)
+        keys::flavor_metadata(&self.id)
     }
 
     /// Applies a JSON document with the default decode rules (present fields overwrite,
@@ -180,9 +182,8 @@ impl Context {
     /// warning).
     pub async fn flavors(&self) -> Result<Vec<Flavor>> {
         let mut out = Vec::new();
-        for kv in self.get_prefix(FLAVORS).await? {
-            let rest = &kv.key[FLAVORS.len()..];
-            if let Some(id) = rest.strip_suffix("/metadata") {
+        for kv in self.get_prefix(keys::FLAVORS).await? {
+            if let Some(id) = keys::metadata_id(keys::FLAVORS, &kv.key) {
                 match Flavor::from_stored(self, id, &kv.value, kv.mod_revision) {
                     Ok(f) => out.push(f),
                     Err(e) => {
@@ -192,6 +193,36 @@ impl Context {
             }
         }
         Ok(out)
+    }
+}
+
+/// The resources of the flavors a context has read, so that placing a guest need not
+/// read its flavor again. One per context ([`FlavorCache::of`]), shared by its clones;
+/// entries are not refreshed once read.
+#[derive(Debug, Default)]
+pub(crate) struct FlavorCache(Mutex<HashMap<String, Resources>>);
+
+impl FlavorCache {
+    /// The cache of `ctx` (shared by its clones).
+    pub(crate) fn of(ctx: &Context) -> std::sync::Arc<FlavorCache> {
+        ctx.local::<FlavorCache>()
+    }
+
+    /// The resources of flavor `id` as last read.
+    pub(crate) fn get(&self, id: &str) -> Option<Resources> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied()
+    }
+
+    /// Remembers the resources of flavor `id`.
+    pub(crate) fn put(&self, id: &str, resources: Resources) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), resources);
     }
 }
 

@@ -9,15 +9,12 @@ use rand::seq::SliceRandom;
 use serde::Serialize;
 
 use crate::codec::{canonicalize, new_id, ser_ip, ser_mac, Mac, Obj};
-use crate::context::{
-    backoff, metadata_of, revision, txn_get, Context, Kv, FLAVORS, FWGROUPS, GUESTS, MAX_ATTEMPTS,
-    VLANGROUPS,
-};
+use crate::context::{backoff, metadata_of, revision, txn_get, Context, Kv, MAX_ATTEMPTS};
 use crate::error::{Error, Result};
-use crate::flavor::{Flavor, Resources};
+use crate::flavor::{Flavor, FlavorCache, Resources};
 use crate::hypervisor::Hypervisor;
-use crate::network::Network;
-use crate::subnet::{AllocIndex, AllocState, Subnet};
+use crate::keys;
+use crate::subnet::{AllocCache, AllocIndex, AllocState, Subnet};
 
 /// A virtual machine.
 #[derive(Debug, Clone, Serialize)]
@@ -90,14 +87,6 @@ impl Guest {
             bridge: String::new(),
             mod_revision: 0,
         }
-    }
-
-    pub(crate) fn prefix(id: &str) -> String {
-        format!("{GUESTS}{id}/")
-    }
-
-    pub(crate) fn metadata_key(id: &str) -> String {
-        format!("{GUESTS}{id}/metadata")
     }
 
     /// The context this guest was loaded with.
@@ -191,17 +180,17 @@ impl Guest {
     /// Keys of the referenced entities that must exist: flavor, network, and the firewall
     /// and VLAN groups when set.
     fn reference_keys(&self) -> Vec<String> {
-        let mut keys = vec![
-            format!("{FLAVORS}{}/metadata", self.flavor),
-            Network::metadata_key(&self.network),
+        let mut refs = vec![
+            keys::flavor_metadata(&self.flavor),
+            keys::network_metadata(&self.network),
         ];
         if !self.fwgroup.is_empty() {
-            keys.push(format!("{FWGROUPS}{}/metadata", self.fwgroup));
+            refs.push(keys::fwgroup_metadata(&self.fwgroup));
         }
         if !self.vlangroup.is_empty() {
-            keys.push(format!("{VLANGROUPS}{}/metadata", self.vlangroup));
+            refs.push(keys::vlangroup_metadata(&self.vlangroup));
         }
-        keys
+        refs
     }
 
     /// Validates and writes the guest with compare-and-swap on its revision, in a
@@ -211,7 +200,7 @@ impl Guest {
         self.validate()?;
         self.canonicalize_refs()?;
         let ctx = &self.ctx;
-        let key = Guest::metadata_key(&self.id);
+        let key = keys::guest_metadata(&self.id);
         let refs = self.reference_keys();
         let mut cmps = vec![ctx.cmp_rev(&key, self.mod_revision)];
         cmps.extend(refs.iter().map(|k| ctx.cmp_present(k)));
@@ -252,7 +241,7 @@ impl Guest {
     /// Reloads the guest from etcd (every field as stored: fields cleared by another
     /// writer are cleared here too).
     pub async fn refresh(&mut self) -> Result<()> {
-        let key = Guest::metadata_key(&self.id);
+        let key = keys::guest_metadata(&self.id);
         let kv = self.ctx.get(&key).await?.ok_or(Error::NotFound(key))?;
         *self = Guest::from_stored(&self.ctx, &self.id, &kv.value, kv.mod_revision)?;
         Ok(())
@@ -301,8 +290,8 @@ impl Context {
 
     /// Every guest, from one ranged read; undecodable entries are skipped with a warning.
     pub async fn guests(&self) -> Result<Vec<Guest>> {
-        self.list_trees(GUESTS, |id, items| {
-            let kv = metadata_of(items, || Guest::metadata_key(id))?;
+        self.list_trees(keys::GUESTS, |id, items| {
+            let kv = metadata_of(items, || keys::guest_metadata(id))?;
             Guest::from_stored(self, id, &kv.value, kv.mod_revision)
         })
         .await
@@ -332,16 +321,16 @@ const R_SUBNETS: usize = 4;
 impl PlacementReads {
     fn new(ctx: &Context, h: &str, g: &Guest, sids: &[(String, String)]) -> PlacementReads {
         let mut ops = vec![
-            ctx.op_get_prefix(&format!("lochness/networks/{}/", g.network)),
-            ctx.op_get(&Hypervisor::metadata_key(h)),
-            ctx.op_get(&Guest::metadata_key(&g.id)),
-            ctx.op_get(&format!("{FLAVORS}{}/metadata", g.flavor)),
+            ctx.op_get_prefix(&keys::network_prefix(&g.network)),
+            ctx.op_get(&keys::hypervisor_metadata(h)),
+            ctx.op_get(&keys::guest_metadata(&g.id)),
+            ctx.op_get(&keys::flavor_metadata(&g.flavor)),
         ];
         for (sid, _) in sids {
             let [meta, alloc] = Subnet::read_ops(ctx, sid);
             ops.push(meta);
             ops.push(alloc);
-            ops.push(ctx.op_get(&Hypervisor::subnet_key(h, sid)));
+            ops.push(ctx.op_get(&keys::hypervisor_subnet(h, sid)));
         }
         PlacementReads { ops }
     }
@@ -356,14 +345,14 @@ impl Hypervisor {
         for chunk in self.guests().chunks(100) {
             let ops: Vec<TxnOp> = chunk
                 .iter()
-                .map(|g| ctx.op_get(&Guest::metadata_key(g)))
+                .map(|g| ctx.op_get(&keys::guest_metadata(g)))
                 .collect();
             let r = ctx.txn(Txn::new().and_then(ops)).await?.op_responses();
             for (i, id) in chunk.iter().enumerate() {
                 let kv = txn_get(ctx, &r, i)
                     .into_iter()
                     .next()
-                    .ok_or_else(|| Error::NotFound(Guest::metadata_key(id)))?;
+                    .ok_or_else(|| Error::NotFound(keys::guest_metadata(id)))?;
                 f(Guest::from_stored(ctx, id, &kv.value, kv.mod_revision)?)?;
             }
         }
@@ -387,6 +376,7 @@ impl Hypervisor {
             )));
         }
         let ctx = self.context().clone();
+        let (allocs, flavors) = (AllocCache::of(&ctx), FlavorCache::of(&ctx));
         let sids: Vec<(String, String)> = self
             .subnets()
             .iter()
@@ -408,14 +398,14 @@ impl Hypervisor {
             match &resp {
                 None => {
                     let available = self.stored_metadata()?.available_resources;
-                    let fits = ctx
-                        .cached_flavor(&guest.flavor)
+                    let fits = flavors
+                        .get(&guest.flavor)
                         .is_some_and(|need| available.covers(&need));
                     for (i, (sid, bridge)) in sids.iter().enumerate() {
                         if !fits {
                             break;
                         }
-                        match ctx.cached_alloc(sid) {
+                        match allocs.get(sid) {
                             Some(state) if state.subnet.network == guest.network => {
                                 matching = true;
                                 if state.pick().is_some() {
@@ -440,28 +430,25 @@ impl Hypervisor {
                 }
                 Some(r) => {
                     let net = txn_get(&ctx, r, R_NETWORK);
-                    let net_prefix = format!("lochness/networks/{}/", guest.network);
-                    if !net
-                        .iter()
-                        .any(|kv| kv.key == format!("{net_prefix}metadata"))
-                    {
-                        return Err(Error::NotFound(Network::metadata_key(&guest.network)));
+                    let net_meta = keys::network_metadata(&guest.network);
+                    if !net.iter().any(|kv| kv.key == net_meta) {
+                        return Err(Error::NotFound(net_meta));
                     }
                     let Some(hkv) = txn_get(&ctx, r, R_HYPERVISOR).into_iter().next() else {
-                        return Err(Error::NotFound(Hypervisor::metadata_key(&self.id)));
+                        return Err(Error::NotFound(keys::hypervisor_metadata(&self.id)));
                     };
                     let Some(fkv) = txn_get(&ctx, r, R_FLAVOR).into_iter().next() else {
-                        return Err(Error::NotFound(format!(
-                            "{FLAVORS}{}/metadata",
-                            guest.flavor
-                        )));
+                        return Err(Error::NotFound(keys::flavor_metadata(&guest.flavor)));
                     };
                     let need =
                         Flavor::from_stored(&ctx, &guest.flavor, &fkv.value, fkv.mod_revision)?
                             .resources;
-                    ctx.cache_flavor(&guest.flavor, need);
-                    let fresh =
-                        Hypervisor::from_keys(&ctx, &self.id, &[("metadata".to_string(), hkv)])?;
+                    flavors.put(&guest.flavor, need);
+                    let fresh = Hypervisor::from_keys(
+                        &ctx,
+                        &self.id,
+                        &[(keys::METADATA.to_string(), hkv)],
+                    )?;
                     self.take_stored(&fresh);
                     if !self.available_resources.covers(&need) {
                         return Err(Error::InsufficientResources(self.id.clone()));
@@ -482,10 +469,8 @@ impl Hypervisor {
                             self.drop_subnet(sid);
                             continue;
                         };
-                        if !net
-                            .iter()
-                            .any(|kv| kv.key == format!("{net_prefix}subnets/{sid}"))
-                        {
+                        let net_link = keys::network_subnet(&guest.network, sid);
+                        if !net.iter().any(|kv| kv.key == net_link) {
                             continue;
                         }
                         let Some(state) = AllocState::from_reads(
@@ -506,7 +491,7 @@ impl Hypervisor {
                             }
                         }
                         let free = state.pick().is_some();
-                        ctx.cache_alloc(state);
+                        allocs.put(state);
                         if free {
                             usable.push((i, link.text()));
                         }
@@ -526,9 +511,9 @@ impl Hypervisor {
             };
             let sid = &sids[i].0;
             // Placers of this process take turns on the subnet's index.
-            let lock = ctx.subnet_lock(sid);
+            let lock = allocs.lock(sid);
             let _turn = lock.lock().await;
-            let Some(state) = ctx.cached_alloc(sid) else {
+            let Some(state) = allocs.get(sid) else {
                 resp = None;
                 continue;
             };
@@ -540,7 +525,7 @@ impl Hypervisor {
                 );
                 continue;
             };
-            let Some(need) = ctx.cached_flavor(&guest.flavor) else {
+            let Some(need) = flavors.get(&guest.flavor) else {
                 resp = None;
                 continue;
             };
@@ -560,21 +545,22 @@ impl Hypervisor {
             placed.ip = Some(IpAddr::V4(Ipv4Addr::from(ip)));
             placed.bridge = bridge.clone();
             let (mut cmps, mut ops) = state.reserve_ops(&ctx, ip, &guest.id);
-            let gkey = Guest::metadata_key(&guest.id);
-            let link = Hypervisor::guest_key(&self.id, &guest.id);
+            let gkey = keys::guest_metadata(&guest.id);
+            let hkey = keys::hypervisor_metadata(&self.id);
+            let link = keys::hypervisor_guest(&self.id, &guest.id);
             cmps.extend([
-                ctx.cmp_present(&Network::link_key(&guest.network, sid)),
-                ctx.cmp_value(&Hypervisor::subnet_key(&self.id, sid), &bridge),
-                ctx.cmp_rev(&Hypervisor::metadata_key(&self.id), self.revision()),
-                ctx.cmp_present(&format!("{FLAVORS}{}/metadata", guest.flavor)),
+                ctx.cmp_present(&keys::network_subnet(&guest.network, sid)),
+                ctx.cmp_value(&keys::hypervisor_subnet(&self.id, sid), &bridge),
+                ctx.cmp_rev(&hkey, self.revision()),
+                ctx.cmp_present(&keys::flavor_metadata(&guest.flavor)),
                 ctx.cmp_rev(&gkey, guest.revision()),
                 ctx.cmp_absent(&link),
             ]);
             ops.push(ctx.op_put(&link, guest.id.as_str()));
             ops.push(ctx.op_put(&gkey, placed.to_json()));
-            ops.push(ctx.op_put(&Hypervisor::metadata_key(&self.id), host.to_json()));
+            ops.push(ctx.op_put(&hkey, host.to_json()));
             let mut fail = reads.ops.clone();
-            fail.push(ctx.op_get(&Subnet::address_key(sid, Ipv4Addr::from(ip))));
+            fail.push(ctx.op_get(&keys::subnet_address(sid, Ipv4Addr::from(ip))));
             let out = ctx
                 .commit(Txn::new().when(cmps).and_then(ops).or_else(fail))
                 .await?;
@@ -583,7 +569,7 @@ impl Hypervisor {
                 let mut next = state;
                 next.index.insert(ip);
                 next.index_rev = rev;
-                ctx.cache_alloc(next);
+                allocs.put(next);
                 placed.mod_revision = rev;
                 *guest = placed;
                 host.set_revision(rev);
@@ -625,22 +611,22 @@ impl Hypervisor {
 /// Undoes a placement (and deletes the guest when `destroy`), atomically.
 /// Returns the hypervisor's metadata as written, when it was updated.
 async fn unplace(ctx: &Context, guest: &mut Guest, destroy: bool) -> Result<Option<Hypervisor>> {
-    let gkey = Guest::metadata_key(&guest.id);
+    let gkey = keys::guest_metadata(&guest.id);
     let addr = match (&guest.ip, guest.subnet.is_empty()) {
         (Some(IpAddr::V4(ip)), false) => Some((
-            Subnet::address_key(&guest.subnet, *ip),
-            Subnet::alloc_key(&guest.subnet),
+            keys::subnet_address(&guest.subnet, *ip),
+            keys::subnet_alloc(&guest.subnet),
             *ip,
         )),
         _ => None,
     };
     for attempt in 0..MAX_ATTEMPTS {
-        let hkey = Hypervisor::metadata_key(&guest.hypervisor);
+        let hkey = keys::hypervisor_metadata(&guest.hypervisor);
         let placed = !guest.hypervisor.is_empty();
         let mut reads = vec![
             ctx.op_get(&gkey),
             ctx.op_get(&hkey),
-            ctx.op_get(&format!("{FLAVORS}{}/metadata", guest.flavor)),
+            ctx.op_get(&keys::flavor_metadata(&guest.flavor)),
         ];
         if let Some((a, alloc, _)) = &addr {
             reads.push(ctx.op_get(a));
@@ -659,7 +645,7 @@ async fn unplace(ctx: &Context, guest: &mut Guest, destroy: bool) -> Result<Opti
         // Give the flavor's resources back to the hypervisor (capped at its total).
         let mut host_update = None;
         if placed {
-            ops.push(ctx.op_delete(&Hypervisor::guest_key(&guest.hypervisor, &guest.id)));
+            ops.push(ctx.op_delete(&keys::hypervisor_guest(&guest.hypervisor, &guest.id)));
             let flavor = txn_get(ctx, &r, 2).into_iter().next().and_then(|kv| {
                 Flavor::from_stored(ctx, &guest.flavor, &kv.value, kv.mod_revision).ok()
             });
@@ -668,7 +654,7 @@ async fn unplace(ctx: &Context, guest: &mut Guest, destroy: bool) -> Result<Opti
                 let mut host = Hypervisor::from_keys(
                     ctx,
                     &guest.hypervisor,
-                    &[("metadata".to_string(), hkv)],
+                    &[(keys::METADATA.to_string(), hkv)],
                 )?;
                 let t = host.total_resources;
                 let a = host.available_resources.saturating_add(&flavor.resources);
@@ -709,7 +695,7 @@ async fn unplace(ctx: &Context, guest: &mut Guest, destroy: bool) -> Result<Opti
         cleared.ip = None;
         cleared.bridge.clear();
         if destroy {
-            ops.push(ctx.op_delete_prefix(&Guest::prefix(&guest.id)));
+            ops.push(ctx.op_delete_prefix(&keys::guest_prefix(&guest.id)));
         } else {
             ops.push(ctx.op_put(&gkey, cleared.to_json()));
         }

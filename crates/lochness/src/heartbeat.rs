@@ -1,18 +1,18 @@
 //! Liveness (§3.5.2) with etcd leases, and the host resource figures of
 //! `update_resources` (§3.5.3).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use etcd_client::{PutOptions, Txn};
+use etcd_client::{PutOptions, Txn, TxnOp};
 use tokio::task::JoinHandle;
 
 use crate::codec::{canonicalize, go_time_now};
-use crate::context::{txn_get, Context, FLAVORS};
+use crate::context::{txn_get, Context};
 use crate::error::{Error, Result};
 use crate::flavor::{Flavor, Resources};
 use crate::guest::Guest;
-use crate::hypervisor::Hypervisor;
+use crate::keys;
 
 /// Where guest disks live when the hypervisor config has no `guestDiskDir`.
 pub const DEFAULT_GUEST_DISK_DIR: &str = "/mistify/guests";
@@ -119,12 +119,12 @@ impl Context {
     /// alive in the background. One process may beat for several hypervisors.
     pub async fn heartbeat(&self, id: &str, ttl: Duration) -> Result<Heartbeat> {
         let id = canonicalize(id)?;
-        if self.get(&Hypervisor::metadata_key(&id)).await?.is_none() {
-            return Err(Error::NotFound(Hypervisor::metadata_key(&id)));
+        if self.get(&keys::hypervisor_metadata(&id)).await?.is_none() {
+            return Err(Error::NotFound(keys::hypervisor_metadata(&id)));
         }
         let mut hb = Heartbeat {
             ctx: self.clone(),
-            key: Hypervisor::heartbeat_key(&id),
+            key: keys::hypervisor_heartbeat(&id),
             ttl: ttl.as_secs().max(1) as i64,
             lease: 0,
             keeper: None,
@@ -137,7 +137,7 @@ impl Context {
     /// Whether hypervisor `id`'s heartbeat key exists now.
     pub async fn is_alive(&self, id: &str) -> Result<bool> {
         let id = canonicalize(id)?;
-        Ok(self.get(&Hypervisor::heartbeat_key(&id)).await?.is_some())
+        Ok(self.get(&keys::hypervisor_heartbeat(&id)).await?.is_some())
     }
 }
 
@@ -201,24 +201,16 @@ pub(crate) async fn guests_usage(ctx: &Context, guests: &[String]) -> Result<Res
     if guests.is_empty() {
         return Ok(used);
     }
-    let ops = guests
-        .iter()
-        .map(|g| ctx.op_get(&Guest::metadata_key(g)))
-        .collect::<Vec<_>>();
     let mut flavors = Vec::new();
-    for chunk in ops.chunks(100) {
-        let r = ctx
-            .txn(Txn::new().and_then(chunk.to_vec()))
-            .await?
-            .op_responses();
-        for i in 0..chunk.len() {
+    for chunk in guests.chunks(100) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|g| ctx.op_get(&keys::guest_metadata(g)))
+            .collect();
+        let r = ctx.txn(Txn::new().and_then(ops)).await?.op_responses();
+        for (i, id) in chunk.iter().enumerate() {
             for kv in txn_get(ctx, &r, i) {
-                let id = kv
-                    .key
-                    .trim_start_matches(crate::context::GUESTS)
-                    .trim_end_matches("/metadata")
-                    .to_string();
-                if let Ok(g) = Guest::from_stored(ctx, &id, &kv.value, kv.mod_revision) {
+                if let Ok(g) = Guest::from_stored(ctx, id, &kv.value, kv.mod_revision) {
                     flavors.push(g.flavor);
                 }
             }
@@ -230,11 +222,11 @@ pub(crate) async fn guests_usage(ctx: &Context, guests: &[String]) -> Result<Res
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let mut per = std::collections::BTreeMap::new();
+    let mut per = BTreeMap::new();
     for chunk in distinct.chunks(100) {
-        let ops: Vec<_> = chunk
+        let ops: Vec<TxnOp> = chunk
             .iter()
-            .map(|f| ctx.op_get(&format!("{FLAVORS}{f}/metadata")))
+            .map(|f| ctx.op_get(&keys::flavor_metadata(f)))
             .collect();
         let r = ctx.txn(Txn::new().and_then(ops)).await?.op_responses();
         for (i, id) in chunk.iter().enumerate() {

@@ -9,9 +9,10 @@ use etcd_client::Txn;
 use serde::Serialize;
 
 use crate::codec::{canonicalize, new_id, ser_ip, ser_mac, Mac, Obj};
-use crate::context::{backoff, build_trees, txn_get, Context, Kv, HYPERVISORS, MAX_ATTEMPTS};
+use crate::context::{backoff, build_trees, txn_get, Context, Kv, MAX_ATTEMPTS};
 use crate::error::{Error, Result};
 use crate::flavor::Resources;
+use crate::keys;
 use crate::subnet::Subnet;
 
 /// A physical host running a mistify agent.
@@ -83,25 +84,9 @@ impl Hypervisor {
         }
     }
 
-    pub(crate) fn prefix(id: &str) -> String {
-        format!("{HYPERVISORS}{id}/")
-    }
-
-    pub(crate) fn metadata_key(id: &str) -> String {
-        format!("{HYPERVISORS}{id}/metadata")
-    }
-
-    /// Key of the heartbeat of hypervisor `id`.
+    /// Key of the heartbeat of hypervisor `id` (see [`keys::hypervisor_heartbeat`]).
     pub fn heartbeat_key(id: &str) -> String {
-        format!("{HYPERVISORS}{id}/heartbeat")
-    }
-
-    pub(crate) fn guest_key(id: &str, guest: &str) -> String {
-        format!("{HYPERVISORS}{id}/guests/{guest}")
-    }
-
-    pub(crate) fn subnet_key(id: &str, subnet: &str) -> String {
-        format!("{HYPERVISORS}{id}/subnets/{subnet}")
+        keys::hypervisor_heartbeat(id)
     }
 
     /// The context this hypervisor was loaded with.
@@ -173,7 +158,7 @@ impl Hypervisor {
     pub async fn save(&mut self) -> Result<()> {
         self.validate()?;
         self.id = canonicalize(&self.id)?;
-        let key = Hypervisor::metadata_key(&self.id);
+        let key = keys::hypervisor_metadata(&self.id);
         let json = self.to_json();
         self.mod_revision = self
             .ctx
@@ -187,23 +172,23 @@ impl Hypervisor {
         let mut h = Hypervisor::blank(ctx, id.to_string());
         let mut found = false;
         for (tail, kv) in items {
-            if tail == "metadata" {
+            if tail == keys::METADATA {
                 h.decode_json(&kv.value)?;
                 h.mod_revision = kv.mod_revision;
                 h.stored = Arc::from(kv.value.as_slice());
                 found = true;
-            } else if tail == "heartbeat" {
+            } else if tail == keys::HEARTBEAT {
                 h.alive = true;
-            } else if let Some(s) = tail.strip_prefix("subnets/") {
+            } else if let Some(s) = tail.strip_prefix(keys::SUBNETS_DIR) {
                 h.subnets.insert(s.to_string(), kv.text());
-            } else if let Some(g) = tail.strip_prefix("guests/") {
+            } else if let Some(g) = tail.strip_prefix(keys::GUESTS_DIR) {
                 h.guests.push(g.to_string());
-            } else if let Some(c) = tail.strip_prefix("config/") {
+            } else if let Some(c) = tail.strip_prefix(keys::CONFIG_DIR) {
                 h.config.insert(c.to_string(), kv.text());
             }
         }
         if !found {
-            return Err(Error::NotFound(Hypervisor::metadata_key(id)));
+            return Err(Error::NotFound(keys::hypervisor_metadata(id)));
         }
         h.id = id.to_string();
         Ok(h)
@@ -212,7 +197,7 @@ impl Hypervisor {
     /// Reloads the hypervisor with its links, configuration and liveness in one ranged
     /// read.
     pub async fn refresh(&mut self) -> Result<()> {
-        let prefix = Hypervisor::prefix(&self.id);
+        let prefix = keys::hypervisor_prefix(&self.id);
         let items = self.ctx.get_tree(&prefix).await?;
         *self = Hypervisor::from_keys(&self.ctx, &self.id, &items)?;
         Ok(())
@@ -223,7 +208,7 @@ impl Hypervisor {
         if key.is_empty() {
             return Err(Error::Invalid("empty config key".into()));
         }
-        let rel = format!("{}config/{key}", Hypervisor::prefix(&self.id));
+        let rel = keys::hypervisor_config(&self.id, key);
         let mut kv = self.ctx.kv();
         if value.is_empty() {
             kv.delete(self.ctx.abs(&rel), None).await?;
@@ -242,12 +227,12 @@ impl Hypervisor {
             return Err(Error::Invalid("empty bridge name".into()));
         }
         let ctx = &self.ctx;
-        let hmeta = Hypervisor::metadata_key(&self.id);
-        let smeta = Subnet::metadata_key(&subnet.id);
+        let hmeta = keys::hypervisor_metadata(&self.id);
+        let smeta = keys::subnet_metadata(&subnet.id);
         let txn = Txn::new()
             .when(vec![ctx.cmp_present(&hmeta), ctx.cmp_present(&smeta)])
             .and_then(vec![
-                ctx.op_put(&Hypervisor::subnet_key(&self.id, &subnet.id), bridge)
+                ctx.op_put(&keys::hypervisor_subnet(&self.id, &subnet.id), bridge)
             ])
             .or_else(vec![ctx.op_get(&hmeta)]);
         let resp = ctx.commit(txn).await?;
@@ -269,7 +254,7 @@ impl Hypervisor {
         self.ctx
             .kv()
             .delete(
-                self.ctx.abs(&Hypervisor::subnet_key(&self.id, &subnet.id)),
+                self.ctx.abs(&keys::hypervisor_subnet(&self.id, &subnet.id)),
                 None,
             )
             .await?;
@@ -288,14 +273,16 @@ impl Hypervisor {
             return Err(Error::Invalid("not persisted".into()));
         }
         let ctx = &self.ctx;
-        let guests = format!("{}guests/", Hypervisor::prefix(&self.id));
-        let hmeta = Hypervisor::metadata_key(&self.id);
+        let guests = keys::hypervisor_guests_prefix(&self.id);
+        let hmeta = keys::hypervisor_metadata(&self.id);
         let txn = Txn::new()
             .when(vec![
                 ctx.cmp_rev(&hmeta, self.mod_revision),
                 ctx.cmp_prefix_empty(&guests),
             ])
-            .and_then(vec![ctx.op_delete_prefix(&Hypervisor::prefix(&self.id))])
+            .and_then(vec![
+                ctx.op_delete_prefix(&keys::hypervisor_prefix(&self.id))
+            ])
             .or_else(vec![ctx.op_get_prefix(&guests)]);
         let resp = ctx.commit(txn).await?;
         if !resp.succeeded() {
@@ -432,7 +419,10 @@ impl Context {
     /// Every hypervisor, fully loaded, from one ranged read. Broken entries (no or
     /// undecodable metadata) are skipped with a warning instead of failing the listing.
     pub async fn hypervisors(&self) -> Result<Vec<Hypervisor>> {
-        Ok(hypervisors_from(self, self.get_prefix(HYPERVISORS).await?))
+        Ok(hypervisors_from(
+            self,
+            self.get_prefix(keys::HYPERVISORS).await?,
+        ))
     }
 
     /// Calls `f` for every hypervisor (see [`Context::hypervisors`]); stops at the first
@@ -457,7 +447,7 @@ impl Context {
 }
 
 pub(crate) fn hypervisors_from(ctx: &Context, kvs: Vec<Kv>) -> Vec<Hypervisor> {
-    build_trees(HYPERVISORS, kvs, |id, items| {
+    build_trees(keys::HYPERVISORS, kvs, |id, items| {
         Hypervisor::from_keys(ctx, id, items)
     })
 }

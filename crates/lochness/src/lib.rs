@@ -70,6 +70,7 @@
 
 pub mod agent;
 pub mod codec;
+pub mod config;
 pub mod context;
 pub mod error;
 pub mod flavor;
