@@ -1,17 +1,21 @@
-//! [`Hypervisor`] (§1.3, §3.5): a physical host, its subnet and guest links, its
-//! configuration and liveness, and the identity of the host we run on.
+//! [`Hypervisor`]: a physical host running a mistify agent, with its subnet links
+//! (subnet → bridge), the guests placed on it, its configuration, its liveness (the
+//! heartbeat key, kept by [`crate::heartbeat`]) and the resource figures placement works
+//! with. Placing guests on it is in [`crate::assign`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use etcd_client::Txn;
+use etcd_client::{Txn, TxnOp};
 use serde::Serialize;
 
 use crate::codec::{canonicalize, new_id, ser_ip, ser_mac, Mac, Obj};
 use crate::context::{backoff, build_trees, txn_get, Context, Kv, MAX_ATTEMPTS};
 use crate::error::{Error, Result};
-use crate::flavor::Resources;
+use crate::flavor::{Flavor, Resources};
+use crate::guest::Guest;
+use crate::host::{host_resources, hypervisor_id, DEFAULT_GUEST_DISK_DIR};
 use crate::keys;
 use crate::subnet::Subnet;
 
@@ -309,22 +313,22 @@ impl Hypervisor {
 
     /// Recomputes total and available resources from the host and the guests' flavors
     /// and saves them, re-reading and retrying when the hypervisor was changed
-    /// concurrently. See [`crate::heartbeat::host_resources`] for the host side.
+    /// concurrently. See [`crate::host::host_resources`] for the host side.
     pub async fn update_resources(&mut self) -> Result<()> {
         let dir = self
             .config
             .get("guestDiskDir")
             .cloned()
-            .unwrap_or_else(|| crate::heartbeat::DEFAULT_GUEST_DISK_DIR.to_string());
+            .unwrap_or_else(|| DEFAULT_GUEST_DISK_DIR.to_string());
         self.update_resources_with(&dir).await
     }
 
     /// [`Hypervisor::update_resources`] with the guest-disk directory given explicitly.
     pub async fn update_resources_with(&mut self, guest_disk_dir: &str) -> Result<()> {
-        let total = crate::heartbeat::host_resources(guest_disk_dir)?;
+        let total = host_resources(guest_disk_dir)?;
         for attempt in 0..MAX_ATTEMPTS {
             self.refresh().await?;
-            let used = crate::heartbeat::guests_usage(&self.ctx, &self.guests).await?;
+            let used = guests_usage(&self.ctx, &self.guests).await?;
             self.total_resources = total;
             self.available_resources = total.saturating_sub(&used);
             match self.save().await {
@@ -337,6 +341,28 @@ impl Hypervisor {
             what: format!("update resources of {}", self.id),
             attempts: MAX_ATTEMPTS,
         })
+    }
+
+    /// Calls `f` for every guest placed here (as of this copy), loaded with batched reads
+    /// of up to 100 guests each; a guest that no longer exists is [`Error::NotFound`].
+    /// Stops at the first error.
+    pub async fn for_each_guest<F: FnMut(Guest) -> Result<()>>(&self, mut f: F) -> Result<()> {
+        let ctx = self.context();
+        for chunk in self.guests().chunks(100) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|g| ctx.op_get(&keys::guest_metadata(g)))
+                .collect();
+            let r = ctx.txn(Txn::new().and_then(ops)).await?.op_responses();
+            for (i, id) in chunk.iter().enumerate() {
+                let kv = txn_get(ctx, &r, i)
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| Error::NotFound(keys::guest_metadata(id)))?;
+                f(Guest::from_stored(ctx, id, &kv.value, kv.mod_revision)?)?;
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn push_guest(&mut self, guest: &str) {
@@ -452,40 +478,55 @@ pub(crate) fn hypervisors_from(ctx: &Context, kvs: Vec<Kv>) -> Vec<Hypervisor> {
     })
 }
 
-static HYPERVISOR_ID: RwLock<String> = RwLock::new(String::new());
-
-/// Sets the process-wide id of the hypervisor we run on. An empty `id` falls back to
-/// `$HYPERVISOR_ID`, then to the hostname; the result must be a UUID and is stored
-/// lower-cased. On error the previous value is kept.
-pub fn set_hypervisor_id(id: &str) -> Result<String> {
-    let mut candidate = id.to_string();
-    if candidate.is_empty() {
-        candidate = std::env::var("HYPERVISOR_ID").unwrap_or_default();
+/// Sum of the flavors of `guests` (two reads: the guests, then their flavors). Guests or
+/// flavors that no longer exist count as nothing.
+async fn guests_usage(ctx: &Context, guests: &[String]) -> Result<Resources> {
+    let mut used = Resources::default();
+    if guests.is_empty() {
+        return Ok(used);
     }
-    if candidate.is_empty() {
-        candidate = hostname();
+    let mut flavors = Vec::new();
+    for chunk in guests.chunks(100) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|g| ctx.op_get(&keys::guest_metadata(g)))
+            .collect();
+        let r = ctx.txn(Txn::new().and_then(ops)).await?.op_responses();
+        for (i, id) in chunk.iter().enumerate() {
+            for kv in txn_get(ctx, &r, i) {
+                if let Ok(g) = Guest::from_stored(ctx, id, &kv.value, kv.mod_revision) {
+                    flavors.push(g.flavor);
+                }
+            }
+        }
     }
-    if candidate.is_empty() {
-        return Err(Error::NoHypervisorId);
+    let distinct: Vec<String> = flavors
+        .iter()
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut per = BTreeMap::new();
+    for chunk in distinct.chunks(100) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|f| ctx.op_get(&keys::flavor_metadata(f)))
+            .collect();
+        let r = ctx.txn(Txn::new().and_then(ops)).await?.op_responses();
+        for (i, id) in chunk.iter().enumerate() {
+            if let Some(kv) = txn_get(ctx, &r, i).into_iter().next() {
+                if let Ok(f) = Flavor::from_stored(ctx, id, &kv.value, kv.mod_revision) {
+                    per.insert(id.clone(), f.resources);
+                }
+            }
+        }
     }
-    let id = canonicalize(&candidate)?;
-    let mut guard = HYPERVISOR_ID.write().unwrap_or_else(|p| p.into_inner());
-    *guard = id.clone();
-    Ok(id)
-}
-
-/// The process-wide hypervisor id (empty until [`set_hypervisor_id`] succeeded).
-pub fn hypervisor_id() -> String {
-    HYPERVISOR_ID
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    for f in &flavors {
+        if let Some(r) = per.get(f) {
+            used = used.saturating_add(r);
+        }
+    }
+    Ok(used)
 }
 
 crate::codec::stored_entity!(Hypervisor, "§1.3");

@@ -69,6 +69,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod assign;
 pub mod codec;
 pub mod config;
 pub mod context;
@@ -77,6 +78,7 @@ pub mod flavor;
 pub mod fwgroup;
 pub mod guest;
 pub mod heartbeat;
+pub mod host;
 pub mod hypervisor;
 pub mod keys;
 pub mod network;
@@ -93,7 +95,8 @@ pub use flavor::{Flavor, Resources};
 pub use fwgroup::{FwGroup, FwRule};
 pub use guest::Guest;
 pub use heartbeat::Heartbeat;
-pub use hypervisor::{hypervisor_id, set_hypervisor_id, Hypervisor};
+pub use host::{hypervisor_id, set_hypervisor_id};
+pub use hypervisor::Hypervisor;
 pub use network::Network;
 pub use placement::{
     candidate_has_resources, candidate_has_subnet, candidate_is_alive, candidate_randomize,

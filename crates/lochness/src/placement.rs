@@ -1,7 +1,11 @@
-//! Candidate selection (§3.8) over a [`ClusterView`]: an in-memory picture of
+//! Candidate selection: which hypervisors may take a guest. [`Guest::candidates_in`]
+//! starts from every hypervisor of a [`ClusterView`] and applies [`CandidateFunction`]s in
+//! order (by default: alive, has a subnet of the guest's network with a free address, has
+//! the flavor's resources, then shuffled). The view is an in-memory picture of
 //! hypervisors, networks, subnets and flavors that a placer loads with one read and can
-//! keep current from a watch ([`ClusterView::apply`]). The view may be stale; the
-//! transaction of [`Hypervisor::add_guest`] compares what matters and retries or fails.
+//! keep current from a watch ([`ClusterView::apply`]). It may be stale; the transaction
+//! of [`Hypervisor::add_guest`] compares what matters and retries or fails (see
+//! docs/compat.md, section "lochness").
 
 use std::collections::BTreeMap;
 
@@ -213,6 +217,17 @@ impl ClusterView {
 }
 
 impl Guest {
+    /// Candidate hypervisors for this guest: loads a fresh [`ClusterView`] and applies
+    /// `fns` in order (see [`Guest::candidates_in`]).
+    pub async fn candidates(&self, fns: &[CandidateFunction]) -> Result<Vec<Hypervisor>> {
+        let view = ClusterView::load(self.context()).await?;
+        Ok(self
+            .candidates_in(&view, fns)?
+            .into_iter()
+            .cloned()
+            .collect())
+    }
+
     /// Candidate hypervisors for this guest in `view`: every hypervisor, then each of
     /// `fns` in order. [`Error::NoHypervisors`] when the view has none,
     /// [`Error::NoSuitableHypervisors`] when a filter leaves none.
