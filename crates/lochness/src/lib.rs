@@ -66,6 +66,23 @@
 //! # }
 //! ```
 
+//!
+//! # Modules
+//!
+//! Each module depends only on the ones listed before it (`tests/modules.rs` checks that
+//! the module graph has no cycle):
+//!
+//! - [`error`], [`codec`] (UUIDs, addresses, lenient JSON) and [`keys`] (the key layout:
+//!   every key string is built there);
+//! - [`context`]: the connection, the key prefix and the storage primitives;
+//! - the entities and what they rest on: [`flavor`], [`fwgroup`], [`vlan`], [`config`]
+//!   (global configuration), [`watch`], [`host`] (the machine we run on), [`subnet`]
+//!   (with address allocation), [`network`], [`guest`], [`hypervisor`];
+//! - [`placement`] (candidate selection over a [`ClusterView`]) and [`assign`] (placing a
+//!   guest on a hypervisor and undoing it, one transaction each);
+//! - [`heartbeat`] (liveness leases and the `lochness-heartbeat` loop) and [`agent`] (the
+//!   client of a hypervisor's agent).
+
 #![warn(missing_docs)]
 
 pub mod agent;
