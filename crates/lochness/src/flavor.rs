@@ -1,4 +1,5 @@
-//! [`Flavor`] (§1.6) and [`Resources`] (§1.2).
+//! [`Flavor`], the resource template guests are created from, and [`Resources`]
+//! (memory and disk in MiB, virtual CPUs), which hypervisors use too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -62,7 +63,8 @@ impl Resources {
 }
 
 /// Whether `image` is a valid flavor image reference: a UUID, or a name of 1–64
-/// characters from `[A-Za-z0-9._-]`.
+/// characters from `[A-Za-z0-9._-]` (the original accepted only UUIDs; see
+/// docs/compat.md, section "lochness").
 pub fn valid_image_ref(image: &str) -> bool {
     is_uuid(image)
         || (!image.is_empty()
@@ -226,6 +228,6 @@ impl FlavorCache {
     }
 }
 
-crate::codec::stored_entity!(Flavor, "§1.6");
+crate::codec::stored_entity!(Flavor);
 
 crate::codec::saved_by_uuid!(Flavor);

@@ -1,4 +1,4 @@
-//! [`FwGroup`] and [`FwRule`] (§1.7).
+//! [`FwGroup`] and [`FwRule`]: named sets of ingress firewall rules guests refer to.
 
 use std::collections::BTreeMap;
 
@@ -126,6 +126,6 @@ impl Context {
     }
 }
 
-crate::codec::stored_entity!(FwGroup, "§1.7");
+crate::codec::stored_entity!(FwGroup);
 
 crate::codec::saved_by_uuid!(FwGroup);

@@ -286,4 +286,4 @@ impl Context {
     }
 }
 
-crate::codec::stored_entity!(Guest, "§1.8");
+crate::codec::stored_entity!(Guest);

@@ -529,4 +529,4 @@ async fn guests_usage(ctx: &Context, guests: &[String]) -> Result<Resources> {
     Ok(used)
 }
 
-crate::codec::stored_entity!(Hypervisor, "§1.3");
+crate::codec::stored_entity!(Hypervisor);

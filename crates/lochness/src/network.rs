@@ -1,4 +1,6 @@
-//! [`Network`] (§1.5) and its subnet links (§3.9).
+//! [`Network`]: a logical group of subnets, and its subnet links. Attaching or detaching
+//! a subnet changes the link and the subnet's `network` field in one transaction (the
+//! original wrote them one after the other; see docs/compat.md, section "lochness").
 
 use std::collections::BTreeMap;
 
@@ -193,6 +195,6 @@ impl Context {
     }
 }
 
-crate::codec::stored_entity!(Network, "§1.5");
+crate::codec::stored_entity!(Network);
 
 crate::codec::saved_by_uuid!(Network);

@@ -1,5 +1,10 @@
-//! [`Subnet`] (§1.4) and IPv4 address reservation (§3.7) with the allocation index kept
-//! at `lochness/subnets/<id>/alloc`.
+//! [`Subnet`]: an IPv4 range guests get their addresses from, and address reservation.
+//! Each reservation is a key of its own; the allocation index
+//! `lochness/subnets/<id>/alloc` ([`AllocIndex`]) lists them as runs and is updated in the
+//! same transaction, so handing out an address never lists the reservations. The lowest
+//! free address is handed out; network, broadcast and gateway addresses never are (the
+//! original picked at random and excluded none; see docs/compat.md, section "lochness").
+//! What a context last knew of each subnet's index is cached here too (`AllocCache`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -747,6 +752,6 @@ mod tests {
     }
 }
 
-crate::codec::stored_entity!(Subnet, "§1.4");
+crate::codec::stored_entity!(Subnet);
 
 crate::codec::saved_by_uuid!(Subnet);

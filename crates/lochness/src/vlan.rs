@@ -1,4 +1,7 @@
-//! [`Vlan`] (§1.9), [`VlanGroup`] (§1.10) and the links between them (§3.9).
+//! [`Vlan`]s (identified by their tag, 1–4095), [`VlanGroup`]s (named sets of VLANs
+//! guests are attached to) and the links between them. A link is two keys, one on each
+//! side, always written and removed together in one transaction (the original could leave
+//! one side behind; see docs/compat.md, section "lochness").
 
 use std::collections::BTreeMap;
 
@@ -321,8 +324,8 @@ impl Context {
     }
 }
 
-crate::codec::stored_entity!(Vlan, "§1.9");
+crate::codec::stored_entity!(Vlan);
 
-crate::codec::stored_entity!(VlanGroup, "§1.10");
+crate::codec::stored_entity!(VlanGroup);
 
 crate::codec::saved_by_uuid!(VlanGroup);

@@ -1,7 +1,8 @@
-//! Typed watches over etcd v3 revision-based watches (§4.2): changes under a prefix
-//! arrive as [`WatchEvent`]s naming the entity they touch. The watcher remembers the last
-//! revision it delivered and, when the connection breaks, resumes from the next one, so
-//! nothing is missed or repeated.
+//! Typed watches over etcd v3 revision-based watches: changes under a prefix arrive as
+//! [`WatchEvent`]s naming the entity they touch. The watcher remembers the last revision
+//! it delivered and, when the connection breaks, resumes from the next one, so nothing is
+//! missed or repeated; unlike the original's watcher, it does not replay every existing
+//! key at start-up (see docs/compat.md, section "lochness").
 
 use std::time::Duration;
 
