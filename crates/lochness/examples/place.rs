@@ -124,7 +124,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .await?;
                 ctx.client()
                     .put(
-                        ctx.abs(&lochness::Hypervisor::heartbeat_key(&h.id)),
+                        ctx.abs(&lochness::keys::hypervisor_heartbeat(&h.id)),
                         lochness::codec::go_time_now(),
                         None,
                     )
@@ -142,7 +142,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // A shared view, kept current by a watch.
     let view = Arc::new(RwLock::new(ClusterView::load(&ctx).await?));
-    let mut watcher = ctx.watch("lochness/", view.read().await.revision).await?;
+    let mut watcher = ctx
+        .watch(lochness::keys::ROOT, view.read().await.revision)
+        .await?;
     let feeder = {
         let (ctx, view) = (ctx.clone(), view.clone());
         tokio::spawn(async move {
@@ -226,7 +228,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|g| (g.id.clone(), g))
         .collect();
     for s in subnets.iter() {
-        let p = format!("lochness/subnets/{}/addresses/", s.id);
+        let p = lochness::keys::subnet_addresses_prefix(&s.id);
         for kv in ctx.get_prefix(&p).await? {
             let ip = kv.key[p.len()..].to_string();
             *by_ip.entry(ip.clone()).or_default() += 1;

@@ -1,6 +1,8 @@
-//! The client side of the mistify agent (§5): the [`Agent`] trait controllers program
+//! The client side of the mistify agent: the [`Agent`] trait controllers program
 //! against, and [`MistifyAgent`], which finds a guest's hypervisor in etcd and calls its
-//! agent over the `mistify-client` REST client.
+//! agent over the `mistify-client` REST client, at the hypervisor's address and its
+//! `agentPort` configuration (8080 when unset), retrying while the agent answers 503 (see
+//! docs/compat.md, section "lochness").
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -207,8 +209,9 @@ impl MistifyAgent {
         }
     }
 
-    /// The agent's guest body for `guest` (§5): one NIC on the guest's bridge, one disk
-    /// from the flavor's image, the flavor's memory and CPUs.
+    /// The agent's guest body for `guest`, as the original built it: one NIC on the
+    /// guest's bridge (netmask in Go's hex form, VLANs of the guest's VLAN group or `[1]`),
+    /// one disk from the flavor's image, the flavor's memory and CPUs.
     pub async fn agent_guest(&self, guest: &Guest) -> Result<mistify_client::Guest> {
         guest.validate()?;
         let flavor = self.ctx.flavor(&guest.flavor).await?;

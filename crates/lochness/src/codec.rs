@@ -1,5 +1,8 @@
-//! Encodings shared by every entity: UUIDs, IP and MAC addresses, CIDRs, and the lenient
-//! JSON field access the decoders are built on (§1.1 of the spec).
+//! Encodings shared by every entity: UUIDs (canonicalised to lower case), IP and MAC
+//! addresses, CIDRs (host bits masked), and the lenient JSON field access the decoders are
+//! built on (field names matched exactly, then case-insensitively, as Go's
+//! `encoding/json` did; where decoding is stricter than the original, see docs/compat.md,
+//! section "lochness").
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -184,7 +187,7 @@ pub(crate) fn ser_cidr<S: Serializer>(net: &Option<IpNetwork>, s: S) -> Result<S
 /// Adds `revision()` and `to_json()` to an entity type that has a `mod_revision` field
 /// and serialises to its stored JSON.
 macro_rules! stored_entity {
-    ($t:ty, $spec:literal) => {
+    ($t:ty) => {
         impl $t {
             /// The `mod_revision` of the stored metadata this copy was read or saved at
             /// (0 = never).
@@ -192,7 +195,7 @@ macro_rules! stored_entity {
                 self.mod_revision
             }
 
-            #[doc = concat!("The stored JSON (spec ", $spec, "), fields in the original's order.")]
+            /// The stored JSON, fields in the original's order.
             pub fn to_json(&self) -> String {
                 crate::codec::to_json(self)
             }

@@ -1,10 +1,12 @@
-//! [`Context`]: the handle on etcd every entity keeps, with the key layout (§2.1) and the
-//! few storage primitives the entities are built on.
+//! [`Context`]: the handle on etcd every entity keeps — the connection, the key prefix
+//! the `lochness/…` tree lives under, and the few storage primitives the entities are
+//! built on (reads, ranged reads, transactions, compare-and-swap, retry bounds). The key
+//! layout itself is [`crate::keys`].
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,29 +16,7 @@ use etcd_client::{
 };
 
 use crate::error::{Error, Result};
-use crate::flavor::Resources;
-use crate::subnet::AllocState;
-
-/// Root of every key the library writes (relative to the context's prefix).
-pub const ROOT: &str = "lochness/";
-/// Prefix of global configuration keys.
-pub const CONFIG: &str = "lochness/config/";
-/// Prefix of hypervisors.
-pub const HYPERVISORS: &str = "lochness/hypervisors/";
-/// Prefix of subnets.
-pub const SUBNETS: &str = "lochness/subnets/";
-/// Prefix of networks.
-pub const NETWORKS: &str = "lochness/networks/";
-/// Prefix of flavors.
-pub const FLAVORS: &str = "lochness/flavors/";
-/// Prefix of firewall groups.
-pub const FWGROUPS: &str = "lochness/fwgroups/";
-/// Prefix of guests.
-pub const GUESTS: &str = "lochness/guests/";
-/// Prefix of VLANs.
-pub const VLANS: &str = "lochness/vlans/";
-/// Prefix of VLAN groups.
-pub const VLANGROUPS: &str = "lochness/vlangroups/";
+use crate::keys;
 
 /// The largest gRPC response we accept (one ranged read over every guest of a large
 /// cluster must fit).
@@ -55,21 +35,13 @@ struct Inner {
     client: Client,
     kv: KvClient,
     prefix: String,
-    hook: Option<CommitHook>,
-    commits: AtomicU64,
-    /// Last known allocation state per subnet (see [`Context::cached_alloc`]).
-    alloc_cache: Mutex<HashMap<String, AllocState>>,
-    /// One lock per subnet, so that this process's placers take turns on a subnet's
-    /// index instead of racing each other.
-    subnet_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Resources of flavors this context has read.
-    flavor_cache: Mutex<HashMap<String, Resources>>,
+    /// Awaited (once) before the next write transaction of a multi-key operation; see
+    /// [`Context::with_commit_hook`].
+    hook: Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>,
+    /// State other modules keep per context (their caches), by type; see
+    /// [`Context::local`].
+    local: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
-
-/// A function awaited before every write transaction of a multi-key operation, with the
-/// number of commits this context made so far (0 for the first). Tests use it to inject
-/// a conflicting write between an operation's read and its commit.
-pub type CommitHook = Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,34 +98,55 @@ impl Context {
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
         }
-        Ok(Context {
+        Ok(Context::on(client, kv, prefix, None))
+    }
+
+    fn on(
+        client: Client,
+        kv: KvClient,
+        prefix: String,
+        hook: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    ) -> Context {
+        Context {
             inner: Arc::new(Inner {
                 client,
                 kv,
                 prefix,
-                hook: None,
-                commits: AtomicU64::new(0),
-                alloc_cache: Mutex::default(),
-                subnet_locks: Mutex::default(),
-                flavor_cache: Mutex::default(),
+                hook: Mutex::new(hook),
+                local: Mutex::default(),
             }),
-        })
+        }
     }
 
-    /// A context on the same connection and prefix that awaits `hook` before each write
-    /// transaction of a multi-key operation (fault injection for tests).
-    pub fn with_commit_hook(&self, hook: CommitHook) -> Context {
-        Context {
-            inner: Arc::new(Inner {
-                client: self.inner.client.clone(),
-                kv: self.inner.kv.clone(),
-                prefix: self.inner.prefix.clone(),
-                hook: Some(hook),
-                commits: AtomicU64::new(0),
-                alloc_cache: Mutex::default(),
-                subnet_locks: Mutex::default(),
-                flavor_cache: Mutex::default(),
-            }),
+    /// A context on the same connection and prefix (with nothing cached) that awaits
+    /// `hook` once, before its first write transaction of a multi-key operation: fault
+    /// injection for tests, which put a conflicting write between an operation's read and
+    /// its commit. Clones of the returned context share the hook.
+    pub fn with_commit_hook(&self, hook: impl Future<Output = ()> + Send + 'static) -> Context {
+        Context::on(
+            self.inner.client.clone(),
+            self.inner.kv.clone(),
+            self.inner.prefix.clone(),
+            Some(Box::pin(hook)),
+        )
+    }
+
+    /// The `T` this context (and its clones) keeps for another module — a cache, say —
+    /// made with `T::default()` on first use. The context stores it without knowing
+    /// what it is.
+    pub(crate) fn local<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        let mut local = self.inner.local.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = local
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()));
+        match Arc::clone(entry).downcast::<T>() {
+            Ok(t) => t,
+            // Unreachable: the entry of `TypeId::of::<T>()` is always a `T`.
+            Err(_) => {
+                let fresh = Arc::new(T::default());
+                *entry = fresh.clone();
+                fresh
+            }
         }
     }
 
@@ -271,70 +264,18 @@ impl Context {
     }
 
     /// Runs the write transaction of a multi-key operation (after the commit hook, if
-    /// any).
+    /// one is still pending).
     pub(crate) async fn commit(&self, txn: Txn) -> Result<TxnResponse> {
-        if let Some(hook) = &self.inner.hook {
-            let n = self.inner.commits.fetch_add(1, Ordering::SeqCst);
-            hook(n).await;
+        let hook = self
+            .inner
+            .hook
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(hook) = hook {
+            hook.await;
         }
         self.txn(txn).await
-    }
-
-    /// The allocation state of subnet `id` as this context last read or wrote it. It may
-    /// be stale: writes built from it compare revisions, and a lost compare brings fresh
-    /// state back.
-    pub(crate) fn cached_alloc(&self, id: &str) -> Option<AllocState> {
-        self.inner
-            .alloc_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-    }
-
-    /// Remembers `state` unless a newer one is known.
-    pub(crate) fn cache_alloc(&self, state: AllocState) {
-        let mut cache = self
-            .inner
-            .alloc_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let newer = |s: &AllocState| (s.index_rev.max(s.subnet.revision()), s.subnet.revision());
-        match cache.get(&state.subnet.id) {
-            Some(old) if newer(old) > newer(&state) => {}
-            _ => {
-                cache.insert(state.subnet.id.clone(), state);
-            }
-        }
-    }
-
-    /// The resources of flavor `id` as this context last read them.
-    pub(crate) fn cached_flavor(&self, id: &str) -> Option<Resources> {
-        self.inner
-            .flavor_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .copied()
-    }
-
-    pub(crate) fn cache_flavor(&self, id: &str, resources: Resources) {
-        self.inner
-            .flavor_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), resources);
-    }
-
-    /// The in-process lock of subnet `id`'s index.
-    pub(crate) fn subnet_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.inner
-            .subnet_locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(id.to_string())
-            .or_default()
-            .clone()
     }
 
     /// A get operation for a transaction.
@@ -407,43 +348,6 @@ impl Context {
         }
         Ok(revision(&resp))
     }
-
-    /// Global configuration value of `key` (§3.4).
-    pub async fn get_config(&self, key: &str) -> Result<String> {
-        if key.is_empty() {
-            return Err(Error::Invalid("empty config key".into()));
-        }
-        let rel = format!("{CONFIG}{key}");
-        match self.get(&rel).await? {
-            Some(kv) => Ok(kv.text()),
-            None => Err(Error::NotFound(rel)),
-        }
-    }
-
-    /// Sets global configuration `key` to `value` (an empty value is stored, not deleted).
-    pub async fn set_config(&self, key: &str, value: &str) -> Result<()> {
-        if key.is_empty() {
-            return Err(Error::Invalid("empty config key".into()));
-        }
-        self.kv()
-            .put(self.abs(&format!("{CONFIG}{key}")), value, None)
-            .await?;
-        Ok(())
-    }
-
-    /// Calls `f(key, value)` for every global configuration key (nested keys keep their
-    /// inner `/`), in key order, after one ranged read; stops at the first error.
-    pub async fn for_each_config<F>(&self, mut f: F) -> Result<()>
-    where
-        F: FnMut(&str, &str) -> Result<()>,
-    {
-        for kv in self.get_prefix(CONFIG).await? {
-            if let Some(key) = kv.key.strip_prefix(CONFIG) {
-                f(key, &kv.text())?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// The revision in a transaction's header (the store revision after it).
@@ -456,15 +360,6 @@ pub(crate) fn txn_get(ctx: &Context, resp: &[TxnOpResponse], i: usize) -> Vec<Kv
     match resp.get(i) {
         Some(TxnOpResponse::Get(g)) => g.kvs().iter().filter_map(|kv| ctx.to_kv(kv)).collect(),
         _ => Vec::new(),
-    }
-}
-
-/// Splits `rest` (the part of a key after an entity prefix) into its id and the remainder
-/// after the id's `/`.
-pub(crate) fn split_id(rest: &str) -> (&str, &str) {
-    match rest.split_once('/') {
-        Some((id, tail)) => (id, tail),
-        None => (rest, ""),
     }
 }
 
@@ -491,7 +386,7 @@ pub(crate) fn build_trees<T>(
 pub(crate) fn metadata_of(items: &[(String, Kv)], key: impl FnOnce() -> String) -> Result<&Kv> {
     items
         .iter()
-        .find(|(tail, _)| tail == "metadata")
+        .find(|(tail, _)| tail == keys::METADATA)
         .map(|(_, kv)| kv)
         .ok_or_else(|| Error::NotFound(key()))
 }
@@ -503,7 +398,7 @@ pub(crate) fn group_by_id(prefix: &str, kvs: Vec<Kv>) -> Vec<(String, Vec<(Strin
         let Some(rest) = kv.key.strip_prefix(prefix) else {
             continue;
         };
-        let (id, tail) = split_id(rest);
+        let (id, tail) = keys::split_id(rest);
         let (id, tail) = (id.to_string(), tail.to_string());
         match out.last_mut() {
             Some((last, items)) if *last == id => items.push((tail, kv)),

@@ -1,12 +1,15 @@
-//! [`Flavor`] (§1.6) and [`Resources`] (§1.2).
+//! [`Flavor`], the resource template guests are created from, and [`Resources`]
+//! (memory and disk in MiB, virtual CPUs), which hypervisors use too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use serde::Serialize;
 
 use crate::codec::{canonicalize, is_uuid, new_id, Obj};
-use crate::context::{Context, FLAVORS};
+use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::keys;
 
 /// Memory (MiB), disk (MiB) and virtual CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -60,7 +63,8 @@ impl Resources {
 }
 
 /// Whether `image` is a valid flavor image reference: a UUID, or a name of 1–64
-/// characters from `[A-Za-z0-9._-]`.
+/// characters from `[A-Za-z0-9._-]` (the original accepted only UUIDs; see
+/// docs/compat.md, section "lochness").
 pub fn valid_image_ref(image: &str) -> bool {
     is_uuid(image)
         || (!image.is_empty()
@@ -101,7 +105,7 @@ impl Flavor {
     }
 
     fn key(&self) -> String {
-        format!("{FLAVORS}{}/metadata", self.id)
+        keys::flavor_metadata(&self.id)
     }
 
     /// Applies a JSON document with the default decode rules (present fields overwrite,
@@ -180,9 +184,8 @@ impl Context {
     /// warning).
     pub async fn flavors(&self) -> Result<Vec<Flavor>> {
         let mut out = Vec::new();
-        for kv in self.get_prefix(FLAVORS).await? {
-            let rest = &kv.key[FLAVORS.len()..];
-            if let Some(id) = rest.strip_suffix("/metadata") {
+        for kv in self.get_prefix(keys::FLAVORS).await? {
+            if let Some(id) = keys::metadata_id(keys::FLAVORS, &kv.key) {
                 match Flavor::from_stored(self, id, &kv.value, kv.mod_revision) {
                     Ok(f) => out.push(f),
                     Err(e) => {
@@ -195,6 +198,36 @@ impl Context {
     }
 }
 
-crate::codec::stored_entity!(Flavor, "§1.6");
+/// The resources of the flavors a context has read, so that placing a guest need not
+/// read its flavor again. One per context ([`FlavorCache::of`]), shared by its clones;
+/// entries are not refreshed once read.
+#[derive(Debug, Default)]
+pub(crate) struct FlavorCache(Mutex<HashMap<String, Resources>>);
+
+impl FlavorCache {
+    /// The cache of `ctx` (shared by its clones).
+    pub(crate) fn of(ctx: &Context) -> std::sync::Arc<FlavorCache> {
+        ctx.local::<FlavorCache>()
+    }
+
+    /// The resources of flavor `id` as last read.
+    pub(crate) fn get(&self, id: &str) -> Option<Resources> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied()
+    }
+
+    /// Remembers the resources of flavor `id`.
+    pub(crate) fn put(&self, id: &str, resources: Resources) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), resources);
+    }
+}
+
+crate::codec::stored_entity!(Flavor);
 
 crate::codec::saved_by_uuid!(Flavor);

@@ -1,4 +1,4 @@
-//! [`FwGroup`] and [`FwRule`] (§1.7).
+//! [`FwGroup`] and [`FwRule`]: named sets of ingress firewall rules guests refer to.
 
 use std::collections::BTreeMap;
 
@@ -6,8 +6,9 @@ use ipnetwork::IpNetwork;
 use serde::Serialize;
 
 use crate::codec::{canonicalize, new_id, parse_cidr, ser_cidr, Obj};
-use crate::context::{Context, FWGROUPS};
+use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::keys;
 
 /// One ingress rule.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -62,7 +63,7 @@ impl FwGroup {
     }
 
     fn key(&self) -> String {
-        format!("{FWGROUPS}{}/metadata", self.id)
+        keys::fwgroup_metadata(&self.id)
     }
 
     /// Replaces every field from a JSON document (absent → empty); an invalid rule
@@ -125,6 +126,6 @@ impl Context {
     }
 }
 
-crate::codec::stored_entity!(FwGroup, "§1.7");
+crate::codec::stored_entity!(FwGroup);
 
 crate::codec::saved_by_uuid!(FwGroup);

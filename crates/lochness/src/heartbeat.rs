@@ -1,21 +1,19 @@
-//! Liveness (§3.5.2) with etcd leases, and the host resource figures of
-//! `update_resources` (§3.5.3).
+//! Liveness: a hypervisor is alive while its heartbeat key exists. The key is written
+//! under an etcd lease that a background task keeps alive, so it disappears by itself
+//! when the beating process dies (the original held it with a Consul session; see
+//! docs/compat.md, section "lochness"). Also the loop of the `lochness-heartbeat` daemon,
+//! which beats and updates the hypervisor's resources.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use etcd_client::{PutOptions, Txn};
+use etcd_client::PutOptions;
 use tokio::task::JoinHandle;
 
 use crate::codec::{canonicalize, go_time_now};
-use crate::context::{txn_get, Context, FLAVORS};
+use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::flavor::{Flavor, Resources};
-use crate::guest::Guest;
-use crate::hypervisor::Hypervisor;
-
-/// Where guest disks live when the hypervisor config has no `guestDiskDir`.
-pub const DEFAULT_GUEST_DISK_DIR: &str = "/mistify/guests";
+use crate::host::{set_hypervisor_id, DEFAULT_GUEST_DISK_DIR};
+use crate::keys;
 
 /// A running heartbeat: the hypervisor's heartbeat key, attached to a lease that a
 /// background task keeps alive. Dropping it stops the keep-alive, so the key disappears
@@ -119,12 +117,12 @@ impl Context {
     /// alive in the background. One process may beat for several hypervisors.
     pub async fn heartbeat(&self, id: &str, ttl: Duration) -> Result<Heartbeat> {
         let id = canonicalize(id)?;
-        if self.get(&Hypervisor::metadata_key(&id)).await?.is_none() {
-            return Err(Error::NotFound(Hypervisor::metadata_key(&id)));
+        if self.get(&keys::hypervisor_metadata(&id)).await?.is_none() {
+            return Err(Error::NotFound(keys::hypervisor_metadata(&id)));
         }
         let mut hb = Heartbeat {
             ctx: self.clone(),
-            key: Hypervisor::heartbeat_key(&id),
+            key: keys::hypervisor_heartbeat(&id),
             ttl: ttl.as_secs().max(1) as i64,
             lease: 0,
             keeper: None,
@@ -137,43 +135,8 @@ impl Context {
     /// Whether hypervisor `id`'s heartbeat key exists now.
     pub async fn is_alive(&self, id: &str) -> Result<bool> {
         let id = canonicalize(id)?;
-        Ok(self.get(&Hypervisor::heartbeat_key(&id)).await?.is_some())
+        Ok(self.get(&keys::hypervisor_heartbeat(&id)).await?.is_some())
     }
-}
-
-/// What this host offers to guests: 80 % of `MemTotal`, 80 % of the size of the
-/// filesystem holding `guest_disk_dir`, and the number of processors.
-pub fn host_resources(guest_disk_dir: &str) -> Result<Resources> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
-    let kb: u64 = meminfo
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| Error::Io(std::io::Error::other("no MemTotal in /proc/meminfo")))?;
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo")?;
-    let cpus = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("processor"))
-        .count();
-    Ok(Resources {
-        memory: kb * 80 / 100 / 1024,
-        disk: filesystem_size(guest_disk_dir)? * 80 / 100 / 1024 / 1024,
-        cpu: u32::try_from(cpus).unwrap_or(u32::MAX),
-    })
-}
-
-/// Size in bytes of the filesystem holding `dir`.
-fn filesystem_size(dir: &str) -> Result<u64> {
-    let path = std::ffi::CString::new(dir)
-        .map_err(|_| Error::Invalid(format!("bad directory {dir:?}")))?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a valid NUL-terminated string and `st` a writable statvfs.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
-    if rc != 0 {
-        return Err(Error::Io(std::io::Error::last_os_error()));
-    }
-    Ok((st.f_blocks as u64).saturating_mul(st.f_frsize as u64))
 }
 
 #[cfg(test)]
@@ -192,65 +155,6 @@ mod tests {
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("-5s").is_err());
     }
-}
-
-/// Sum of the flavors of `guests` (two reads: the guests, then their flavors). Guests or
-/// flavors that no longer exist count as nothing.
-pub(crate) async fn guests_usage(ctx: &Context, guests: &[String]) -> Result<Resources> {
-    let mut used = Resources::default();
-    if guests.is_empty() {
-        return Ok(used);
-    }
-    let ops = guests
-        .iter()
-        .map(|g| ctx.op_get(&Guest::metadata_key(g)))
-        .collect::<Vec<_>>();
-    let mut flavors = Vec::new();
-    for chunk in ops.chunks(100) {
-        let r = ctx
-            .txn(Txn::new().and_then(chunk.to_vec()))
-            .await?
-            .op_responses();
-        for i in 0..chunk.len() {
-            for kv in txn_get(ctx, &r, i) {
-                let id = kv
-                    .key
-                    .trim_start_matches(crate::context::GUESTS)
-                    .trim_end_matches("/metadata")
-                    .to_string();
-                if let Ok(g) = Guest::from_stored(ctx, &id, &kv.value, kv.mod_revision) {
-                    flavors.push(g.flavor);
-                }
-            }
-        }
-    }
-    let distinct: Vec<String> = flavors
-        .iter()
-        .cloned()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let mut per = std::collections::BTreeMap::new();
-    for chunk in distinct.chunks(100) {
-        let ops: Vec<_> = chunk
-            .iter()
-            .map(|f| ctx.op_get(&format!("{FLAVORS}{f}/metadata")))
-            .collect();
-        let r = ctx.txn(Txn::new().and_then(ops)).await?.op_responses();
-        for (i, id) in chunk.iter().enumerate() {
-            if let Some(kv) = txn_get(ctx, &r, i).into_iter().next() {
-                if let Ok(f) = Flavor::from_stored(ctx, id, &kv.value, kv.mod_revision) {
-                    per.insert(id.clone(), f.resources);
-                }
-            }
-        }
-    }
-    for f in &flavors {
-        if let Some(r) = per.get(f) {
-            used = used.saturating_add(r);
-        }
-    }
-    Ok(used)
 }
 
 /// Parses a duration given as whole seconds (`120`) or with a unit: `ms`, `s`, `m`, `h`
@@ -308,7 +212,7 @@ where
     if config.ttl < Duration::from_secs(2) {
         return Err(Error::Invalid("ttl must be at least 2s".into()));
     }
-    let id = crate::hypervisor::set_hypervisor_id(&config.hypervisor_id)?;
+    let id = set_hypervisor_id(&config.hypervisor_id)?;
     let ctx = Context::new(&config.etcd, config.prefix.as_deref()).await?;
     let mut hv = ctx.hypervisor(&id).await?;
     hv.verify_on_hv()?;

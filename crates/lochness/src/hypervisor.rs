@@ -1,17 +1,22 @@
-//! [`Hypervisor`] (§1.3, §3.5): a physical host, its subnet and guest links, its
-//! configuration and liveness, and the identity of the host we run on.
+//! [`Hypervisor`]: a physical host running a mistify agent, with its subnet links
+//! (subnet → bridge), the guests placed on it, its configuration, its liveness (the
+//! heartbeat key, kept by [`crate::heartbeat`]) and the resource figures placement works
+//! with. Placing guests on it is in [`crate::assign`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use etcd_client::Txn;
+use etcd_client::{Txn, TxnOp};
 use serde::Serialize;
 
 use crate::codec::{canonicalize, new_id, ser_ip, ser_mac, Mac, Obj};
-use crate::context::{backoff, build_trees, txn_get, Context, Kv, HYPERVISORS, MAX_ATTEMPTS};
+use crate::context::{backoff, build_trees, txn_get, Context, Kv, MAX_ATTEMPTS};
 use crate::error::{Error, Result};
-use crate::flavor::Resources;
+use crate::flavor::{Flavor, Resources};
+use crate::guest::Guest;
+use crate::host::{host_resources, hypervisor_id, DEFAULT_GUEST_DISK_DIR};
+use crate::keys;
 use crate::subnet::Subnet;
 
 /// A physical host running a mistify agent.
@@ -83,25 +88,9 @@ impl Hypervisor {
         }
     }
 
-    pub(crate) fn prefix(id: &str) -> String {
-        format!("{HYPERVISORS}{id}/")
-    }
-
-    pub(crate) fn metadata_key(id: &str) -> String {
-        format!("{HYPERVISORS}{id}/metadata")
-    }
-
-    /// Key of the heartbeat of hypervisor `id`.
+    /// Key of the heartbeat of hypervisor `id` (see [`keys::hypervisor_heartbeat`]).
     pub fn heartbeat_key(id: &str) -> String {
-        format!("{HYPERVISORS}{id}/heartbeat")
-    }
-
-    pub(crate) fn guest_key(id: &str, guest: &str) -> String {
-        format!("{HYPERVISORS}{id}/guests/{guest}")
-    }
-
-    pub(crate) fn subnet_key(id: &str, subnet: &str) -> String {
-        format!("{HYPERVISORS}{id}/subnets/{subnet}")
+        keys::hypervisor_heartbeat(id)
     }
 
     /// The context this hypervisor was loaded with.
@@ -173,7 +162,7 @@ impl Hypervisor {
     pub async fn save(&mut self) -> Result<()> {
         self.validate()?;
         self.id = canonicalize(&self.id)?;
-        let key = Hypervisor::metadata_key(&self.id);
+        let key = keys::hypervisor_metadata(&self.id);
         let json = self.to_json();
         self.mod_revision = self
             .ctx
@@ -187,23 +176,23 @@ impl Hypervisor {
         let mut h = Hypervisor::blank(ctx, id.to_string());
         let mut found = false;
         for (tail, kv) in items {
-            if tail == "metadata" {
+            if tail == keys::METADATA {
                 h.decode_json(&kv.value)?;
                 h.mod_revision = kv.mod_revision;
                 h.stored = Arc::from(kv.value.as_slice());
                 found = true;
-            } else if tail == "heartbeat" {
+            } else if tail == keys::HEARTBEAT {
                 h.alive = true;
-            } else if let Some(s) = tail.strip_prefix("subnets/") {
+            } else if let Some(s) = tail.strip_prefix(keys::SUBNETS_DIR) {
                 h.subnets.insert(s.to_string(), kv.text());
-            } else if let Some(g) = tail.strip_prefix("guests/") {
+            } else if let Some(g) = tail.strip_prefix(keys::GUESTS_DIR) {
                 h.guests.push(g.to_string());
-            } else if let Some(c) = tail.strip_prefix("config/") {
+            } else if let Some(c) = tail.strip_prefix(keys::CONFIG_DIR) {
                 h.config.insert(c.to_string(), kv.text());
             }
         }
         if !found {
-            return Err(Error::NotFound(Hypervisor::metadata_key(id)));
+            return Err(Error::NotFound(keys::hypervisor_metadata(id)));
         }
         h.id = id.to_string();
         Ok(h)
@@ -212,7 +201,7 @@ impl Hypervisor {
     /// Reloads the hypervisor with its links, configuration and liveness in one ranged
     /// read.
     pub async fn refresh(&mut self) -> Result<()> {
-        let prefix = Hypervisor::prefix(&self.id);
+        let prefix = keys::hypervisor_prefix(&self.id);
         let items = self.ctx.get_tree(&prefix).await?;
         *self = Hypervisor::from_keys(&self.ctx, &self.id, &items)?;
         Ok(())
@@ -223,7 +212,7 @@ impl Hypervisor {
         if key.is_empty() {
             return Err(Error::Invalid("empty config key".into()));
         }
-        let rel = format!("{}config/{key}", Hypervisor::prefix(&self.id));
+        let rel = keys::hypervisor_config(&self.id, key);
         let mut kv = self.ctx.kv();
         if value.is_empty() {
             kv.delete(self.ctx.abs(&rel), None).await?;
@@ -242,12 +231,12 @@ impl Hypervisor {
             return Err(Error::Invalid("empty bridge name".into()));
         }
         let ctx = &self.ctx;
-        let hmeta = Hypervisor::metadata_key(&self.id);
-        let smeta = Subnet::metadata_key(&subnet.id);
+        let hmeta = keys::hypervisor_metadata(&self.id);
+        let smeta = keys::subnet_metadata(&subnet.id);
         let txn = Txn::new()
             .when(vec![ctx.cmp_present(&hmeta), ctx.cmp_present(&smeta)])
             .and_then(vec![
-                ctx.op_put(&Hypervisor::subnet_key(&self.id, &subnet.id), bridge)
+                ctx.op_put(&keys::hypervisor_subnet(&self.id, &subnet.id), bridge)
             ])
             .or_else(vec![ctx.op_get(&hmeta)]);
         let resp = ctx.commit(txn).await?;
@@ -269,7 +258,7 @@ impl Hypervisor {
         self.ctx
             .kv()
             .delete(
-                self.ctx.abs(&Hypervisor::subnet_key(&self.id, &subnet.id)),
+                self.ctx.abs(&keys::hypervisor_subnet(&self.id, &subnet.id)),
                 None,
             )
             .await?;
@@ -288,14 +277,16 @@ impl Hypervisor {
             return Err(Error::Invalid("not persisted".into()));
         }
         let ctx = &self.ctx;
-        let guests = format!("{}guests/", Hypervisor::prefix(&self.id));
-        let hmeta = Hypervisor::metadata_key(&self.id);
+        let guests = keys::hypervisor_guests_prefix(&self.id);
+        let hmeta = keys::hypervisor_metadata(&self.id);
         let txn = Txn::new()
             .when(vec![
                 ctx.cmp_rev(&hmeta, self.mod_revision),
                 ctx.cmp_prefix_empty(&guests),
             ])
-            .and_then(vec![ctx.op_delete_prefix(&Hypervisor::prefix(&self.id))])
+            .and_then(vec![
+                ctx.op_delete_prefix(&keys::hypervisor_prefix(&self.id))
+            ])
             .or_else(vec![ctx.op_get_prefix(&guests)]);
         let resp = ctx.commit(txn).await?;
         if !resp.succeeded() {
@@ -322,22 +313,22 @@ impl Hypervisor {
 
     /// Recomputes total and available resources from the host and the guests' flavors
     /// and saves them, re-reading and retrying when the hypervisor was changed
-    /// concurrently. See [`crate::heartbeat::host_resources`] for the host side.
+    /// concurrently. See [`crate::host::host_resources`] for the host side.
     pub async fn update_resources(&mut self) -> Result<()> {
         let dir = self
             .config
             .get("guestDiskDir")
             .cloned()
-            .unwrap_or_else(|| crate::heartbeat::DEFAULT_GUEST_DISK_DIR.to_string());
+            .unwrap_or_else(|| DEFAULT_GUEST_DISK_DIR.to_string());
         self.update_resources_with(&dir).await
     }
 
     /// [`Hypervisor::update_resources`] with the guest-disk directory given explicitly.
     pub async fn update_resources_with(&mut self, guest_disk_dir: &str) -> Result<()> {
-        let total = crate::heartbeat::host_resources(guest_disk_dir)?;
+        let total = host_resources(guest_disk_dir)?;
         for attempt in 0..MAX_ATTEMPTS {
             self.refresh().await?;
-            let used = crate::heartbeat::guests_usage(&self.ctx, &self.guests).await?;
+            let used = guests_usage(&self.ctx, &self.guests).await?;
             self.total_resources = total;
             self.available_resources = total.saturating_sub(&used);
             match self.save().await {
@@ -350,6 +341,28 @@ impl Hypervisor {
             what: format!("update resources of {}", self.id),
             attempts: MAX_ATTEMPTS,
         })
+    }
+
+    /// Calls `f` for every guest placed here (as of this copy), loaded with batched reads
+    /// of up to 100 guests each; a guest that no longer exists is [`Error::NotFound`].
+    /// Stops at the first error.
+    pub async fn for_each_guest<F: FnMut(Guest) -> Result<()>>(&self, mut f: F) -> Result<()> {
+        let ctx = self.context();
+        for chunk in self.guests().chunks(100) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|g| ctx.op_get(&keys::guest_metadata(g)))
+                .collect();
+            let r = ctx.txn(Txn::new().and_then(ops)).await?.op_responses();
+            for (i, id) in chunk.iter().enumerate() {
+                let kv = txn_get(ctx, &r, i)
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| Error::NotFound(keys::guest_metadata(id)))?;
+                f(Guest::from_stored(ctx, id, &kv.value, kv.mod_revision)?)?;
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn push_guest(&mut self, guest: &str) {
@@ -432,7 +445,10 @@ impl Context {
     /// Every hypervisor, fully loaded, from one ranged read. Broken entries (no or
     /// undecodable metadata) are skipped with a warning instead of failing the listing.
     pub async fn hypervisors(&self) -> Result<Vec<Hypervisor>> {
-        Ok(hypervisors_from(self, self.get_prefix(HYPERVISORS).await?))
+        Ok(hypervisors_from(
+            self,
+            self.get_prefix(keys::HYPERVISORS).await?,
+        ))
     }
 
     /// Calls `f` for every hypervisor (see [`Context::hypervisors`]); stops at the first
@@ -457,45 +473,60 @@ impl Context {
 }
 
 pub(crate) fn hypervisors_from(ctx: &Context, kvs: Vec<Kv>) -> Vec<Hypervisor> {
-    build_trees(HYPERVISORS, kvs, |id, items| {
+    build_trees(keys::HYPERVISORS, kvs, |id, items| {
         Hypervisor::from_keys(ctx, id, items)
     })
 }
 
-static HYPERVISOR_ID: RwLock<String> = RwLock::new(String::new());
-
-/// Sets the process-wide id of the hypervisor we run on. An empty `id` falls back to
-/// `$HYPERVISOR_ID`, then to the hostname; the result must be a UUID and is stored
-/// lower-cased. On error the previous value is kept.
-pub fn set_hypervisor_id(id: &str) -> Result<String> {
-    let mut candidate = id.to_string();
-    if candidate.is_empty() {
-        candidate = std::env::var("HYPERVISOR_ID").unwrap_or_default();
+/// Sum of the flavors of `guests` (two reads: the guests, then their flavors). Guests or
+/// flavors that no longer exist count as nothing.
+async fn guests_usage(ctx: &Context, guests: &[String]) -> Result<Resources> {
+    let mut used = Resources::default();
+    if guests.is_empty() {
+        return Ok(used);
     }
-    if candidate.is_empty() {
-        candidate = hostname();
+    let mut flavors = Vec::new();
+    for chunk in guests.chunks(100) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|g| ctx.op_get(&keys::guest_metadata(g)))
+            .collect();
+        let r = ctx.txn(Txn::new().and_then(ops)).await?.op_responses();
+        for (i, id) in chunk.iter().enumerate() {
+            for kv in txn_get(ctx, &r, i) {
+                if let Ok(g) = Guest::from_stored(ctx, id, &kv.value, kv.mod_revision) {
+                    flavors.push(g.flavor);
+                }
+            }
+        }
     }
-    if candidate.is_empty() {
-        return Err(Error::NoHypervisorId);
+    let distinct: Vec<String> = flavors
+        .iter()
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut per = BTreeMap::new();
+    for chunk in distinct.chunks(100) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|f| ctx.op_get(&keys::flavor_metadata(f)))
+            .collect();
+        let r = ctx.txn(Txn::new().and_then(ops)).await?.op_responses();
+        for (i, id) in chunk.iter().enumerate() {
+            if let Some(kv) = txn_get(ctx, &r, i).into_iter().next() {
+                if let Ok(f) = Flavor::from_stored(ctx, id, &kv.value, kv.mod_revision) {
+                    per.insert(id.clone(), f.resources);
+                }
+            }
+        }
     }
-    let id = canonicalize(&candidate)?;
-    let mut guard = HYPERVISOR_ID.write().unwrap_or_else(|p| p.into_inner());
-    *guard = id.clone();
-    Ok(id)
+    for f in &flavors {
+        if let Some(r) = per.get(f) {
+            used = used.saturating_add(r);
+        }
+    }
+    Ok(used)
 }
 
-/// The process-wide hypervisor id (empty until [`set_hypervisor_id`] succeeded).
-pub fn hypervisor_id() -> String {
-    HYPERVISOR_ID
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-crate::codec::stored_entity!(Hypervisor, "§1.3");
+crate::codec::stored_entity!(Hypervisor);

@@ -66,17 +66,38 @@
 //! # }
 //! ```
 
+//!
+//! # Modules
+//!
+//! Each module depends only on the ones listed before it (`tests/modules.rs` checks that
+//! the module graph has no cycle):
+//!
+//! - [`error`], [`codec`] (UUIDs, addresses, lenient JSON) and [`keys`] (the key layout:
+//!   every key string is built there);
+//! - [`context`]: the connection, the key prefix and the storage primitives;
+//! - the entities and what they rest on: [`flavor`], [`fwgroup`], [`vlan`], [`config`]
+//!   (global configuration), [`watch`], [`host`] (the machine we run on), [`subnet`]
+//!   (with address allocation), [`network`], [`guest`], [`hypervisor`];
+//! - [`placement`] (candidate selection over a [`ClusterView`]) and [`assign`] (placing a
+//!   guest on a hypervisor and undoing it, one transaction each);
+//! - [`heartbeat`] (liveness leases and the `lochness-heartbeat` loop) and [`agent`] (the
+//!   client of a hypervisor's agent).
+
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod assign;
 pub mod codec;
+pub mod config;
 pub mod context;
 pub mod error;
 pub mod flavor;
 pub mod fwgroup;
 pub mod guest;
 pub mod heartbeat;
+pub mod host;
 pub mod hypervisor;
+pub mod keys;
 pub mod network;
 pub mod placement;
 pub mod subnet;
@@ -91,7 +112,8 @@ pub use flavor::{Flavor, Resources};
 pub use fwgroup::{FwGroup, FwRule};
 pub use guest::Guest;
 pub use heartbeat::Heartbeat;
-pub use hypervisor::{hypervisor_id, set_hypervisor_id, Hypervisor};
+pub use host::{hypervisor_id, set_hypervisor_id};
+pub use hypervisor::Hypervisor;
 pub use network::Network;
 pub use placement::{
     candidate_has_resources, candidate_has_subnet, candidate_is_alive, candidate_randomize,

@@ -1,4 +1,6 @@
-//! [`Network`] (§1.5) and its subnet links (§3.9).
+//! [`Network`]: a logical group of subnets, and its subnet links. Attaching or detaching
+//! a subnet changes the link and the subnet's `network` field in one transaction (the
+//! original wrote them one after the other; see docs/compat.md, section "lochness").
 
 use std::collections::BTreeMap;
 
@@ -6,8 +8,9 @@ use etcd_client::Txn;
 use serde::Serialize;
 
 use crate::codec::{canonicalize, new_id, Obj};
-use crate::context::{revision, txn_get, Context, NETWORKS};
+use crate::context::{revision, txn_get, Context, Kv};
 use crate::error::{Error, Result};
+use crate::keys;
 use crate::subnet::Subnet;
 
 /// A logical group of subnets guests are attached to.
@@ -27,7 +30,7 @@ pub struct Network {
 
 impl Network {
     fn key(&self) -> String {
-        Network::metadata_key(&self.id)
+        keys::network_metadata(&self.id)
     }
 
     fn blank(ctx: &Context, id: String) -> Network {
@@ -38,14 +41,6 @@ impl Network {
             subnets: Vec::new(),
             mod_revision: 0,
         }
-    }
-
-    pub(crate) fn metadata_key(id: &str) -> String {
-        format!("{NETWORKS}{id}/metadata")
-    }
-
-    pub(crate) fn link_key(id: &str, subnet: &str) -> String {
-        format!("{NETWORKS}{id}/subnets/{subnet}")
     }
 
     /// Applies a JSON document with the default decode rules.
@@ -70,26 +65,22 @@ impl Network {
         &self.subnets
     }
 
-    pub(crate) fn from_keys(
-        ctx: &Context,
-        id: &str,
-        items: &[(String, crate::context::Kv)],
-    ) -> Result<Network> {
+    pub(crate) fn from_keys(ctx: &Context, id: &str, items: &[(String, Kv)]) -> Result<Network> {
         let mut n = Network::blank(ctx, id.to_string());
         let mut found = false;
         for (tail, kv) in items {
-            if tail == "metadata" {
+            if tail == keys::METADATA {
                 n.decode_json(&kv.value)?;
                 n.mod_revision = kv.mod_revision;
                 found = true;
-            } else if let Some(s) = tail.strip_prefix("subnets/") {
+            } else if let Some(s) = tail.strip_prefix(keys::SUBNETS_DIR) {
                 if !s.contains('/') {
                     n.subnets.push(s.to_string());
                 }
             }
         }
         if !found {
-            return Err(Error::NotFound(Network::metadata_key(id)));
+            return Err(Error::NotFound(keys::network_metadata(id)));
         }
         n.id = id.to_string();
         Ok(n)
@@ -97,7 +88,7 @@ impl Network {
 
     /// Reloads the network and its subnet links in one ranged read.
     pub async fn refresh(&mut self) -> Result<()> {
-        let prefix = format!("{NETWORKS}{}/", self.id);
+        let prefix = keys::network_prefix(&self.id);
         let items = self.ctx.get_tree(&prefix).await?;
         *self = Network::from_keys(&self.ctx, &self.id, &items)?;
         Ok(())
@@ -116,25 +107,25 @@ impl Network {
         let ctx = &self.ctx;
         let mut updated = subnet.clone();
         let old = std::mem::replace(&mut updated.network, self.id.clone());
-        let skey = Subnet::metadata_key(&subnet.id);
+        let skey = keys::subnet_metadata(&subnet.id);
         let mut ops = vec![
-            ctx.op_put(&Network::link_key(&self.id, &subnet.id), ""),
+            ctx.op_put(&keys::network_subnet(&self.id, &subnet.id), ""),
             ctx.op_put(&skey, updated.to_json()),
         ];
         if !old.is_empty() && old != self.id {
-            ops.push(ctx.op_delete(&Network::link_key(&old, &subnet.id)));
+            ops.push(ctx.op_delete(&keys::network_subnet(&old, &subnet.id)));
         }
         let txn = Txn::new()
             .when(vec![
-                ctx.cmp_present(&Network::metadata_key(&self.id)),
+                ctx.cmp_present(&keys::network_metadata(&self.id)),
                 ctx.cmp_rev(&skey, subnet.revision()),
             ])
             .and_then(ops)
-            .or_else(vec![ctx.op_get(&Network::metadata_key(&self.id))]);
+            .or_else(vec![ctx.op_get(&keys::network_metadata(&self.id))]);
         let resp = ctx.commit(txn).await?;
         if !resp.succeeded() {
             if txn_get(ctx, &resp.op_responses(), 0).is_empty() {
-                return Err(Error::NotFound(Network::metadata_key(&self.id)));
+                return Err(Error::NotFound(keys::network_metadata(&self.id)));
             }
             return Err(Error::Conflict(format!(
                 "subnet {} was changed since it was read",
@@ -157,8 +148,8 @@ impl Network {
         }
         let ctx = &self.ctx;
         let mut updated = subnet.clone();
-        let skey = Subnet::metadata_key(&subnet.id);
-        let mut ops = vec![ctx.op_delete(&Network::link_key(&self.id, &subnet.id))];
+        let skey = keys::subnet_metadata(&subnet.id);
+        let mut ops = vec![ctx.op_delete(&keys::network_subnet(&self.id, &subnet.id))];
         if updated.network == self.id {
             updated.network.clear();
             ops.push(ctx.op_put(&skey, updated.to_json()));
@@ -197,11 +188,13 @@ impl Context {
 
     /// Every network with its links, in one ranged read.
     pub async fn networks(&self) -> Result<Vec<Network>> {
-        self.list_trees(NETWORKS, |id, items| Network::from_keys(self, id, items))
-            .await
+        self.list_trees(keys::NETWORKS, |id, items| {
+            Network::from_keys(self, id, items)
+        })
+        .await
     }
 }
 
-crate::codec::stored_entity!(Network, "§1.5");
+crate::codec::stored_entity!(Network);
 
 crate::codec::saved_by_uuid!(Network);

@@ -1,20 +1,23 @@
-//! Candidate selection (§3.8) over a [`ClusterView`]: an in-memory picture of
+//! Candidate selection: which hypervisors may take a guest. [`Guest::candidates_in`]
+//! starts from every hypervisor of a [`ClusterView`] and applies [`CandidateFunction`]s in
+//! order (by default: alive, has a subnet of the guest's network with a free address, has
+//! the flavor's resources, then shuffled). The view is an in-memory picture of
 //! hypervisors, networks, subnets and flavors that a placer loads with one read and can
-//! keep current from a watch ([`ClusterView::apply`]). The view may be stale; the
-//! transaction of [`Hypervisor::add_guest`] compares what matters and retries or fails.
+//! keep current from a watch ([`ClusterView::apply`]). It may be stale; the transaction
+//! of [`Hypervisor::add_guest`] compares what matters and retries or fails (see
+//! docs/compat.md, section "lochness").
 
 use std::collections::BTreeMap;
 
 use etcd_client::Txn;
 use rand::seq::SliceRandom;
 
-use crate::context::{
-    group_by_id, revision, txn_get, Context, Kv, FLAVORS, HYPERVISORS, NETWORKS, SUBNETS,
-};
+use crate::context::{group_by_id, revision, txn_get, Context, Kv};
 use crate::error::{Error, Result};
 use crate::flavor::{Flavor, Resources};
 use crate::guest::Guest;
 use crate::hypervisor::{hypervisors_from, Hypervisor};
+use crate::keys;
 use crate::subnet::{AllocIndex, Subnet};
 
 /// A filter over candidate hypervisors for a guest.
@@ -53,10 +56,10 @@ impl ClusterView {
     /// Loads the view with one read-only transaction (four ranged reads).
     pub async fn load(ctx: &Context) -> Result<ClusterView> {
         let txn = Txn::new().and_then(vec![
-            ctx.op_get_prefix(HYPERVISORS),
-            ctx.op_get_prefix(NETWORKS),
-            ctx.op_get_prefix(SUBNETS),
-            ctx.op_get_prefix(FLAVORS),
+            ctx.op_get_prefix(keys::HYPERVISORS),
+            ctx.op_get_prefix(keys::NETWORKS),
+            ctx.op_get_prefix(keys::SUBNETS),
+            ctx.op_get_prefix(keys::FLAVORS),
         ]);
         let resp = ctx.txn(txn).await?;
         let rev = revision(&resp);
@@ -68,15 +71,15 @@ impl ClusterView {
         for h in hypervisors_from(ctx, txn_get(ctx, &r, 0)) {
             view.hypervisors.insert(h.id.clone(), h);
         }
-        for (id, its) in items(NETWORKS, txn_get(ctx, &r, 1)) {
+        for (id, its) in items(keys::NETWORKS, txn_get(ctx, &r, 1)) {
             let subnets = its
                 .iter()
-                .filter_map(|(t, _)| t.strip_prefix("subnets/"))
+                .filter_map(|(t, _)| t.strip_prefix(keys::SUBNETS_DIR))
                 .map(str::to_string)
                 .collect();
             view.networks.insert(id, subnets);
         }
-        for (id, its) in items(SUBNETS, txn_get(ctx, &r, 2)) {
+        for (id, its) in items(keys::SUBNETS, txn_get(ctx, &r, 2)) {
             let subnet = match Subnet::from_keys(ctx, &id, &its) {
                 Ok(s) => s,
                 Err(e) => {
@@ -86,7 +89,7 @@ impl ClusterView {
             };
             let index = match its
                 .iter()
-                .find(|(t, _)| t == "alloc")
+                .find(|(t, _)| t == keys::ALLOC)
                 .map(|(_, kv)| AllocIndex::parse(&kv.text()))
             {
                 Some(Ok(index)) => index,
@@ -103,7 +106,7 @@ impl ClusterView {
             view.subnets.insert(id, (Some(subnet), index));
         }
         for kv in txn_get(ctx, &r, 3) {
-            if let Some(id) = kv.key[FLAVORS.len()..].strip_suffix("/metadata") {
+            if let Some(id) = keys::metadata_id(keys::FLAVORS, &kv.key) {
                 if let Ok(f) = Flavor::from_stored(ctx, id, &kv.value, kv.mod_revision) {
                     view.flavors.insert(id.to_string(), f.resources);
                 }
@@ -116,9 +119,9 @@ impl ClusterView {
     /// watch reports it, so that the view stays current without re-reading.
     pub fn apply(&mut self, ctx: &Context, key: &str, value: Option<&[u8]>, mod_revision: i64) {
         self.revision = self.revision.max(mod_revision);
-        if let Some(rest) = key.strip_prefix(HYPERVISORS) {
-            let (id, tail) = crate::context::split_id(rest);
-            if tail == "metadata" {
+        if let Some(rest) = key.strip_prefix(keys::HYPERVISORS) {
+            let (id, tail) = keys::split_id(rest);
+            if tail == keys::METADATA {
                 match value {
                     None => {
                         self.hypervisors.remove(id);
@@ -131,7 +134,7 @@ impl ClusterView {
                             create_revision: 0,
                         };
                         if let Ok(mut h) =
-                            Hypervisor::from_keys(ctx, id, &[("metadata".to_string(), kv)])
+                            Hypervisor::from_keys(ctx, id, &[(keys::METADATA.to_string(), kv)])
                         {
                             if let Some(old) = self.hypervisors.remove(id) {
                                 h.absorb_links(old);
@@ -145,35 +148,35 @@ impl ClusterView {
             let Some(h) = self.hypervisors.get_mut(id) else {
                 return;
             };
-            if tail == "heartbeat" {
+            if tail == keys::HEARTBEAT {
                 h.set_alive(value.is_some());
-            } else if let Some(s) = tail.strip_prefix("subnets/") {
+            } else if let Some(s) = tail.strip_prefix(keys::SUBNETS_DIR) {
                 match value {
                     Some(v) => h.insert_subnet(s, &String::from_utf8_lossy(v)),
                     None => h.drop_subnet(s),
                 }
-            } else if let Some(g) = tail.strip_prefix("guests/") {
+            } else if let Some(g) = tail.strip_prefix(keys::GUESTS_DIR) {
                 match value {
                     Some(_) => h.push_guest(g),
                     None => h.drop_guest(g),
                 }
             }
-        } else if let Some(rest) = key.strip_prefix(NETWORKS) {
-            let (id, tail) = crate::context::split_id(rest);
-            if let Some(s) = tail.strip_prefix("subnets/") {
+        } else if let Some(rest) = key.strip_prefix(keys::NETWORKS) {
+            let (id, tail) = keys::split_id(rest);
+            if let Some(s) = tail.strip_prefix(keys::SUBNETS_DIR) {
                 let list = self.networks.entry(id.to_string()).or_default();
                 list.retain(|x| x != s);
                 if value.is_some() {
                     list.push(s.to_string());
                 }
-            } else if tail == "metadata" && value.is_none() {
+            } else if tail == keys::METADATA && value.is_none() {
                 self.networks.remove(id);
-            } else if tail == "metadata" {
+            } else if tail == keys::METADATA {
                 self.networks.entry(id.to_string()).or_default();
             }
-        } else if let Some(rest) = key.strip_prefix(SUBNETS) {
-            let (id, tail) = crate::context::split_id(rest);
-            if tail == "metadata" {
+        } else if let Some(rest) = key.strip_prefix(keys::SUBNETS) {
+            let (id, tail) = keys::split_id(rest);
+            if tail == keys::METADATA {
                 match value {
                     None => {
                         self.subnets.remove(id);
@@ -183,15 +186,15 @@ impl ClusterView {
                         entry.0 = Subnet::from_stored(ctx, id, v, mod_revision).ok();
                     }
                 }
-            } else if tail == "alloc" {
+            } else if tail == keys::ALLOC {
                 let entry = self.subnets.entry(id.to_string()).or_default();
                 entry.1 = value
                     .and_then(|v| AllocIndex::parse(&String::from_utf8_lossy(v)).ok())
                     .unwrap_or_default();
             }
-        } else if let Some(rest) = key.strip_prefix(FLAVORS) {
-            let (id, tail) = crate::context::split_id(rest);
-            if tail == "metadata" {
+        } else if let Some(rest) = key.strip_prefix(keys::FLAVORS) {
+            let (id, tail) = keys::split_id(rest);
+            if tail == keys::METADATA {
                 match value.and_then(|v| Flavor::from_stored(ctx, id, v, mod_revision).ok()) {
                     Some(f) => {
                         self.flavors.insert(id.to_string(), f.resources);
@@ -214,6 +217,17 @@ impl ClusterView {
 }
 
 impl Guest {
+    /// Candidate hypervisors for this guest: loads a fresh [`ClusterView`] and applies
+    /// `fns` in order (see [`Guest::candidates_in`]).
+    pub async fn candidates(&self, fns: &[CandidateFunction]) -> Result<Vec<Hypervisor>> {
+        let view = ClusterView::load(self.context()).await?;
+        Ok(self
+            .candidates_in(&view, fns)?
+            .into_iter()
+            .cloned()
+            .collect())
+    }
+
     /// Candidate hypervisors for this guest in `view`: every hypervisor, then each of
     /// `fns` in order. [`Error::NoHypervisors`] when the view has none,
     /// [`Error::NoSuitableHypervisors`] when a filter leaves none.
@@ -256,7 +270,7 @@ pub fn candidate_has_subnet<'a>(
     let subnets = view
         .networks
         .get(&g.network)
-        .ok_or_else(|| Error::NotFound(crate::network::Network::metadata_key(&g.network)))?;
+        .ok_or_else(|| Error::NotFound(keys::network_metadata(&g.network)))?;
     let usable: Vec<&String> = subnets
         .iter()
         .filter(|s| view.free_addresses(s) > 0)
@@ -276,7 +290,7 @@ pub fn candidate_has_resources<'a>(
     let need = view
         .flavors
         .get(&g.flavor)
-        .ok_or_else(|| Error::NotFound(format!("{FLAVORS}{}/metadata", g.flavor)))?;
+        .ok_or_else(|| Error::NotFound(keys::flavor_metadata(&g.flavor)))?;
     Ok(list
         .into_iter()
         .filter(|h| h.available_resources.covers(need))

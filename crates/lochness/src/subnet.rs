@@ -1,17 +1,23 @@
-//! [`Subnet`] (§1.4) and IPv4 address reservation (§3.7) with the allocation index kept
-//! at `lochness/subnets/<id>/alloc`.
+//! [`Subnet`]: an IPv4 range guests get their addresses from, and address reservation.
+//! Each reservation is a key of its own; the allocation index
+//! `lochness/subnets/<id>/alloc` ([`AllocIndex`]) lists them as runs and is updated in the
+//! same transaction, so handing out an address never lists the reservations. The lowest
+//! free address is handed out; network, broadcast and gateway addresses never are (the
+//! original picked at random and excluded none; see docs/compat.md, section "lochness").
+//! What a context last knew of each subnet's index is cached here too (`AllocCache`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
 
 use etcd_client::{Compare, Txn, TxnOp};
 use ipnetwork::IpNetwork;
 use serde::Serialize;
 
 use crate::codec::{canonicalize, new_id, parse_cidr, ser_cidr, ser_ip, Obj};
-use crate::context::{backoff, txn_get, Context, Kv, HYPERVISORS, MAX_ATTEMPTS, SUBNETS};
+use crate::context::{backoff, txn_get, Context, Kv, MAX_ATTEMPTS};
 use crate::error::{Error, Result};
-use crate::network::Network;
+use crate::keys;
 
 /// An IPv4 range guests get their addresses from.
 #[derive(Debug, Clone, Serialize)]
@@ -24,6 +30,9 @@ pub struct Subnet {
     pub metadata: BTreeMap<String, String>,
     /// The network this subnet belongs to (`""` when none); changed through
     /// [`Network::add_subnet`] / [`Network::remove_subnet`].
+    ///
+    /// [`Network::add_subnet`]: crate::Network::add_subnet
+    /// [`Network::remove_subnet`]: crate::Network::remove_subnet
     pub network: String,
     /// Default gateway handed to guests (never handed out as an address).
     #[serde(serialize_with = "ser_ip")]
@@ -197,7 +206,7 @@ impl AllocState {
             other => {
                 let rev = other.map(|(_, rev)| rev).unwrap_or(0);
                 let mut index = AllocIndex::default();
-                for kv in ctx.get_prefix(&Subnet::addresses_prefix(id)).await? {
+                for kv in ctx.get_prefix(&keys::subnet_addresses_prefix(id)).await? {
                     if let Some(Ok(ip)) = kv.key.rsplit('/').next().map(str::parse::<Ipv4Addr>) {
                         index.insert(u32::from(ip));
                     }
@@ -227,16 +236,16 @@ impl AllocState {
         let id = &self.subnet.id;
         let mut index = self.index.clone();
         index.insert(ip);
-        let addr = Subnet::address_key(id, Ipv4Addr::from(ip));
+        let addr = keys::subnet_address(id, Ipv4Addr::from(ip));
         (
             vec![
-                ctx.cmp_rev(&Subnet::metadata_key(id), self.subnet.mod_revision),
-                ctx.cmp_rev(&Subnet::alloc_key(id), self.index_rev),
+                ctx.cmp_rev(&keys::subnet_metadata(id), self.subnet.mod_revision),
+                ctx.cmp_rev(&keys::subnet_alloc(id), self.index_rev),
                 ctx.cmp_absent(&addr),
             ],
             vec![
                 ctx.op_put(&addr, owner),
-                ctx.op_put(&Subnet::alloc_key(id), index.text()),
+                ctx.op_put(&keys::subnet_alloc(id), index.text()),
             ],
         )
     }
@@ -244,7 +253,7 @@ impl AllocState {
 
 impl Subnet {
     fn key(&self) -> String {
-        Subnet::metadata_key(&self.id)
+        keys::subnet_metadata(&self.id)
     }
 
     fn blank(ctx: &Context, id: String) -> Subnet {
@@ -262,27 +271,11 @@ impl Subnet {
         }
     }
 
-    pub(crate) fn metadata_key(id: &str) -> String {
-        format!("{SUBNETS}{id}/metadata")
-    }
-
-    pub(crate) fn alloc_key(id: &str) -> String {
-        format!("{SUBNETS}{id}/alloc")
-    }
-
-    pub(crate) fn addresses_prefix(id: &str) -> String {
-        format!("{SUBNETS}{id}/addresses/")
-    }
-
-    pub(crate) fn address_key(id: &str, ip: Ipv4Addr) -> String {
-        format!("{SUBNETS}{id}/addresses/{ip}")
-    }
-
     /// Gets (metadata, alloc) for a read or the failure branch of a transaction.
     pub(crate) fn read_ops(ctx: &Context, id: &str) -> [TxnOp; 2] {
         [
-            ctx.op_get(&Subnet::metadata_key(id)),
-            ctx.op_get(&Subnet::alloc_key(id)),
+            ctx.op_get(&keys::subnet_metadata(id)),
+            ctx.op_get(&keys::subnet_alloc(id)),
         ]
     }
 
@@ -363,10 +356,10 @@ impl Subnet {
     }
 
     pub(crate) fn from_keys(ctx: &Context, id: &str, items: &[(String, Kv)]) -> Result<Subnet> {
-        let meta = crate::context::metadata_of(items, || Subnet::metadata_key(id))?;
+        let meta = crate::context::metadata_of(items, || keys::subnet_metadata(id))?;
         let mut s = Subnet::from_stored(ctx, id, &meta.value, meta.mod_revision)?;
         for (tail, kv) in items {
-            if let Some(ip) = tail.strip_prefix("addresses/") {
+            if let Some(ip) = tail.strip_prefix(keys::ADDRESSES_DIR) {
                 if let Ok(ip) = ip.parse::<Ipv4Addr>() {
                     s.addresses.insert(u32::from(ip), kv.text());
                 }
@@ -377,7 +370,7 @@ impl Subnet {
 
     /// Reloads the subnet and its reservations in one ranged read.
     pub async fn refresh(&mut self) -> Result<()> {
-        let prefix = format!("{SUBNETS}{}/", self.id);
+        let prefix = keys::subnet_prefix(&self.id);
         let items = self.ctx.get_tree(&prefix).await?;
         *self = Subnet::from_keys(&self.ctx, &self.id, &items)?;
         Ok(())
@@ -485,11 +478,11 @@ impl Subnet {
         let mut state =
             AllocState::from_reads(&ctx, &id, txn_get(&ctx, &r, 0), txn_get(&ctx, &r, 1))
                 .await?
-                .ok_or_else(|| Error::NotFound(Subnet::metadata_key(&id)))?;
+                .ok_or_else(|| Error::NotFound(keys::subnet_metadata(&id)))?;
         for attempt in 0..MAX_ATTEMPTS {
             let ip = state.pick().ok_or(Error::NoAvailableAddresses)?;
             let (cmps, ops) = state.reserve_ops(&ctx, ip, owner);
-            let addr = Subnet::address_key(&id, Ipv4Addr::from(ip));
+            let addr = keys::subnet_address(&id, Ipv4Addr::from(ip));
             let mut fail = Subnet::read_ops(&ctx, &id).to_vec();
             fail.push(ctx.op_get(&addr));
             let resp = ctx
@@ -503,7 +496,7 @@ impl Subnet {
             let taken = !txn_get(&ctx, &r, 2).is_empty();
             state = AllocState::from_reads(&ctx, &id, txn_get(&ctx, &r, 0), txn_get(&ctx, &r, 1))
                 .await?
-                .ok_or_else(|| Error::NotFound(Subnet::metadata_key(&id)))?;
+                .ok_or_else(|| Error::NotFound(keys::subnet_metadata(&id)))?;
             if taken {
                 // Written by someone who does not keep the index: record it on the next try.
                 state.index.insert(ip);
@@ -532,19 +525,19 @@ impl Subnet {
         let ctx = self.ctx.clone();
         let id = canonicalize(&self.id).map_err(|_| Error::Invalid("invalid ID".into()))?;
         for attempt in 0..MAX_ATTEMPTS {
-            let prefix = format!("{SUBNETS}{id}/");
-            let Some(meta) = ctx.get(&Subnet::metadata_key(&id)).await? else {
+            let prefix = keys::subnet_prefix(&id);
+            let Some(meta) = ctx.get(&keys::subnet_metadata(&id)).await? else {
                 return Ok(());
             };
             let current = Subnet::from_stored(&ctx, &id, &meta.value, meta.mod_revision)?;
             let mut ops = vec![ctx.op_delete_prefix(&prefix)];
             if !current.network.is_empty() {
-                ops.push(ctx.op_delete(&Network::link_key(&current.network, &id)));
+                ops.push(ctx.op_delete(&keys::network_subnet(&current.network, &id)));
             }
             let links = ctx
                 .kv()
                 .get(
-                    ctx.abs(HYPERVISORS),
+                    ctx.abs(keys::HYPERVISORS),
                     Some(
                         etcd_client::GetOptions::new()
                             .with_prefix()
@@ -552,21 +545,20 @@ impl Subnet {
                     ),
                 )
                 .await?;
-            let suffix = format!("/subnets/{id}");
             for kv in links.kvs() {
                 if let Some(rel) = std::str::from_utf8(kv.key()).ok().and_then(|k| ctx.rel(k)) {
-                    if rel.ends_with(&suffix) {
+                    if keys::is_hypervisor_subnet_link(rel, &id) {
                         ops.push(ctx.op_delete(rel));
                     }
                 }
             }
             let txn = Txn::new()
                 .when(vec![
-                    ctx.cmp_rev(&Subnet::metadata_key(&id), meta.mod_revision),
-                    ctx.cmp_prefix_empty(&Subnet::addresses_prefix(&id)),
+                    ctx.cmp_rev(&keys::subnet_metadata(&id), meta.mod_revision),
+                    ctx.cmp_prefix_empty(&keys::subnet_addresses_prefix(&id)),
                 ])
                 .and_then(ops)
-                .or_else(vec![ctx.op_get_prefix(&Subnet::addresses_prefix(&id))]);
+                .or_else(vec![ctx.op_get_prefix(&keys::subnet_addresses_prefix(&id))]);
             let resp = ctx.commit(txn).await?;
             if resp.succeeded() {
                 self.mod_revision = 0;
@@ -619,8 +611,8 @@ pub(crate) async fn release_ops(
     ip: Ipv4Addr,
     owner: Option<&str>,
 ) -> Result<Option<(Vec<Compare>, Vec<TxnOp>)>> {
-    let addr = Subnet::address_key(id, ip);
-    let alloc_key = Subnet::alloc_key(id);
+    let addr = keys::subnet_address(id, ip);
+    let alloc_key = keys::subnet_alloc(id);
     let resp = ctx
         .txn(Txn::new().and_then(vec![ctx.op_get(&addr), ctx.op_get(&alloc_key)]))
         .await?;
@@ -648,6 +640,55 @@ pub(crate) async fn release_ops(
     Ok(Some((cmps, ops)))
 }
 
+/// What a context knows of subnets' allocation state: per subnet the last state read or
+/// written (possibly stale: writes built from it compare revisions, and a lost compare
+/// brings fresh state back), and one lock, so that the placers of this process take turns
+/// on a subnet's index instead of racing each other. One per context
+/// ([`AllocCache::of`]), shared by its clones.
+#[derive(Debug, Default)]
+pub(crate) struct AllocCache {
+    states: Mutex<HashMap<String, AllocState>>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl AllocCache {
+    /// The cache of `ctx`.
+    pub(crate) fn of(ctx: &Context) -> Arc<AllocCache> {
+        ctx.local::<AllocCache>()
+    }
+
+    /// The allocation state of subnet `id` as last read or written.
+    pub(crate) fn get(&self, id: &str) -> Option<AllocState> {
+        self.states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Remembers `state` unless a newer one is known.
+    pub(crate) fn put(&self, state: AllocState) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let newer = |s: &AllocState| (s.index_rev.max(s.subnet.revision()), s.subnet.revision());
+        match states.get(&state.subnet.id) {
+            Some(old) if newer(old) > newer(&state) => {}
+            _ => {
+                states.insert(state.subnet.id.clone(), state);
+            }
+        }
+    }
+
+    /// The in-process lock of subnet `id`'s index.
+    pub(crate) fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+}
+
 impl Context {
     /// A new subnet with a fresh id (not saved).
     pub fn new_subnet(&self) -> Subnet {
@@ -665,7 +706,9 @@ impl Context {
     /// at the first error. Broken entries are skipped with a warning.
     pub async fn for_each_subnet<F: FnMut(Subnet) -> Result<()>>(&self, f: F) -> Result<()> {
         let all = self
-            .list_trees(SUBNETS, |id, items| Subnet::from_keys(self, id, items))
+            .list_trees(keys::SUBNETS, |id, items| {
+                Subnet::from_keys(self, id, items)
+            })
             .await?;
         all.into_iter().try_for_each(f)
     }
@@ -709,6 +752,6 @@ mod tests {
     }
 }
 
-crate::codec::stored_entity!(Subnet, "§1.4");
+crate::codec::stored_entity!(Subnet);
 
 crate::codec::saved_by_uuid!(Subnet);

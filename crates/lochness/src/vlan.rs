@@ -1,4 +1,7 @@
-//! [`Vlan`] (§1.9), [`VlanGroup`] (§1.10) and the links between them (§3.9).
+//! [`Vlan`]s (identified by their tag, 1–4095), [`VlanGroup`]s (named sets of VLANs
+//! guests are attached to) and the links between them. A link is two keys, one on each
+//! side, always written and removed together in one transaction (the original could leave
+//! one side behind; see docs/compat.md, section "lochness").
 
 use std::collections::BTreeMap;
 
@@ -6,8 +9,9 @@ use etcd_client::Txn;
 use serde::Serialize;
 
 use crate::codec::{canonicalize, new_id, Obj};
-use crate::context::{txn_get, Context, Kv, VLANGROUPS, VLANS};
+use crate::context::{txn_get, Context, Kv};
 use crate::error::{Error, Result};
+use crate::keys;
 
 /// A VLAN, identified by its tag.
 #[derive(Debug, Clone, Serialize)]
@@ -39,22 +43,6 @@ pub struct VlanGroup {
     vlans: Vec<i64>,
     #[serde(skip)]
     mod_revision: i64,
-}
-
-fn vlan_prefix(tag: i64) -> String {
-    format!("{VLANS}{tag}/")
-}
-
-fn group_prefix(id: &str) -> String {
-    format!("{VLANGROUPS}{id}/")
-}
-
-fn vlan_side(tag: i64, group: &str) -> String {
-    format!("{VLANS}{tag}/vlangroups/{group}")
-}
-
-fn group_side(group: &str, tag: i64) -> String {
-    format!("{VLANGROUPS}{group}/vlans/{tag}")
 }
 
 impl Vlan {
@@ -97,7 +85,7 @@ impl Vlan {
     /// Validates and writes the VLAN with compare-and-swap on its revision.
     pub async fn save(&mut self) -> Result<()> {
         self.validate()?;
-        let key = format!("{}metadata", vlan_prefix(self.tag));
+        let key = keys::vlan_metadata(self.tag);
         self.mod_revision = self
             .ctx
             .cas_put(&key, self.to_json(), self.mod_revision)
@@ -109,16 +97,16 @@ impl Vlan {
         let mut v = Vlan::blank(ctx, tag);
         let mut found = false;
         for (tail, kv) in items {
-            if tail == "metadata" {
+            if tail == keys::METADATA {
                 v.decode_json(&kv.value)?;
                 v.mod_revision = kv.mod_revision;
                 found = true;
-            } else if let Some(g) = tail.strip_prefix("vlangroups/") {
+            } else if let Some(g) = tail.strip_prefix(keys::VLANGROUPS_DIR) {
                 v.groups.push(g.to_string());
             }
         }
         if !found {
-            return Err(Error::NotFound(format!("{}metadata", vlan_prefix(tag))));
+            return Err(Error::NotFound(keys::vlan_metadata(tag)));
         }
         v.tag = tag;
         Ok(v)
@@ -126,7 +114,7 @@ impl Vlan {
 
     /// Reloads the VLAN and its group links in one ranged read.
     pub async fn refresh(&mut self) -> Result<()> {
-        let prefix = vlan_prefix(self.tag);
+        let prefix = keys::vlan_prefix(self.tag);
         let items = self.ctx.get_tree(&prefix).await?;
         *self = Vlan::from_keys(&self.ctx, self.tag, &items)?;
         Ok(())
@@ -138,8 +126,9 @@ impl Vlan {
     pub async fn destroy(&mut self) -> Result<()> {
         let tag = self.tag;
         self.ctx
-            .destroy_tree(&vlan_prefix(tag), |tail| {
-                tail.strip_prefix("vlangroups/").map(|g| group_side(g, tag))
+            .destroy_tree(&keys::vlan_prefix(tag), |tail| {
+                tail.strip_prefix(keys::VLANGROUPS_DIR)
+                    .map(|g| keys::vlangroup_vlan(g, tag))
             })
             .await?;
         self.groups.clear();
@@ -150,7 +139,7 @@ impl Vlan {
 
 impl VlanGroup {
     fn key(&self) -> String {
-        format!("{}metadata", group_prefix(&self.id))
+        keys::vlangroup_metadata(&self.id)
     }
 
     fn blank(ctx: &Context, id: String) -> VlanGroup {
@@ -193,16 +182,16 @@ impl VlanGroup {
         let mut g = VlanGroup::blank(ctx, id.to_string());
         let mut found = false;
         for (tail, kv) in items {
-            if tail == "metadata" {
+            if tail == keys::METADATA {
                 g.decode_json(&kv.value)?;
                 g.mod_revision = kv.mod_revision;
                 found = true;
-            } else if let Some(t) = tail.strip_prefix("vlans/") {
+            } else if let Some(t) = tail.strip_prefix(keys::VLANS_DIR) {
                 g.vlans.push(t.parse().unwrap_or(0));
             }
         }
         if !found {
-            return Err(Error::NotFound(format!("{}metadata", group_prefix(id))));
+            return Err(Error::NotFound(keys::vlangroup_metadata(id)));
         }
         g.id = id.to_string();
         Ok(g)
@@ -210,7 +199,7 @@ impl VlanGroup {
 
     /// Reloads the group and its VLAN links in one ranged read.
     pub async fn refresh(&mut self) -> Result<()> {
-        let prefix = group_prefix(&self.id);
+        let prefix = keys::vlangroup_prefix(&self.id);
         let items = self.ctx.get_tree(&prefix).await?;
         *self = VlanGroup::from_keys(&self.ctx, &self.id, &items)?;
         Ok(())
@@ -226,13 +215,13 @@ impl VlanGroup {
             vlan.refresh().await?;
         }
         let ctx = &self.ctx;
-        let gmeta = format!("{}metadata", group_prefix(&self.id));
-        let vmeta = format!("{}metadata", vlan_prefix(vlan.tag));
+        let gmeta = keys::vlangroup_metadata(&self.id);
+        let vmeta = keys::vlan_metadata(vlan.tag);
         let txn = Txn::new()
             .when(vec![ctx.cmp_present(&gmeta), ctx.cmp_present(&vmeta)])
             .and_then(vec![
-                ctx.op_put(&group_side(&self.id, vlan.tag), ""),
-                ctx.op_put(&vlan_side(vlan.tag, &self.id), ""),
+                ctx.op_put(&keys::vlangroup_vlan(&self.id, vlan.tag), ""),
+                ctx.op_put(&keys::vlan_group(vlan.tag, &self.id), ""),
             ])
             .or_else(vec![ctx.op_get(&gmeta)]);
         let resp = ctx.commit(txn).await?;
@@ -259,8 +248,8 @@ impl VlanGroup {
     pub async fn remove_vlan(&mut self, vlan: &mut Vlan) -> Result<()> {
         let ctx = &self.ctx;
         let txn = Txn::new().and_then(vec![
-            ctx.op_delete(&group_side(&self.id, vlan.tag)),
-            ctx.op_delete(&vlan_side(vlan.tag, &self.id)),
+            ctx.op_delete(&keys::vlangroup_vlan(&self.id, vlan.tag)),
+            ctx.op_delete(&keys::vlan_group(vlan.tag, &self.id)),
         ]);
         ctx.txn(txn).await?;
         self.vlans.retain(|t| *t != vlan.tag);
@@ -276,9 +265,9 @@ impl VlanGroup {
         }
         let id = self.id.clone();
         self.ctx
-            .destroy_tree(&group_prefix(&id), |tail| {
-                let tag = tail.strip_prefix("vlans/")?.parse::<i64>().ok()?;
-                Some(vlan_side(tag, &id))
+            .destroy_tree(&keys::vlangroup_prefix(&id), |tail| {
+                let tag = tail.strip_prefix(keys::VLANS_DIR)?.parse::<i64>().ok()?;
+                Some(keys::vlan_group(tag, &id))
             })
             .await?;
         self.vlans.clear();
@@ -316,7 +305,7 @@ impl Context {
     /// Broken entries are skipped with a warning.
     pub async fn for_each_vlan<F: FnMut(Vlan) -> Result<()>>(&self, f: F) -> Result<()> {
         let all = self
-            .list_trees(VLANS, |id, items| {
+            .list_trees(keys::VLANS, |id, items| {
                 Vlan::from_keys(self, id.parse().unwrap_or(0), items)
             })
             .await?;
@@ -327,7 +316,7 @@ impl Context {
     /// error. Broken entries are skipped with a warning.
     pub async fn for_each_vlangroup<F: FnMut(VlanGroup) -> Result<()>>(&self, f: F) -> Result<()> {
         let all = self
-            .list_trees(VLANGROUPS, |id, items| {
+            .list_trees(keys::VLANGROUPS, |id, items| {
                 VlanGroup::from_keys(self, id, items)
             })
             .await?;
@@ -335,8 +324,8 @@ impl Context {
     }
 }
 
-crate::codec::stored_entity!(Vlan, "§1.9");
+crate::codec::stored_entity!(Vlan);
 
-crate::codec::stored_entity!(VlanGroup, "§1.10");
+crate::codec::stored_entity!(VlanGroup);
 
 crate::codec::saved_by_uuid!(VlanGroup);

@@ -1,7 +1,8 @@
-//! Typed watches over etcd v3 revision-based watches (§4.2): changes under a prefix
-//! arrive as [`WatchEvent`]s naming the entity they touch. The watcher remembers the last
-//! revision it delivered and, when the connection breaks, resumes from the next one, so
-//! nothing is missed or repeated.
+//! Typed watches over etcd v3 revision-based watches: changes under a prefix arrive as
+//! [`WatchEvent`]s naming the entity they touch. The watcher remembers the last revision
+//! it delivered and, when the connection breaks, resumes from the next one, so nothing is
+//! missed or repeated; unlike the original's watcher, it does not replay every existing
+//! key at start-up (see docs/compat.md, section "lochness").
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::keys;
 
 /// What kind of change a key saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,26 +73,35 @@ pub struct WatchEvent {
     pub revision: i64,
 }
 
+/// The entity family of each prefix of [`keys`].
+const FAMILIES: [(&str, EntityKind); 10] = [
+    (keys::HYPERVISORS, EntityKind::Hypervisor),
+    (keys::SUBNETS, EntityKind::Subnet),
+    (keys::NETWORKS, EntityKind::Network),
+    (keys::FLAVORS, EntityKind::Flavor),
+    (keys::FWGROUPS, EntityKind::FwGroup),
+    (keys::GUESTS, EntityKind::Guest),
+    (keys::VLANS, EntityKind::Vlan),
+    (keys::VLANGROUPS, EntityKind::VlanGroup),
+    (keys::JOBS, EntityKind::Job),
+    (keys::CONFIG, EntityKind::Config),
+];
+
 /// Splits a relative key into (entity, id, rest).
 pub fn classify(key: &str) -> (EntityKind, String, String) {
-    let Some(rest) = key.strip_prefix(crate::context::ROOT) else {
+    let Some(rest) = key.strip_prefix(keys::ROOT) else {
         return (EntityKind::Other, String::new(), String::new());
     };
     let (family, rest) = rest.split_once('/').unwrap_or((rest, ""));
-    let entity = match family {
-        "hypervisors" => EntityKind::Hypervisor,
-        "subnets" => EntityKind::Subnet,
-        "networks" => EntityKind::Network,
-        "flavors" => EntityKind::Flavor,
-        "fwgroups" => EntityKind::FwGroup,
-        "guests" => EntityKind::Guest,
-        "vlans" => EntityKind::Vlan,
-        "vlangroups" => EntityKind::VlanGroup,
-        "jobs" => EntityKind::Job,
-        "config" => return (EntityKind::Config, rest.to_string(), String::new()),
-        _ => EntityKind::Other,
-    };
-    let (id, sub) = rest.split_once('/').unwrap_or((rest, ""));
+    // The family's prefix is `lochness/<family>/`.
+    let entity = FAMILIES
+        .iter()
+        .find(|(prefix, _)| prefix[keys::ROOT.len()..].strip_suffix('/') == Some(family))
+        .map_or(EntityKind::Other, |(_, entity)| *entity);
+    if entity == EntityKind::Config {
+        return (EntityKind::Config, rest.to_string(), String::new());
+    }
+    let (id, sub) = keys::split_id(rest);
     (entity, id.to_string(), sub.to_string())
 }
 

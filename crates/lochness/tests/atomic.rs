@@ -4,9 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use lochness::context::CommitHook;
 use lochness::{AllocIndex, Context, Error, Guest, Hypervisor, Network, Resources, Subnet};
 
 struct World {
@@ -59,23 +57,6 @@ async fn addresses(ctx: &Context, sid: &str) -> BTreeMap<String, String> {
 
 async fn index(ctx: &Context, sid: &str) -> Option<String> {
     common::raw(ctx, &format!("lochness/subnets/{sid}/alloc")).await
-}
-
-/// A hook that runs `f` once, before the first commit.
-fn once<F, Fut>(f: F) -> CommitHook
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let f = Arc::new(f);
-    Arc::new(move |n| {
-        let f = f.clone();
-        Box::pin(async move {
-            if n == 0 {
-                f().await;
-            }
-        })
-    })
 }
 
 #[tokio::test]
@@ -254,19 +235,14 @@ async fn injected_reservation_between_read_and_commit_is_retried() {
         return;
     };
     let w = world(ctx.clone()).await;
-    let intruder_ctx = ctx.clone();
-    let sid = w.subnet.id.clone();
-    let hooked = ctx.with_commit_hook(once(move || {
-        let ctx = intruder_ctx.clone();
-        let sid = sid.clone();
-        async move {
-            let mut s = ctx.subnet(&sid).await.unwrap();
-            assert_eq!(
-                s.reserve_address("intruder").await.unwrap().to_string(),
-                "192.168.100.2"
-            );
-        }
-    }));
+    let (intruder, sid) = (ctx.clone(), w.subnet.id.clone());
+    let hooked = ctx.with_commit_hook(async move {
+        let mut s = intruder.subnet(&sid).await.unwrap();
+        assert_eq!(
+            s.reserve_address("intruder").await.unwrap().to_string(),
+            "192.168.100.2"
+        );
+    });
     let mut hv = Hypervisor::clone(&w.hv);
     let mut hv_hooked = hooked.hypervisor(&hv.id).await.unwrap();
     let mut g = hooked.new_guest();
@@ -300,17 +276,12 @@ async fn injected_guest_change_aborts_with_nothing_written() {
     let w = world(ctx.clone()).await;
     let mut g = common::guest(&ctx, &w.flavor, &w.net);
     g.save().await.unwrap();
-    let other = ctx.clone();
-    let gid = g.id.clone();
-    let hooked = ctx.with_commit_hook(once(move || {
-        let ctx = other.clone();
-        let gid = gid.clone();
-        async move {
-            let mut copy = ctx.guest(&gid).await.unwrap();
-            copy.metadata.insert("edited".into(), "yes".into());
-            copy.save().await.unwrap();
-        }
-    }));
+    let (other, gid) = (ctx.clone(), g.id.clone());
+    let hooked = ctx.with_commit_hook(async move {
+        let mut copy = other.guest(&gid).await.unwrap();
+        copy.metadata.insert("edited".into(), "yes".into());
+        copy.save().await.unwrap();
+    });
     let mut hv = hooked.hypervisor(&w.hv.id).await.unwrap();
     let mut hooked_guest: Guest = hooked.guest(&g.id).await.unwrap();
     let err = hv.add_guest(&mut hooked_guest).await.unwrap_err();
@@ -340,17 +311,12 @@ async fn injected_unlink_of_the_subnet_leaves_nothing() {
         return;
     };
     let w = world(ctx.clone()).await;
-    let other = ctx.clone();
-    let (hid, sid) = (w.hv.id.clone(), w.subnet.id.clone());
-    let hooked = ctx.with_commit_hook(once(move || {
-        let ctx = other.clone();
-        let (hid, sid) = (hid.clone(), sid.clone());
-        async move {
-            let mut h = ctx.hypervisor(&hid).await.unwrap();
-            let s = ctx.subnet(&sid).await.unwrap();
-            h.remove_subnet(&s).await.unwrap();
-        }
-    }));
+    let (other, hid, sid) = (ctx.clone(), w.hv.id.clone(), w.subnet.id.clone());
+    let hooked = ctx.with_commit_hook(async move {
+        let mut h = other.hypervisor(&hid).await.unwrap();
+        let s = other.subnet(&sid).await.unwrap();
+        h.remove_subnet(&s).await.unwrap();
+    });
     let mut hv = hooked.hypervisor(&w.hv.id).await.unwrap();
     let mut g = common::guest(&hooked, &w.flavor, &w.net);
     let err = hv.add_guest(&mut g).await.unwrap_err();

@@ -1,0 +1,420 @@
+//! Placing a guest on a hypervisor and undoing it, each in one etcd transaction:
+//! [`Hypervisor::add_guest`] reserves an address, the flavor's resources and the link
+//! and saves the placed guest; [`Hypervisor::remove_guest`] and [`Guest::destroy`] give
+//! them back (the original wrote these keys one after the other, without rollback; see
+//! docs/compat.md, section "lochness").
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use etcd_client::{Compare, Txn, TxnOp, TxnOpResponse};
+use rand::seq::SliceRandom;
+
+use crate::context::{backoff, revision, txn_get, Context, Kv, MAX_ATTEMPTS};
+use crate::error::{Error, Result};
+use crate::flavor::{Flavor, FlavorCache, Resources};
+use crate::guest::Guest;
+use crate::hypervisor::Hypervisor;
+use crate::keys;
+use crate::subnet::{AllocCache, AllocIndex, AllocState, Subnet};
+
+impl Guest {
+    /// Deletes the guest. A placed guest is removed from its hypervisor and its address
+    /// released in the same transaction.
+    pub async fn destroy(&mut self) -> Result<()> {
+        if self.revision() == 0 {
+            return Err(Error::Invalid("not persisted".into()));
+        }
+        unplace(&self.context().clone(), self, true).await?;
+        Ok(())
+    }
+}
+
+/// What [`Hypervisor::add_guest`] reads, in one read-only transaction (and again in the
+/// failure branch of its write).
+struct PlacementReads {
+    ops: Vec<TxnOp>,
+}
+
+const R_NETWORK: usize = 0;
+const R_HYPERVISOR: usize = 1;
+const R_GUEST: usize = 2;
+const R_FLAVOR: usize = 3;
+const R_SUBNETS: usize = 4;
+
+impl PlacementReads {
+    fn new(ctx: &Context, h: &str, g: &Guest, sids: &[(String, String)]) -> PlacementReads {
+        let mut ops = vec![
+            ctx.op_get_prefix(&keys::network_prefix(&g.network)),
+            ctx.op_get(&keys::hypervisor_metadata(h)),
+            ctx.op_get(&keys::guest_metadata(&g.id)),
+            ctx.op_get(&keys::flavor_metadata(&g.flavor)),
+        ];
+        for (sid, _) in sids {
+            let [meta, alloc] = Subnet::read_ops(ctx, sid);
+            ops.push(meta);
+            ops.push(alloc);
+            ops.push(ctx.op_get(&keys::hypervisor_subnet(h, sid)));
+        }
+        PlacementReads { ops }
+    }
+}
+
+impl Hypervisor {
+    /// Places `guest` here in one transaction: reserves the lowest free address in a
+    /// subnet of the guest's network that this hypervisor has (updating the subnet's
+    /// allocation index), links the guest to the hypervisor, and saves the guest with its
+    /// hypervisor, subnet, IP and bridge (created if it was never saved). Either every key
+    /// changes or none does; lost races on the shared index are retried with fresh state
+    /// (bounded). A guest changed by someone else since it was read is a
+    /// [`Error::Conflict`].
+    pub async fn add_guest(&mut self, guest: &mut Guest) -> Result<()> {
+        guest.validate()?;
+        guest.canonicalize_refs()?;
+        if !guest.hypervisor.is_empty() {
+            return Err(Error::Refused(format!(
+                "guest {} is already placed on hypervisor {}",
+                guest.id, guest.hypervisor
+            )));
+        }
+        let ctx = self.context().clone();
+        let (allocs, flavors) = (AllocCache::of(&ctx), FlavorCache::of(&ctx));
+        let sids: Vec<(String, String)> = self
+            .subnets()
+            .iter()
+            .map(|(s, b)| (s.clone(), b.clone()))
+            .collect();
+        if sids.is_empty() {
+            return Err(Error::NoSuitableSubnet);
+        }
+        let reads = PlacementReads::new(&ctx, &self.id, guest, &sids);
+        // Fresh read results; `None` while we work from what this context already knows
+        // (the compares of the write catch anything stale, and its failure branch brings
+        // the fresh reads).
+        let mut resp: Option<Vec<TxnOpResponse>> = None;
+        let mut foreign: Vec<(usize, u32)> = Vec::new();
+        for attempt in 0..MAX_ATTEMPTS {
+            // Subnets of the guest's network this hypervisor (still) has: (index, bridge).
+            let mut usable: Vec<(usize, String)> = Vec::new();
+            let mut matching = false;
+            match &resp {
+                None => {
+                    let available = self.stored_metadata()?.available_resources;
+                    let fits = flavors
+                        .get(&guest.flavor)
+                        .is_some_and(|need| available.covers(&need));
+                    for (i, (sid, bridge)) in sids.iter().enumerate() {
+                        if !fits {
+                            break;
+                        }
+                        match allocs.get(sid) {
+                            Some(state) if state.subnet.network == guest.network => {
+                                matching = true;
+                                if state.pick().is_some() {
+                                    usable.push((i, bridge.clone()));
+                                }
+                            }
+                            Some(_) => {}
+                            None => {
+                                usable.clear();
+                                break;
+                            }
+                        }
+                    }
+                    if usable.is_empty() {
+                        resp = Some(
+                            ctx.txn(Txn::new().and_then(reads.ops.clone()))
+                                .await?
+                                .op_responses(),
+                        );
+                        continue;
+                    }
+                }
+                Some(r) => {
+                    let net = txn_get(&ctx, r, R_NETWORK);
+                    let net_meta = keys::network_metadata(&guest.network);
+                    if !net.iter().any(|kv| kv.key == net_meta) {
+                        return Err(Error::NotFound(net_meta));
+                    }
+                    let Some(hkv) = txn_get(&ctx, r, R_HYPERVISOR).into_iter().next() else {
+                        return Err(Error::NotFound(keys::hypervisor_metadata(&self.id)));
+                    };
+                    let Some(fkv) = txn_get(&ctx, r, R_FLAVOR).into_iter().next() else {
+                        return Err(Error::NotFound(keys::flavor_metadata(&guest.flavor)));
+                    };
+                    let need =
+                        Flavor::from_stored(&ctx, &guest.flavor, &fkv.value, fkv.mod_revision)?
+                            .resources;
+                    flavors.put(&guest.flavor, need);
+                    let fresh = Hypervisor::from_keys(
+                        &ctx,
+                        &self.id,
+                        &[(keys::METADATA.to_string(), hkv)],
+                    )?;
+                    self.take_stored(&fresh);
+                    if !self.available_resources.covers(&need) {
+                        return Err(Error::InsufficientResources(self.id.clone()));
+                    }
+                    let stored_rev = txn_get(&ctx, r, R_GUEST)
+                        .first()
+                        .map(|kv| kv.mod_revision)
+                        .unwrap_or(0);
+                    if stored_rev != guest.revision() {
+                        return Err(Error::Conflict(format!(
+                            "guest {} was changed since it was read",
+                            guest.id
+                        )));
+                    }
+                    for (i, (sid, _)) in sids.iter().enumerate() {
+                        let base = R_SUBNETS + 3 * i;
+                        let Some(link) = txn_get(&ctx, r, base + 2).into_iter().next() else {
+                            self.drop_subnet(sid);
+                            continue;
+                        };
+                        let net_link = keys::network_subnet(&guest.network, sid);
+                        if !net.iter().any(|kv| kv.key == net_link) {
+                            continue;
+                        }
+                        let Some(state) = AllocState::from_reads(
+                            &ctx,
+                            sid,
+                            txn_get(&ctx, r, base),
+                            txn_get(&ctx, r, base + 1),
+                        )
+                        .await?
+                        else {
+                            continue;
+                        };
+                        matching = true;
+                        let mut state = state;
+                        for (fi, ip) in &foreign {
+                            if *fi == i {
+                                state.index.insert(*ip);
+                            }
+                        }
+                        let free = state.pick().is_some();
+                        allocs.put(state);
+                        if free {
+                            usable.push((i, link.text()));
+                        }
+                    }
+                }
+            }
+            if usable.is_empty() {
+                return Err(if matching {
+                    Error::NoAvailableAddresses
+                } else {
+                    Error::NoSuitableSubnet
+                });
+            }
+            usable.shuffle(&mut rand::rng());
+            let Some((i, bridge)) = usable.into_iter().next() else {
+                return Err(Error::NoSuitableSubnet);
+            };
+            let sid = &sids[i].0;
+            // Placers of this process take turns on the subnet's index.
+            let lock = allocs.lock(sid);
+            let _turn = lock.lock().await;
+            let Some(state) = allocs.get(sid) else {
+                resp = None;
+                continue;
+            };
+            let Some(ip) = state.pick() else {
+                resp = Some(
+                    ctx.txn(Txn::new().and_then(reads.ops.clone()))
+                        .await?
+                        .op_responses(),
+                );
+                continue;
+            };
+            let Some(need) = flavors.get(&guest.flavor) else {
+                resp = None;
+                continue;
+            };
+            let mut host = self.stored_metadata()?;
+            if !host.available_resources.covers(&need) {
+                resp = Some(
+                    ctx.txn(Txn::new().and_then(reads.ops.clone()))
+                        .await?
+                        .op_responses(),
+                );
+                continue;
+            }
+            host.available_resources = host.available_resources.saturating_sub(&need);
+            let mut placed = guest.clone();
+            placed.hypervisor = self.id.clone();
+            placed.subnet = sid.clone();
+            placed.ip = Some(IpAddr::V4(Ipv4Addr::from(ip)));
+            placed.bridge = bridge.clone();
+            let (mut cmps, mut ops) = state.reserve_ops(&ctx, ip, &guest.id);
+            let gkey = keys::guest_metadata(&guest.id);
+            let hkey = keys::hypervisor_metadata(&self.id);
+            let link = keys::hypervisor_guest(&self.id, &guest.id);
+            cmps.extend([
+                ctx.cmp_present(&keys::network_subnet(&guest.network, sid)),
+                ctx.cmp_value(&keys::hypervisor_subnet(&self.id, sid), &bridge),
+                ctx.cmp_rev(&hkey, self.revision()),
+                ctx.cmp_present(&keys::flavor_metadata(&guest.flavor)),
+                ctx.cmp_rev(&gkey, guest.revision()),
+                ctx.cmp_absent(&link),
+            ]);
+            ops.push(ctx.op_put(&link, guest.id.as_str()));
+            ops.push(ctx.op_put(&gkey, placed.to_json()));
+            ops.push(ctx.op_put(&hkey, host.to_json()));
+            let mut fail = reads.ops.clone();
+            fail.push(ctx.op_get(&keys::subnet_address(sid, Ipv4Addr::from(ip))));
+            let out = ctx
+                .commit(Txn::new().when(cmps).and_then(ops).or_else(fail))
+                .await?;
+            if out.succeeded() {
+                let rev = revision(&out);
+                let mut next = state;
+                next.index.insert(ip);
+                next.index_rev = rev;
+                allocs.put(next);
+                placed.set_revision(rev);
+                *guest = placed;
+                host.set_revision(rev);
+                host.save_stored();
+                self.take_stored(&host);
+                self.push_guest(&guest.id);
+                return Ok(());
+            }
+            let r = out.op_responses();
+            if !txn_get(&ctx, &r, reads.ops.len()).is_empty() {
+                foreign.push((i, ip));
+            }
+            resp = Some(r);
+            tracing::debug!(guest = %guest.id, attempt, "add_guest lost a race, retrying");
+            drop(_turn);
+            backoff(attempt).await;
+        }
+        Err(Error::TooManyConflicts {
+            what: format!("add guest {} to hypervisor {}", guest.id, self.id),
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Removes `guest` from this hypervisor in one transaction: releases the guest's own
+    /// address (only if the reservation is still the guest's), updates the index, deletes
+    /// the link and clears the guest's placement fields (compare-and-swap on the guest).
+    pub async fn remove_guest(&mut self, guest: &mut Guest) -> Result<()> {
+        if guest.hypervisor != self.id {
+            return Err(Error::Refused("guest does not belong to hypervisor".into()));
+        }
+        if let Some(host) = unplace(&self.context().clone(), guest, false).await? {
+            self.take_stored(&host);
+        }
+        self.drop_guest(&guest.id);
+        Ok(())
+    }
+}
+
+/// Undoes a placement (and deletes the guest when `destroy`), atomically.
+/// Returns the hypervisor's metadata as written, when it was updated.
+async fn unplace(ctx: &Context, guest: &mut Guest, destroy: bool) -> Result<Option<Hypervisor>> {
+    let gkey = keys::guest_metadata(&guest.id);
+    let addr = match (&guest.ip, guest.subnet.is_empty()) {
+        (Some(IpAddr::V4(ip)), false) => Some((
+            keys::subnet_address(&guest.subnet, *ip),
+            keys::subnet_alloc(&guest.subnet),
+            *ip,
+        )),
+        _ => None,
+    };
+    for attempt in 0..MAX_ATTEMPTS {
+        let hkey = keys::hypervisor_metadata(&guest.hypervisor);
+        let placed = !guest.hypervisor.is_empty();
+        let mut reads = vec![
+            ctx.op_get(&gkey),
+            ctx.op_get(&hkey),
+            ctx.op_get(&keys::flavor_metadata(&guest.flavor)),
+        ];
+        if let Some((a, alloc, _)) = &addr {
+            reads.push(ctx.op_get(a));
+            reads.push(ctx.op_get(alloc));
+        }
+        let r: Vec<TxnOpResponse> = ctx.txn(Txn::new().and_then(reads)).await?.op_responses();
+        let stored: Option<Kv> = txn_get(ctx, &r, 0).into_iter().next();
+        if stored.as_ref().map(|kv| kv.mod_revision).unwrap_or(0) != guest.revision() {
+            return Err(Error::Conflict(format!(
+                "guest {} was changed since it was read",
+                guest.id
+            )));
+        }
+        let mut cmps: Vec<Compare> = vec![ctx.cmp_rev(&gkey, guest.revision())];
+        let mut ops: Vec<TxnOp> = Vec::new();
+        // Give the flavor's resources back to the hypervisor (capped at its total).
+        let mut host_update = None;
+        if placed {
+            ops.push(ctx.op_delete(&keys::hypervisor_guest(&guest.hypervisor, &guest.id)));
+            let flavor = txn_get(ctx, &r, 2).into_iter().next().and_then(|kv| {
+                Flavor::from_stored(ctx, &guest.flavor, &kv.value, kv.mod_revision).ok()
+            });
+            if let (Some(hkv), Some(flavor)) = (txn_get(ctx, &r, 1).into_iter().next(), flavor) {
+                let rev = hkv.mod_revision;
+                let mut host = Hypervisor::from_keys(
+                    ctx,
+                    &guest.hypervisor,
+                    &[(keys::METADATA.to_string(), hkv)],
+                )?;
+                let t = host.total_resources;
+                let a = host.available_resources.saturating_add(&flavor.resources);
+                host.available_resources = Resources {
+                    memory: a.memory.min(t.memory),
+                    disk: a.disk.min(t.disk),
+                    cpu: a.cpu.min(t.cpu),
+                };
+                cmps.push(ctx.cmp_rev(&hkey, rev));
+                ops.push(ctx.op_put(&hkey, host.to_json()));
+                host_update = Some(host);
+            }
+        }
+        if let Some((a, alloc, ip)) = &addr {
+            if let Some(held) = txn_get(ctx, &r, 3).into_iter().next() {
+                if held.text() == guest.id {
+                    cmps.push(ctx.cmp_rev(a, held.mod_revision));
+                    ops.push(ctx.op_delete(a));
+                    match txn_get(ctx, &r, 4).into_iter().next() {
+                        Some(kv) => {
+                            cmps.push(ctx.cmp_rev(alloc, kv.mod_revision));
+                            match AllocIndex::parse(&kv.text()) {
+                                Ok(mut index) => {
+                                    index.remove(u32::from(*ip));
+                                    ops.push(ctx.op_put(alloc, index.text()));
+                                }
+                                Err(_) => ops.push(ctx.op_delete(alloc)),
+                            }
+                        }
+                        None => cmps.push(ctx.cmp_absent(alloc)),
+                    }
+                }
+            }
+        }
+        let mut cleared = guest.clone();
+        cleared.hypervisor.clear();
+        cleared.subnet.clear();
+        cleared.ip = None;
+        cleared.bridge.clear();
+        if destroy {
+            ops.push(ctx.op_delete_prefix(&keys::guest_prefix(&guest.id)));
+        } else {
+            ops.push(ctx.op_put(&gkey, cleared.to_json()));
+        }
+        let resp = ctx.commit(Txn::new().when(cmps).and_then(ops)).await?;
+        if resp.succeeded() {
+            let rev = revision(&resp);
+            cleared.set_revision(if destroy { 0 } else { rev });
+            *guest = cleared;
+            return Ok(host_update.map(|mut h| {
+                h.set_revision(rev);
+                h.save_stored();
+                h
+            }));
+        }
+        backoff(attempt).await;
+    }
+    Err(Error::TooManyConflicts {
+        what: format!("remove guest {}", guest.id),
+        attempts: MAX_ATTEMPTS,
+    })
+}
