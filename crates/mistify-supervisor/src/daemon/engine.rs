@@ -930,3 +930,6 @@ fn pending_state(stop: Option<&Stop>) -> Option<api::State> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests;
