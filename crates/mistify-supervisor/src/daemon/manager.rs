@@ -994,3 +994,6 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
