@@ -1381,3 +1381,41 @@ fn a_new_service_is_disabled_and_added() {
     assert_eq!(s.info(1).status, "Added service");
 }
 
+/// The transition table of `docs/supervisor.md` names these tests, in this file's order,
+/// and every test here is named in that document.
+#[test]
+fn the_documented_table_names_these_tests_in_order() {
+    let doc_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/supervisor.md");
+    let doc = std::fs::read_to_string(doc_path).expect("docs/supervisor.md");
+    let here: Vec<&str> = include_str!("tests.rs")
+        .split("#[test]\n")
+        .skip(1)
+        .filter_map(|t| t.split("fn ").nth(1)?.split('(').next())
+        .collect();
+    let table = doc
+        .split("Transitions (")
+        .nth(1)
+        .and_then(|t| t.split("\nBack-off").next())
+        .expect("the transition table");
+    let named: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("| "))
+        .filter_map(|l| l.trim_end_matches('|').rsplit('|').next())
+        .flat_map(|cell| cell.split('`').skip(1).step_by(2))
+        .collect();
+    assert!(named.len() >= 47, "{named:?}");
+    let mut at = 0;
+    for name in &named {
+        let i = here[at..]
+            .iter()
+            .position(|t| t == name)
+            .unwrap_or_else(|| panic!("{name} is not a test here, or is out of order"));
+        at += i + 1;
+    }
+    for t in &here {
+        assert!(
+            doc.contains(&format!("`{t}`")),
+            "{t} is not in the document"
+        );
+    }
+}
