@@ -1,21 +1,27 @@
-//! The Manager: services, their dependency graph and explicit state machine.
+//! The Manager: the runtime around the per-service state machine ([`super::engine`]).
 //!
-//! All bookkeeping happens under one short-held `std::sync::Mutex`; provider calls
-//! (start, stop, check) and readiness probes run in their own tasks and report back
-//! through [`ProviderContext`], stamped with a generation so stale reports are ignored.
-//! After every change [`Inner::reconcile`] decides what to start and stop: dependents
-//! stop before their dependencies (independent branches in parallel) and start only once
-//! every dependency pattern has a ready provider.
+//! All bookkeeping happens under one short-held `std::sync::Mutex`: an event goes to the
+//! service's engine, which answers with effects; log lines and serial bumps are applied
+//! at once, provider calls (start, stop, check), timers and readiness probes run in their
+//! own tasks once the lock is released, and report back through [`ProviderContext`],
+//! stamped with a generation so stale reports are ignored. After every change
+//! [`Inner::reconcile`] walks the dependency graph and tells each engine what it found
+//! (dependencies met or lost, dependents gone): dependents stop before their dependencies
+//! (independent branches in parallel) and start only once every dependency pattern has a
+//! ready provider.
 
-use crate::api::{Hex, LogRecord, ManagerInfo, ServiceInfo, State, Time};
+use crate::api::{Hex, LogRecord, ManagerInfo, ServiceInfo, Time};
+use crate::daemon::engine::{self, Effect, Event, Now, Phase};
 use crate::daemon::logring::{FileSink, LogRing};
 use crate::manifest::{self, Manifest, Readiness, DEFAULT_START_LIMIT_BURST};
 use async_trait::async_trait;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
+
+pub use crate::daemon::engine::{MAX_BACKOFF, SETTLE};
 
 /// Errors of Manager operations (mapped to HTTP statuses at the API edge).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -161,114 +167,31 @@ impl ServiceConfig {
     }
 }
 
-/// After how long a `ready: exec` service that is still up is reported `Healthy`.
-pub const SETTLE: Duration = Duration::from_millis(500);
-const SELF_HEALING: &str = "Self-healing";
-/// The longest restart back-off.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Idle,
-    Starting,
-    Running,
-    Stopping,
-}
-
-enum Event {
-    StartDone(Result<Option<u32>, String>),
-    Ready,
-    Healthy,
-    ReadyTimeout,
-    Exited(Result<(), String>),
-    CheckFailed(String),
-    StopDone,
-    Retry,
-}
-
 struct Svc {
-    cfg: ServiceConfig,
+    /// The state machine: configuration, phase, reason, counters.
+    core: engine::Service,
     manifest: Option<Manifest>,
     provider: Arc<dyn Provider>,
     log: LogRing,
     file: Option<FileSink>,
-    enabled: bool,
-    phase: Phase,
-    ready: bool,
-    exited: bool,
-    failed: bool,
-    throttled: bool,
-    throttled_until: Option<Time>,
-    reason: String,
-    stamp: Time,
     serial: u64,
-    stop_reason: Option<String>,
-    restart_after_stop: bool,
-    start_why: Option<String>,
-    pid: Option<u32>,
-    starts: VecDeque<Instant>,
-    restarts: u64,
-    failures_in_row: u32,
-    retry_pending: bool,
-    retry_armed: bool,
-    early_ready: bool,
-    early_exit: Option<Result<(), String>>,
-    started_at: Option<Instant>,
-    generation: u64,
 }
 
 impl Svc {
-    fn state(&self) -> State {
-        match self.phase {
-            Phase::Stopping => State::Stopping,
-            _ if !self.enabled => State::Disabled,
-            _ if self.throttled => State::Throttled,
-            _ if self.failed => State::Failed,
-            Phase::Starting => State::Starting,
-            Phase::Running if self.exited => State::Exited,
-            Phase::Running if !self.ready => State::Starting,
-            Phase::Running => State::Running,
-            Phase::Idle => State::Waiting,
-        }
+    fn name(&self) -> &str {
+        self.core.name()
     }
 
-    /// Whether this service currently satisfies its dependents.
-    fn provides_now(&self) -> bool {
-        self.enabled
-            && self.phase == Phase::Running
-            && self.ready
-            && !self.failed
-            && self.stop_reason.is_none()
+    fn cfg(&self) -> &ServiceConfig {
+        self.core.cfg()
     }
 
     fn satisfies(&self, pattern: &str) -> bool {
-        manifest::satisfies(&self.cfg.name, &self.cfg.provides, pattern)
+        manifest::satisfies(&self.cfg().name, &self.cfg().provides, pattern)
     }
 
     fn info(&self) -> ServiceInfo {
-        ServiceInfo {
-            name: self.cfg.name.clone(),
-            description: self.cfg.description.clone(),
-            enabled: self.enabled,
-            running: self.phase == Phase::Running && self.stop_reason.is_none(),
-            failed: self.failed,
-            provides: self.cfg.provides.clone(),
-            depends: self.cfg.depends.clone(),
-            conflicts: self.cfg.conflicts.clone(),
-            status: self.reason.clone(),
-            tstamp: self.stamp,
-            serial: Hex(self.serial),
-            state: self.state(),
-            reason: self.reason.clone(),
-            ready: self.ready && self.phase == Phase::Running,
-            pid: self.pid,
-            restarts: self.restarts,
-            throttled_until: if self.throttled {
-                self.throttled_until
-            } else {
-                None
-            },
-        }
+        self.core.info(self.serial)
     }
 }
 
@@ -281,39 +204,14 @@ struct Inner {
     logfile: Option<FileSink>,
     services: BTreeMap<String, Svc>,
     shutting_down: bool,
-    pending: Vec<Action>,
 }
 
-enum Action {
-    Start {
-        name: String,
-        generation: u64,
-        provider: Arc<dyn Provider>,
-    },
-    Stop {
-        name: String,
-        generation: u64,
-        provider: Arc<dyn Provider>,
-    },
-    Probe {
-        name: String,
-        generation: u64,
-        ready: Readiness,
-        timeout: Duration,
-    },
-    After {
-        name: String,
-        generation: u64,
-        delay: Duration,
-        event: fn() -> Event,
-    },
-    Checks {
-        name: String,
-        generation: u64,
-        provider: Arc<dyn Provider>,
-        interval: Duration,
-        failures: u32,
-    },
+/// Work for outside the lock: an engine effect for a service's provider, a timer or a
+/// probe.
+struct Action {
+    name: String,
+    provider: Arc<dyn Provider>,
+    effect: Effect,
 }
 
 /// One supervisor instance.
@@ -345,7 +243,6 @@ impl Manager {
                 logfile: None,
                 services: BTreeMap::new(),
                 shutting_down: false,
-                pending: Vec::new(),
             }),
             tick,
             watchers: std::sync::atomic::AtomicUsize::new(0),
@@ -365,6 +262,23 @@ impl Manager {
 
     fn wake(&self) {
         self.tick.send_modify(|t| *t = t.wrapping_add(1));
+    }
+
+    /// Runs `f` under the lock, then reconciles; the resulting work runs after the lock
+    /// is released.
+    fn apply<R>(&self, f: impl FnOnce(&mut Inner, &mut Vec<Action>) -> R) -> R {
+        let mut actions = Vec::new();
+        let res = {
+            let mut g = self.lock();
+            let res = f(&mut g, &mut actions);
+            g.reconcile(&mut actions);
+            res
+        };
+        self.wake();
+        for a in actions {
+            self.execute(a);
+        }
+        res
     }
 
     /// Sends the consolidated log to a file as well (govisord's `--logfile`).
@@ -433,37 +347,16 @@ impl Manager {
             }
             let desc = cfg.description.clone();
             let file = cfg.log_file.clone().map(FileSink::new);
+            let core = engine::Service::new(cfg, provider.has_check(), Now::current());
             g.services.insert(
                 name.clone(),
                 Svc {
-                    cfg,
+                    core,
                     manifest,
                     provider,
                     log: LogRing::new(),
                     file,
-                    enabled: false,
-                    phase: Phase::Idle,
-                    ready: false,
-                    exited: false,
-                    failed: false,
-                    throttled: false,
-                    throttled_until: None,
-                    reason: String::new(),
-                    stamp: Time::now(),
                     serial: 0,
-                    stop_reason: None,
-                    restart_after_stop: false,
-                    start_why: None,
-                    pid: None,
-                    starts: VecDeque::new(),
-                    restarts: 0,
-                    failures_in_row: 0,
-                    retry_pending: false,
-                    retry_armed: false,
-                    early_ready: false,
-                    early_exit: None,
-                    started_at: None,
-                    generation: 0,
                 },
             );
             g.mgr_log(&format!("[{}] Added service [{name}]: {desc}", self.name));
@@ -473,18 +366,19 @@ impl Manager {
             );
             g.list_serial = g.list_serial.wrapping_add(1);
             g.list_time = Time::now();
-            g.set_reason(&name, "Added service");
+            // The reason ("Added service") is the engine's; the serial moves.
+            g.bump_svc(&name);
             // Warn about patterns nothing provides (they simply wait).
             let missing: Vec<String> = g
                 .services
                 .get(&name)
-                .map(|s| s.cfg.depends.clone())
+                .map(|s| s.cfg().depends.clone())
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|d| {
                     !g.services
                         .values()
-                        .any(|t| t.cfg.name != name && t.satisfies(d))
+                        .any(|t| t.name() != name && t.satisfies(d))
                 })
                 .collect();
             for d in missing {
@@ -500,7 +394,7 @@ impl Manager {
         {
             let mut g = self.lock();
             let s = g.services.get(name).ok_or(ManagerError::NotFound)?;
-            if s.enabled || s.phase != Phase::Idle {
+            if *s.core.phase() != Phase::Disabled {
                 return Err(ManagerError::Enabled);
             }
             g.services.remove(name);
@@ -514,79 +408,33 @@ impl Manager {
 
     /// Enables a service. Already enabled: nothing happens (a fault is not cleared).
     pub fn enable(&self, name: &str) -> Result<(), ManagerError> {
-        let res = {
-            let mut g = self.lock();
-            g.enable(name)
-        };
-        self.run_reconcile();
-        res
+        self.apply(|g, acts| g.enable(name, acts))
     }
 
     pub fn disable(&self, name: &str) -> Result<(), ManagerError> {
-        {
-            let mut g = self.lock();
-            let s = g.services.get_mut(name).ok_or(ManagerError::NotFound)?;
-            if !s.enabled && s.reason == "Disabled" {
-                return Ok(());
-            }
-            s.enabled = false;
-            s.failed = false;
-            s.throttled = false;
-            s.retry_pending = false;
-            if s.phase != Phase::Idle && s.stop_reason.is_none() {
-                s.stop_reason = Some("Disabled".into());
-            }
-            g.svc_log(name, &format!("Disabling service {name}"));
-            g.set_reason(name, "Disabled");
-        }
-        self.run_reconcile();
-        Ok(())
+        self.operate(name, Event::Disable)
     }
 
     /// Stops the service (and the dependents that need it) and starts it again.
     /// A disabled service is left alone.
     pub fn restart(&self, name: &str) -> Result<(), ManagerError> {
-        {
-            let mut g = self.lock();
-            let s = g.services.get_mut(name).ok_or(ManagerError::NotFound)?;
-            if !s.enabled {
-                return Ok(());
-            }
-            if s.phase == Phase::Idle {
-                s.reset_limits();
-                s.start_why = Some("Restarting".into());
-                g.svc_log(name, &format!("Restarting service {name}"));
-                g.set_reason(name, "Restarting");
-            } else {
-                s.restart_after_stop = true;
-                if s.stop_reason.is_none() {
-                    s.stop_reason = Some("Stopping for restart".into());
-                }
-                g.svc_log(name, &format!("Restarting service {name}"));
-                g.bump_svc(name);
-            }
-        }
-        self.run_reconcile();
-        Ok(())
+        self.operate(name, Event::Restart)
     }
 
     /// Clears a fault (or the throttled state) and tries to start the service again.
     pub fn clear(&self, name: &str) -> Result<(), ManagerError> {
-        {
-            let mut g = self.lock();
-            let s = g.services.get_mut(name).ok_or(ManagerError::NotFound)?;
-            let was_failed = s.failed || s.throttled;
-            s.reset_limits();
-            if was_failed {
-                s.start_why = Some("Cleared fault".into());
-                g.svc_log(name, &format!("Clearing fault on {name}"));
-                g.set_reason(name, "Cleared fault");
-            } else {
-                g.bump_svc(name);
+        self.operate(name, Event::Clear)
+    }
+
+    /// An operator's event for a known service.
+    fn operate(&self, name: &str, ev: Event) -> Result<(), ManagerError> {
+        self.apply(|g, acts| {
+            if !g.services.contains_key(name) {
+                return Err(ManagerError::NotFound);
             }
-        }
-        self.run_reconcile();
-        Ok(())
+            g.step(name, ev, acts);
+            Ok(())
+        })
     }
 
     /// Enables every service in name order; conflicts are logged, the first one wins.
@@ -603,22 +451,13 @@ impl Manager {
     /// Stops every service in dependency order (dependents first, independent branches
     /// in parallel) and waits until all are stopped.
     pub async fn shutdown(&self) {
-        {
-            let mut g = self.lock();
+        self.apply(|g, acts| {
             g.shutting_down = true;
             let names: Vec<String> = g.services.keys().cloned().collect();
             for n in names {
-                if let Some(s) = g.services.get_mut(&n) {
-                    s.enabled = false;
-                    s.retry_pending = false;
-                    if s.phase != Phase::Idle {
-                        s.stop_reason = Some("Shutting down".into());
-                    }
-                }
-                g.set_reason(&n, "Shutting down");
+                g.step(&n, Event::Shutdown, acts);
             }
-        }
-        self.run_reconcile();
+        });
         self.wait_idle(None).await;
         self.log(&format!("*** Govisor stopped: {} ***", self.name));
     }
@@ -638,18 +477,14 @@ impl Manager {
                 while i < set.len() {
                     let parent = set[i];
                     for c in g.services.values() {
-                        if Inner::depends_on(c, parent)
-                            && !set.iter().any(|x| x.cfg.name == c.cfg.name)
+                        if Inner::depends_on(c, parent) && !set.iter().any(|x| x.name() == c.name())
                         {
                             set.push(c);
                         }
                     }
                     i += 1;
                 }
-                set.iter().any(|s| {
-                    matches!(s.phase, Phase::Starting | Phase::Stopping)
-                        || (s.phase == Phase::Running && s.stop_reason.is_some())
-                })
+                set.iter().any(|s| s.core.busy())
             };
             if !busy {
                 return;
@@ -670,15 +505,11 @@ impl Manager {
         let mut rx = self.tick.subscribe();
         loop {
             rx.borrow_and_update();
-            let busy = self.lock().services.values().any(|s| {
-                matches!(s.phase, Phase::Starting | Phase::Stopping)
-                    || (s.phase == Phase::Running && s.stop_reason.is_some())
-                    || (s.phase == Phase::Running
-                        && s.ready
-                        && !s.failed
-                        && s.reason == "Started"
-                        && s.cfg.ready == Readiness::Exec)
-            });
+            let busy = self
+                .lock()
+                .services
+                .values()
+                .any(|s| s.core.busy() || s.core.settling());
             if !busy {
                 return;
             }
@@ -699,7 +530,7 @@ impl Manager {
                 g.services
                     .iter()
                     .filter(|(n, _)| only.is_none_or(|o| o.contains(n)))
-                    .any(|(_, s)| s.phase != Phase::Idle)
+                    .any(|(_, s)| !s.core.idle())
             };
             if !busy {
                 return;
@@ -863,31 +694,19 @@ impl Manager {
         self.lock().log.current()
     }
 
-    // ------------------------------------------------------------------ engine
+    // ------------------------------------------------------------------ runtime
 
+    /// A report of the provider, a timer or a probe for the start `generation`.
     fn event(&self, name: &str, generation: u64, ev: Event) {
-        {
-            let mut g = self.lock();
-            let Some(s) = g.services.get(name) else {
-                return;
-            };
-            if s.generation != generation {
-                return;
+        self.apply(|g, acts| {
+            let current = g
+                .services
+                .get(name)
+                .is_some_and(|s| s.core.generation() == generation);
+            if current {
+                g.step(name, ev, acts);
             }
-            g.handle(name, ev);
-        }
-        self.run_reconcile();
-    }
-
-    fn run_reconcile(&self) {
-        let actions = {
-            let mut g = self.lock();
-            g.reconcile()
-        };
-        self.wake();
-        for a in actions {
-            self.execute(a);
-        }
+        });
     }
 
     fn ctx(&self, name: &str, generation: u64) -> ProviderContext {
@@ -899,43 +718,38 @@ impl Manager {
     }
 
     fn execute(&self, a: Action) {
-        match a {
-            Action::Start {
-                name,
-                generation,
-                provider,
-            } => {
+        let Action {
+            name,
+            provider,
+            effect,
+        } = a;
+        match effect {
+            Effect::Start { generation } => {
                 let ctx = self.ctx(&name, generation);
                 tokio::spawn(async move {
                     let res = provider.start(ctx.clone()).await;
-                    ctx.event(Event::StartDone(res));
+                    ctx.event(Event::Started(res));
                 });
             }
-            Action::Stop {
-                name,
-                generation,
-                provider,
-            } => {
+            Effect::Stop { generation } => {
                 let ctx = self.ctx(&name, generation);
                 tokio::spawn(async move {
                     provider.stop().await;
-                    ctx.event(Event::StopDone);
+                    ctx.event(Event::Stopped);
                 });
             }
-            Action::After {
-                name,
+            Effect::Timer {
                 generation,
                 delay,
-                event,
+                timer,
             } => {
                 let ctx = self.ctx(&name, generation);
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    ctx.event(event());
+                    ctx.event(timer.into());
                 });
             }
-            Action::Probe {
-                name,
+            Effect::Probe {
                 generation,
                 ready,
                 timeout,
@@ -955,10 +769,8 @@ impl Manager {
                     }
                 });
             }
-            Action::Checks {
-                name,
+            Effect::Checks {
                 generation,
-                provider,
                 interval,
                 failures,
             } => {
@@ -987,6 +799,8 @@ impl Manager {
                     }
                 });
             }
+            // Applied under the lock by `Inner::step`.
+            Effect::Log(_) | Effect::Reason(_) | Effect::Bump => {}
         }
     }
 }
@@ -998,9 +812,9 @@ impl ProviderContext {
             return false;
         };
         let g = m.lock();
-        g.services.get(&self.name).is_some_and(|s| {
-            s.generation == self.generation && s.phase == Phase::Running && s.stop_reason.is_none()
-        })
+        g.services
+            .get(&self.name)
+            .is_some_and(|s| s.core.current(self.generation))
     }
 }
 
@@ -1029,18 +843,6 @@ async fn probe(ready: &Readiness) -> bool {
     }
 }
 
-impl Svc {
-    fn reset_limits(&mut self) {
-        self.failed = false;
-        self.throttled = false;
-        self.throttled_until = None;
-        self.retry_pending = false;
-        self.retry_armed = false;
-        self.starts.clear();
-        self.failures_in_row = 0;
-    }
-}
-
 impl Inner {
     fn bump(&mut self) -> u64 {
         self.serial = self.serial.wrapping_add(1);
@@ -1052,17 +854,6 @@ impl Inner {
         let serial = self.bump();
         if let Some(s) = self.services.get_mut(name) {
             s.serial = serial;
-        }
-    }
-
-    fn set_reason(&mut self, name: &str, reason: &str) {
-        let serial = self.bump();
-        if let Some(s) = self.services.get_mut(name) {
-            s.serial = serial;
-            if s.reason != reason {
-                s.reason = reason.to_string();
-                s.stamp = Time::now();
-            }
         }
     }
 
@@ -1098,451 +889,111 @@ impl Inner {
         }
     }
 
-    fn enable(&mut self, name: &str) -> Result<(), ManagerError> {
+    /// Feeds `ev` to the service's engine and applies the effects: log lines and serial
+    /// bumps now, the rest into `acts`. Whether anything changed.
+    fn step(&mut self, name: &str, ev: Event, acts: &mut Vec<Action>) -> bool {
+        let Some(s) = self.services.get_mut(name) else {
+            return false;
+        };
+        let effects = s.core.handle(ev, Now::current());
+        let provider = s.provider.clone();
+        let changed = !effects.is_empty();
+        for effect in effects {
+            match effect {
+                Effect::Log(text) => self.svc_log(name, &text),
+                Effect::Reason(_) | Effect::Bump => self.bump_svc(name),
+                effect => acts.push(Action {
+                    name: name.to_string(),
+                    provider: provider.clone(),
+                    effect,
+                }),
+            }
+        }
+        changed
+    }
+
+    fn enable(&mut self, name: &str, acts: &mut Vec<Action>) -> Result<(), ManagerError> {
         if self.shutting_down {
             return Err(ManagerError::ShuttingDown);
         }
         let s = self.services.get(name).ok_or(ManagerError::NotFound)?;
-        if s.enabled {
+        if s.core.enabled() {
             return Ok(());
         }
         let rival = self
             .services
             .values()
-            .filter(|t| t.cfg.name != name && t.enabled)
+            .filter(|t| t.name() != name && t.core.enabled())
             .find(|t| {
-                t.cfg.conflicts.iter().any(|c| s.satisfies(c))
-                    || s.cfg.conflicts.iter().any(|c| t.satisfies(c))
+                t.cfg().conflicts.iter().any(|c| s.satisfies(c))
+                    || s.cfg().conflicts.iter().any(|c| t.satisfies(c))
             })
-            .map(|t| t.cfg.name.clone());
-        if let Some(r) = rival {
-            self.svc_log(
-                name,
-                &format!("Not enabling {name}: conflicts with enabled {r}"),
-            );
-            self.set_reason(name, "Disabled due to conflict");
+            .map(|t| t.name().to_string());
+        if let Some(rival) = rival {
+            self.step(name, Event::Conflict { rival }, acts);
             return Err(ManagerError::Conflict);
         }
-        if let Some(s) = self.services.get_mut(name) {
-            s.enabled = true;
-            s.reset_limits();
-            s.start_why = Some("Enabled service".into());
-        }
-        self.svc_log(name, &format!("Enabling service {name}"));
-        self.set_reason(name, "Enabled");
+        self.step(name, Event::Enable, acts);
         Ok(())
     }
 
+    /// Whether every dependency pattern of `s` has a ready provider.
     fn deps_ok(&self, s: &Svc) -> bool {
-        s.cfg.depends.iter().all(|d| {
+        s.cfg().depends.iter().all(|d| {
             self.services
                 .values()
-                .any(|t| t.cfg.name != s.cfg.name && t.satisfies(d) && t.provides_now())
+                .any(|t| t.name() != s.name() && t.satisfies(d) && t.core.provides())
         })
     }
 
     /// Whether `child` depends on `parent` through any of its patterns.
     fn depends_on(child: &Svc, parent: &Svc) -> bool {
-        child.cfg.name != parent.cfg.name && child.cfg.depends.iter().any(|d| parent.satisfies(d))
+        child.name() != parent.name() && child.cfg().depends.iter().any(|d| parent.satisfies(d))
     }
 
-    fn handle(&mut self, name: &str, ev: Event) {
-        let Some(s) = self.services.get_mut(name) else {
-            return;
-        };
-        match ev {
-            Event::StartDone(Ok(pid)) => {
-                if s.phase != Phase::Starting {
-                    return;
-                }
-                s.phase = Phase::Running;
-                s.pid = pid;
-                s.started_at = Some(Instant::now());
-                s.ready = false;
-                s.exited = false;
-                let why = s
-                    .start_why
-                    .take()
-                    .unwrap_or_else(|| "Dependency running".into());
-                let early_ready = std::mem::take(&mut s.early_ready);
-                let early_exit = s.early_exit.take();
-                let generation = s.generation;
-                let cfg = s.cfg.clone();
-                let provider = s.provider.clone();
-                self.svc_log(name, &format!("Started {name}: {why}"));
-                self.set_reason(name, "Started");
-                let n = name.to_string();
-                match (&cfg.ready, cfg.oneshot) {
-                    (Readiness::Exec, false) => {
-                        if let Some(s) = self.services.get_mut(name) {
-                            s.ready = true;
-                        }
-                        self.pending.push(Action::After {
-                            name: n.clone(),
-                            generation,
-                            delay: SETTLE,
-                            event: || Event::Healthy,
-                        });
-                    }
-                    (ready, oneshot) => {
-                        if !oneshot && matches!(ready, Readiness::Tcp(_) | Readiness::Http(_)) {
-                            self.pending.push(Action::Probe {
-                                name: n.clone(),
-                                generation,
-                                ready: ready.clone(),
-                                timeout: cfg.ready_timeout,
-                            });
-                        }
-                        self.pending.push(Action::After {
-                            name: n.clone(),
-                            generation,
-                            delay: cfg.ready_timeout,
-                            event: || Event::ReadyTimeout,
-                        });
-                    }
-                }
-                if provider.has_check() {
-                    self.pending.push(Action::Checks {
-                        name: n,
-                        generation,
-                        provider,
-                        interval: cfg.check_interval,
-                        failures: cfg.check_failures,
-                    });
-                }
-                if early_ready {
-                    self.handle(name, Event::Ready);
-                }
-                if let Some(outcome) = early_exit {
-                    self.handle(name, Event::Exited(outcome));
-                }
+    /// Whether a dependent of `s` that needs it has not stopped yet. A dependent that
+    /// keeps running on dependency loss does not hold it, except at shutdown (dependents
+    /// still stop first).
+    fn held(&self, s: &Svc) -> bool {
+        self.services.values().any(|c| {
+            !c.core.idle()
+                && Self::depends_on(c, s)
+                && !self.deps_ok(c)
+                && (!c.cfg().keep_on_dependency_loss || self.shutting_down)
+        })
+    }
+
+    /// What the graph has to tell the service named `name`, if anything.
+    fn graph_event(&self, name: &str) -> Option<Event> {
+        let s = self.services.get(name)?;
+        match s.core.phase() {
+            Phase::Waiting { .. } if self.deps_ok(s) => Some(Event::DepsMet),
+            Phase::Waiting { .. } => Some(Event::DepsUnmet),
+            Phase::Starting { stop: None, .. } | Phase::Running { stop: None, .. } => {
+                (!self.deps_ok(s)).then_some(Event::DepsUnmet)
             }
-            Event::StartDone(Err(e)) => {
-                if s.phase != Phase::Starting {
-                    return;
-                }
-                s.phase = Phase::Idle;
-                s.pid = None;
-                s.failed = true;
-                s.failures_in_row = s.failures_in_row.saturating_add(1);
-                s.start_why = None;
-                s.stop_reason = None;
-                s.restart_after_stop = false;
-                self.svc_log(name, &format!("Failed to start {name}: {e}"));
-                self.set_reason(name, &format!("Failed start:{e}"));
-                self.schedule_retry(name);
-            }
-            Event::Ready => {
-                if s.phase == Phase::Starting {
-                    s.early_ready = true;
-                    return;
-                }
-                if s.phase != Phase::Running || s.ready || s.failed {
-                    return;
-                }
-                s.ready = true;
-                self.healthy(name);
-            }
-            Event::Healthy => {
-                if s.phase == Phase::Running && s.ready && !s.failed && s.stop_reason.is_none() {
-                    self.healthy(name);
-                }
-            }
-            Event::ReadyTimeout => {
-                if s.phase == Phase::Running && !s.ready && s.stop_reason.is_none() {
-                    let t = s.cfg.ready_timeout;
-                    self.fault(name, &format!("not ready after {t:?}"));
-                }
-            }
-            Event::CheckFailed(e) => {
-                if s.phase == Phase::Running && s.stop_reason.is_none() {
-                    self.fault(name, &e);
-                }
-            }
-            Event::Exited(outcome) => {
-                if s.phase == Phase::Starting {
-                    s.early_exit = Some(outcome);
-                    return;
-                }
-                if s.phase != Phase::Running || s.stop_reason.is_some() {
-                    // Being stopped (or a fault stop is already under way).
-                    s.pid = None;
-                    return;
-                }
-                s.pid = None;
-                match outcome {
-                    Ok(()) => {
-                        // A one-shot is done (and ready); a long-runner without
-                        // failOnExit stays "running" as in govisor.
-                        s.exited = true;
-                        if s.cfg.oneshot {
-                            s.ready = true;
-                            s.failures_in_row = 0;
-                            self.svc_log(name, &format!("Service {name} completed"));
-                            self.healthy(name);
-                        } else {
-                            self.bump_svc(name);
-                        }
-                    }
-                    Err(reason) => {
-                        self.svc_log(name, &format!("Failed: {reason}"));
-                        self.fault(name, &reason);
-                    }
-                }
-            }
-            Event::StopDone => {
-                if s.phase != Phase::Stopping {
-                    return;
-                }
-                s.phase = Phase::Idle;
-                s.pid = None;
-                s.ready = false;
-                s.exited = false;
-                let reason = s.stop_reason.take().unwrap_or_else(|| "Stopped".into());
-                let restart = std::mem::take(&mut s.restart_after_stop);
-                let enabled = s.enabled;
-                self.svc_log(name, &format!("Stopped {name}: {reason}"));
-                let shown = if !enabled && reason != "Shutting down" {
-                    "Disabled".to_string()
-                } else {
-                    reason.clone()
-                };
-                self.set_reason(name, &shown);
-                if restart && enabled {
-                    if let Some(s) = self.services.get_mut(name) {
-                        s.reset_limits();
-                        s.start_why = Some("Restarting".into());
-                    }
-                    self.set_reason(name, "Restarting");
-                } else if reason.starts_with("Faulted: ") {
-                    self.schedule_retry(name);
-                }
-            }
-            Event::Retry => {
-                if s.retry_pending && s.enabled && s.phase == Phase::Idle {
-                    s.retry_pending = false;
-                    s.retry_armed = false;
-                    s.failed = false;
-                    s.start_why = Some(SELF_HEALING.into());
-                    self.svc_log(name, "Attempting self-healing");
-                    self.bump_svc(name);
-                }
-            }
+            Phase::Running { stop: Some(_), .. } => (!self.held(s)).then_some(Event::Released),
+            _ => None,
         }
     }
 
-    fn healthy(&mut self, name: &str) {
-        let already = self
-            .services
-            .get(name)
-            .is_some_and(|s| s.reason == "Healthy");
-        if !already {
-            self.svc_log(name, "Service healthy");
-            self.set_reason(name, "Healthy");
-        }
-    }
-
-    /// Marks a running service failed and stops it (its dependents first).
-    fn fault(&mut self, name: &str, reason: &str) {
-        if let Some(s) = self.services.get_mut(name) {
-            s.failed = true;
-            s.ready = false;
-            if let Some(t) = s.started_at {
-                if t.elapsed() >= s.cfg.start_limit_interval {
-                    // It ran long enough: this is a new episode.
-                    s.failures_in_row = 0;
-                    s.starts.clear();
-                }
-            }
-            s.failures_in_row = s.failures_in_row.saturating_add(1);
-            s.stop_reason = Some(format!("Faulted: {reason}"));
-        }
-        self.svc_log(name, &format!("Service {name} faulted: {reason}"));
-        self.bump_svc(name);
-    }
-
-    fn schedule_retry(&mut self, name: &str) {
-        if self.shutting_down {
-            return;
-        }
-        if let Some(s) = self.services.get_mut(name) {
-            if s.cfg.restart && s.enabled && !s.throttled {
-                s.retry_pending = true;
-            }
-        }
-    }
-
-    /// Decides what to start and stop; returns the work to do outside the lock.
-    fn reconcile(&mut self) -> Vec<Action> {
-        let mut actions = std::mem::take(&mut self.pending);
+    /// Tells every service what the graph says until nothing changes; the work to do
+    /// outside the lock goes into `acts`.
+    fn reconcile(&mut self, acts: &mut Vec<Action>) {
         for _round in 0..64 {
             let mut changed = false;
             let names: Vec<String> = self.services.keys().cloned().collect();
             for name in &names {
-                let Some(s) = self.services.get(name) else {
-                    continue;
-                };
-                // Pending retries become timers (once).
-                if s.retry_pending && s.phase == Phase::Idle && !s.retry_armed {
-                    let n = s.failures_in_row.max(1);
-                    let delay = if n <= 1 {
-                        Duration::ZERO
-                    } else {
-                        let factor = 1u32.checked_shl(n - 2).unwrap_or(u32::MAX);
-                        s.cfg
-                            .restart_backoff
-                            .saturating_mul(factor)
-                            .min(MAX_BACKOFF)
-                    };
-                    let generation = s.generation;
-                    actions.push(Action::After {
-                        name: name.clone(),
-                        generation,
-                        delay,
-                        event: || Event::Retry,
-                    });
-                    // Arm the timer once, under a new generation (older timers go stale).
-                    if let Some(s) = self.services.get_mut(name) {
-                        s.retry_armed = true;
-                        s.generation = s.generation.wrapping_add(1);
-                        let g2 = s.generation;
-                        if let Some(Action::After { generation, .. }) = actions.last_mut() {
-                            *generation = g2;
-                        }
-                    }
-                    changed = true;
-                    continue;
-                }
-                match s.phase {
-                    Phase::Starting | Phase::Running if s.stop_reason.is_none() => {
-                        let reason = if !s.enabled {
-                            Some("Disabled")
-                        } else if !s.cfg.keep_on_dependency_loss && !self.deps_ok(s) {
-                            Some("Unmet dependency")
-                        } else {
-                            None
-                        };
-                        if let Some(r) = reason {
-                            if let Some(s) = self.services.get_mut(name) {
-                                s.stop_reason = Some(r.into());
-                            }
-                            self.bump_svc(name);
-                            changed = true;
-                        }
-                    }
-                    Phase::Running => {
-                        // stop_reason is set: stop once no dependent needs us.
-                        // A dependent that keeps running on dependency loss does not hold
-                        // us, except at shutdown (dependents still stop first).
-                        let blocked = self.services.values().any(|c| {
-                            c.phase != Phase::Idle
-                                && Self::depends_on(c, s)
-                                && !self.deps_ok(c)
-                                && (!c.cfg.keep_on_dependency_loss || self.shutting_down)
-                        });
-                        if !blocked {
-                            let provider = s.provider.clone();
-                            let generation = s.generation;
-                            if let Some(s) = self.services.get_mut(name) {
-                                s.phase = Phase::Stopping;
-                            }
-                            self.bump_svc(name);
-                            actions.push(Action::Stop {
-                                name: name.clone(),
-                                generation,
-                                provider,
-                            });
-                            changed = true;
-                        }
-                    }
-                    Phase::Idle => {
-                        if !s.enabled
-                            || s.failed
-                            || s.throttled
-                            || s.retry_pending
-                            || self.shutting_down
-                        {
-                            continue;
-                        }
-                        if !self.deps_ok(s) {
-                            if let Some(s) = self.services.get_mut(name) {
-                                s.start_why = None;
-                            }
-                            if self
-                                .services
-                                .get(name)
-                                .is_some_and(|s| s.reason != "Unmet dependency")
-                            {
-                                self.set_reason(name, "Unmet dependency");
-                                changed = true;
-                            }
-                            continue;
-                        }
-                        // Sliding-window start limit.
-                        let now = Instant::now();
-                        let window = s.cfg.start_limit_interval;
-                        let burst = s.cfg.start_limit_burst as usize;
-                        let recent: Vec<Instant> = s
-                            .starts
-                            .iter()
-                            .copied()
-                            .filter(|t| now.duration_since(*t) < window)
-                            .collect();
-                        if burst > 0 && recent.len() >= burst {
-                            let oldest = recent.first().copied().unwrap_or(now);
-                            let until = Time(
-                                chrono::Utc::now()
-                                    + chrono::Duration::from_std(
-                                        window.saturating_sub(now.duration_since(oldest)),
-                                    )
-                                    .unwrap_or_default(),
-                            );
-                            if let Some(s) = self.services.get_mut(name) {
-                                s.throttled = true;
-                                s.failed = true;
-                                s.throttled_until = Some(until);
-                                s.starts = recent.into();
-                            }
-                            self.svc_log(name, &format!("Service {name} restarting too quickly"));
-                            self.set_reason(name, "Throttled: start limit reached");
-                            changed = true;
-                            continue;
-                        }
-                        let provider = s.provider.clone();
-                        let generation;
-                        {
-                            let Some(s) = self.services.get_mut(name) else {
-                                continue;
-                            };
-                            s.generation = s.generation.wrapping_add(1);
-                            generation = s.generation;
-                            s.phase = Phase::Starting;
-                            if s.start_why.as_deref() == Some(SELF_HEALING) {
-                                s.restarts = s.restarts.saturating_add(1);
-                            }
-                            s.early_ready = false;
-                            s.early_exit = None;
-                            s.ready = false;
-                            s.exited = false;
-                            s.starts = recent.into();
-                            s.starts.push_back(now);
-                        }
-                        self.bump_svc(name);
-                        actions.push(Action::Start {
-                            name: name.clone(),
-                            generation,
-                            provider,
-                        });
-                        changed = true;
-                    }
-                    Phase::Starting | Phase::Stopping => {}
+                if let Some(ev) = self.graph_event(name) {
+                    changed |= self.step(name, ev, acts);
                 }
             }
-            actions.append(&mut self.pending);
             if !changed {
                 break;
             }
         }
-        actions
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,7 @@
 //! The daemon side: the [`Manager`], the [`Provider`] trait and its built-in process
 //! provider, the REST [`router`], and `mistify-supervisord` itself ([`server`]).
 
+mod engine;
 pub mod logring;
 pub mod manager;
 pub mod process;
