@@ -17,23 +17,7 @@ use crate::error::{Error, Result};
 /// Parses a UUID in the 36-character form (any case) or with a `urn:uuid:` prefix
 /// (prefix in any case) and returns it lower-cased in the 36-character form.
 pub fn canonicalize(id: &str) -> Result<String> {
-    let bare =
-        if id.len() == 45 && id.is_char_boundary(9) && id[..9].eq_ignore_ascii_case("urn:uuid:") {
-            &id[9..]
-        } else {
-            id
-        };
-    let bytes = bare.as_bytes();
-    let ok = bytes.len() == 36
-        && bytes.iter().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => *b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        });
-    if ok {
-        Ok(bare.to_ascii_lowercase())
-    } else {
-        Err(Error::InvalidUuid(id.to_string()))
-    }
+    mistify_types::id::canonical_uuid(id).ok_or_else(|| Error::InvalidUuid(id.to_string()))
 }
 
 /// Whether `id` is a canonical (lower-case, 36-character) UUID.
@@ -43,7 +27,7 @@ pub fn is_uuid(id: &str) -> bool {
 
 /// A fresh random (v4) UUID, lower-case.
 pub fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    mistify_types::id::new_uuid()
 }
 
 /// Parses an optional IP: `""` means none, anything else must be an IP literal.

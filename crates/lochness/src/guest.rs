@@ -51,12 +51,10 @@ pub struct Guest {
     mod_revision: i64,
 }
 
-/// `02:` followed by the first five bytes of the MD5 of the id text.
+/// `02:` followed by the first five bytes of the MD5 of the id text (the agent derives
+/// the MAC of a guest's first NIC the same way: [`mistify_types::derived_mac`]).
 pub fn mac_for_id(id: &str) -> Mac {
-    let digest = md5::compute(id.as_bytes());
-    let mut bytes = vec![0x02];
-    bytes.extend_from_slice(&digest.0[..5]);
-    Mac::from_bytes(&bytes)
+    Mac::from_bytes(&mistify_types::derived_mac_bytes(id, 0))
 }
 
 fn merge_str(o: &Obj, name: &str, field: &mut String) -> Result<()> {

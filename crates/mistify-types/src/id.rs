@@ -95,9 +95,13 @@ pub fn check(what: &'static str, value: &str) -> Result<(), IdError> {
 }
 
 /// The canonical (lower-case, 8-4-4-4-12) form of a UUID given in any case, optionally
-/// prefixed by `urn:uuid:` (what the Go originals accepted); `None` for anything else.
+/// prefixed by `urn:uuid:` in any case (what the Go originals accepted); `None` for
+/// anything else.
 pub fn canonical_uuid(value: &str) -> Option<String> {
-    let bare = value.strip_prefix("urn:uuid:").unwrap_or(value);
+    let prefixed = value.len() == 45
+        && value.is_char_boundary(9)
+        && value[..9].eq_ignore_ascii_case("urn:uuid:");
+    let bare = if prefixed { &value[9..] } else { value };
     let ok = bare.len() == 36
         && bare.bytes().enumerate().all(|(i, b)| match i {
             8 | 13 | 18 | 23 => b == b'-',
@@ -172,6 +176,8 @@ mod tests {
             canonical_uuid("urn:uuid:C6A0C1E4-4F5E-4D8B-9C1A-0E2B9A3F7D11").as_deref(),
             Some("c6a0c1e4-4f5e-4d8b-9c1a-0e2b9a3f7d11")
         );
+        assert!(is_uuid("URN:UUID:c6a0c1e4-4f5e-4d8b-9c1a-0e2b9a3f7d11"));
+        assert!(!is_uuid("urn:uuid:"));
         assert!(!is_uuid("not-a-uuid"));
         assert!(!is_uuid("c6a0c1e44f5e4d8b9c1a0e2b9a3f7d11"));
         assert!(!is_uuid("c6a0c1e4-4f5e-4d8b-9c1a-0e2b9a3f7d1g"));

@@ -27,6 +27,6 @@ pub use action::{
     Action, ActionType, GuestAction, MetricsKind, UnknownAction, UnknownGuestAction, Verb,
 };
 pub use id::{Id, IdError};
-pub use mac::derived_mac;
+pub use mac::{derived_mac, derived_mac_bytes};
 pub use rest::*;
 pub use rpc::*;

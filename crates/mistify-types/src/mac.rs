@@ -3,18 +3,23 @@
 //! NIC (lochness's rule, so a guest placed by a controller and one created on the agent
 //! agree), or of `<id>-<index>` for further NICs.
 
-/// The derived MAC of NIC `index` of guest `guest_id`, as `02:xx:xx:xx:xx:xx`.
-pub fn derived_mac(guest_id: &str, index: usize) -> String {
+/// The derived MAC of NIC `index` of guest `guest_id`, as six bytes.
+pub fn derived_mac_bytes(guest_id: &str, index: usize) -> [u8; 6] {
     let digest = if index == 0 {
         md5::compute(guest_id.as_bytes())
     } else {
         md5::compute(format!("{guest_id}-{index}").as_bytes())
     };
-    let mut mac = String::from("02");
-    for b in &digest.0[..5] {
-        mac.push_str(&format!(":{b:02x}"));
-    }
+    let mut mac = [0x02, 0, 0, 0, 0, 0];
+    mac[1..].copy_from_slice(&digest.0[..5]);
     mac
+}
+
+/// The derived MAC of NIC `index` of guest `guest_id`, as `02:xx:xx:xx:xx:xx`.
+pub fn derived_mac(guest_id: &str, index: usize) -> String {
+    let bytes = derived_mac_bytes(guest_id, index);
+    let parts: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    parts.join(":")
 }
 
 #[cfg(test)]
