@@ -3,13 +3,12 @@
 use std::collections::HashMap;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, RawPathParams, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mistify_types::{Guest, GuestAction, MetricsKind};
 
 use super::{accepted, decode, id, pipeline_response, read_body, AppState};
-use crate::agent::Agent;
 use crate::error::{json_response, json_text_response, AgentError};
 
 /// Every guest (`null` when there is none, a Go nil slice, as the original answered).
@@ -61,34 +60,16 @@ pub async fn action(
     Ok(accepted(&done.job, &*done.body))
 }
 
-/// `GET /guests/{id}/metrics/{kind}` as a route of the router. The path parameters are
-/// read where axum keeps them (`RawPathParams`, already percent-decoded). Plain paths of
-/// this route, the agent's busiest, do not reach the router: [`super::HotRoutes`]
-/// answers them with [`metrics_of`] directly.
-pub async fn metrics(State(agent): State<AppState>, params: RawPathParams) -> Response {
-    let (mut guest, mut kind) = ("", "");
-    for (name, value) in &params {
-        match name {
-            "id" => guest = value,
-            _ => kind = value,
-        }
-    }
-    metrics_of(&agent, guest, kind).await
-}
-
-/// The answer to `GET /guests/{id}/metrics/{kind}`, errors included.
-pub async fn metrics_of(agent: &Agent, guest: &str, kind: &str) -> Response {
-    let result = async {
-        let guest = id("guest id", guest)?;
-        agent.guest(&guest)?;
-        let kind = MetricsKind::parse(kind).ok_or(AgentError::NotFound)?;
-        agent.guest_metrics(&guest, kind).await
-    }
-    .await;
-    match result {
-        Ok(pipeline) => {
-            pipeline_response(pipeline, |part| json_text_response(StatusCode::OK, &part))
-        }
-        Err(e) => e.into_response(),
-    }
+/// `GET /guests/{id}/metrics/{kind}`: the sub-agent's figures of one kind.
+pub async fn metrics(
+    State(agent): State<AppState>,
+    Path((guest, kind)): Path<(String, String)>,
+) -> Result<Response, AgentError> {
+    let guest = id("guest id", &guest)?;
+    agent.guest(&guest)?;
+    let kind = MetricsKind::parse(&kind).ok_or(AgentError::NotFound)?;
+    let pipeline = agent.guest_metrics(&guest, kind).await?;
+    Ok(pipeline_response(pipeline, |part| {
+        json_text_response(StatusCode::OK, &part)
+    }))
 }

@@ -3,16 +3,12 @@
 //! bodies), calls one operation of the agent core (`crate::ops`) and writes its answer;
 //! every error becomes the original JSON error body at this edge.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::ops::Range;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -49,7 +45,7 @@ pub fn service(agent: Arc<Agent>) -> impl mistify_http::App {
 }
 
 /// The routes, without the shared layers.
-fn routes(agent: Arc<Agent>) -> HotRoutes {
+fn routes(agent: Arc<Agent>) -> Router {
     let snapshot_routes = |prefix: &str| {
         Router::new()
             .route(
@@ -95,83 +91,12 @@ fn routes(agent: Arc<Agent>) -> HotRoutes {
         .route("/openapi.json", get(system::openapi))
         .method_not_allowed_fallback(|| async { AgentError::MethodNotAllowed.into_response() })
         .fallback(not_found_or_strict_slash)
-        .layer(CountAndGateLayer(agent.clone()))
-        .with_state(agent.clone());
-    HotRoutes { agent, router: api }
-}
-
-/// The route template of the metrics route, as `/metrics` labels it.
-const METRICS_ROUTE: &str = "/guests/{id}/metrics/{kind}";
-
-/// The router, with `GET /guests/{id}/metrics/{kind}` answered in front of it.
-///
-/// That route is the agent's busiest (a controller polls every guest), and the router's
-/// own work for it (matching, the path parameters decoded into a map, the matched path
-/// kept, a route service cloned) cost as many instructions as the rest of the request
-/// handling. A path this service answers is one the router would give to the same
-/// handler: `GET`, two non-empty parameters, no `/` in them, nothing percent-encoded
-/// (every other path, `HEAD` included, goes to the router). It counts the request
-/// under the same route label and, being a `GET`, is never refused while draining, as
-/// [`CountAndGate`] does.
-#[derive(Clone)]
-struct HotRoutes {
-    agent: AppState,
-    router: Router,
-}
-
-type HotFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
-
-impl tower::Service<Request> for HotRoutes {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = futures::future::Either<HotFuture, <Router as tower::Service<Request>>::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        tower::Service::<Request>::poll_ready(&mut self.router, cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let hot = match request.method() == Method::GET {
-            true => metrics_path(request.uri().path()),
-            false => None,
-        };
-        let Some((id, kind)) = hot else {
-            return futures::future::Either::Right(self.router.call(request));
-        };
-        let agent = self.agent.clone();
-        // The URI shares its bytes with the request head: no copy of the path.
-        let uri = request.into_parts().0.uri;
-        futures::future::Either::Left(Box::pin(async move {
-            let path = uri.path();
-            let response = match (path.get(id), path.get(kind)) {
-                (Some(guest), Some(kind)) => guests::metrics_of(&agent, guest, kind).await,
-                _ => AgentError::Internal("the path changed".into()).into_response(),
-            };
-            agent
-                .metrics
-                .request("GET", METRICS_ROUTE, response.status().as_u16());
-            Ok(response)
-        }))
-    }
-}
-
-/// Where `id` and `kind` lie in a path the metrics route matches, when neither needs
-/// decoding: `/guests/{id}/metrics/{kind}`, both non-empty, neither holding a `/`, and
-/// no `%` in the path.
-fn metrics_path(path: &str) -> Option<(Range<usize>, Range<usize>)> {
-    const PREFIX: &[u8] = b"/guests/";
-    const MIDDLE: &[u8] = b"/metrics/";
-    let bytes = path.as_bytes();
-    if !bytes.starts_with(PREFIX) || bytes.contains(&b'%') {
-        return None;
-    }
-    let id_end = PREFIX.len() + bytes[PREFIX.len()..].iter().position(|&b| b == b'/')?;
-    let kind_start = id_end + MIDDLE.len();
-    let plain = id_end > PREFIX.len()
-        && bytes[id_end..].starts_with(MIDDLE)
-        && kind_start < bytes.len()
-        && !bytes[kind_start..].contains(&b'/');
-    plain.then_some((PREFIX.len()..id_end, kind_start..bytes.len()))
+        .layer(axum::middleware::from_fn_with_state(
+            agent.clone(),
+            count_and_gate,
+        ))
+        .with_state(agent);
+    api
 }
 
 /// What no route matched: a path with a trailing slash answers 301 to the path without
@@ -202,96 +127,24 @@ async fn not_found_or_strict_slash(uri: axum::http::Uri) -> Response {
 }
 
 /// Counts requests by route template and status; answers 503 to changes while the
-/// agent drains. A route layer (the route template is known once a route matched),
-/// written as a plain service: `from_fn` would box a clone of the route and a future
-/// on every request.
-#[derive(Clone)]
-struct CountAndGateLayer(AppState);
-
-impl<S> tower::Layer<S> for CountAndGateLayer {
-    type Service = CountAndGate<S>;
-    fn layer(&self, inner: S) -> CountAndGate<S> {
-        CountAndGate {
-            agent: self.0.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Clone)]
-struct CountAndGate<S> {
-    agent: AppState,
-    inner: S,
-}
-
-impl<S> tower::Service<Request> for CountAndGate<S>
-where
-    S: tower::Service<Request, Response = Response, Error = Infallible>,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Counted<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let route = request.extensions().get::<MatchedPath>().cloned();
-        let method = request.method().clone();
-        let (inner, refused) =
-            if self.agent.is_draining() && method != Method::GET && method != Method::HEAD {
-                (None, Some(AgentError::draining().into_response()))
-            } else {
-                (Some(self.inner.call(request)), None)
-            };
-        Counted {
-            inner,
-            refused,
-            agent: self.agent.clone(),
-            method,
-            route,
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The response of [`CountAndGate`], counted once it is ready.
-    struct Counted<F> {
-        #[pin]
-        inner: Option<F>,
-        refused: Option<Response>,
-        agent: AppState,
-        method: Method,
-        route: Option<MatchedPath>,
-    }
-}
-
-impl<F: Future<Output = Result<Response, Infallible>>> Future for Counted<F> {
-    type Output = Result<Response, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = match (this.inner.as_pin_mut(), this.refused.take()) {
-            (Some(inner), _) => match std::task::ready!(inner.poll(cx)) {
-                Ok(response) => response,
-                Err(never) => match never {},
-            },
-            (None, Some(refused)) => refused,
-            // Polled again after it was ready: a caller's bug, answered rather than
-            // panicking.
-            (None, None) => AgentError::Internal("response polled twice".into()).into_response(),
-        };
-        let route = this
-            .route
-            .as_ref()
-            .map(MatchedPath::as_str)
-            .unwrap_or("unmatched");
-        this.agent
-            .metrics
-            .request(this.method.as_str(), route, response.status().as_u16());
-        Poll::Ready(Ok(response))
-    }
+/// agent drains. On every route (the route template is known once a route matched) and
+/// the fallback (`unmatched`).
+async fn count_and_gate(State(agent): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = request.method().clone();
+    let response = if agent.is_draining() && method != Method::GET && method != Method::HEAD {
+        AgentError::draining().into_response()
+    } else {
+        next.run(request).await
+    };
+    let route = route
+        .as_ref()
+        .map(MatchedPath::as_str)
+        .unwrap_or("unmatched");
+    agent
+        .metrics
+        .request(method.as_str(), route, response.status().as_u16());
+    response
 }
 
 /// Parses an id of the path or body: 400 for one that is unsafe in a path, a dataset
@@ -361,40 +214,4 @@ pub fn pipeline_response<T>(pipeline: Pipeline<T>, ok: impl FnOnce(T) -> Respons
         Err(e) => e.into_response(),
     };
     with_job_id(response, &pipeline.id)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::metrics_path;
-
-    #[test]
-    fn metrics_paths_taken_before_the_router() {
-        fn parts(path: &str) -> Option<(&str, &str)> {
-            metrics_path(path).map(|(i, k)| (&path[i], &path[k]))
-        }
-        assert_eq!(parts("/guests/g1/metrics/cpu"), Some(("g1", "cpu")));
-        assert_eq!(parts("/guests/metrics/metrics/x"), Some(("metrics", "x")));
-        // Unknown kinds and unsafe ids are the handler's to refuse, as from the router.
-        assert_eq!(parts("/guests/../metrics/gpu"), Some(("..", "gpu")));
-        // Everything else is the router's: empty or encoded parameters, a trailing
-        // slash, more segments, other routes.
-        for path in [
-            "/guests//metrics/cpu",
-            "/guests/g1/metrics/",
-            "/guests/g1/metrics/cpu/",
-            "/guests/g1/metrics/cpu/x",
-            "/guests/g%31/metrics/cpu",
-            "/guests/g1/metrics/c%70u",
-            "/guests/g1/metrics",
-            "/guests/g1/metricsx/cpu",
-            "/guests/g1/jobs/cpu",
-            "/guests/g1",
-            "/guests/",
-            "/guests",
-            "//guests/g1/metrics/cpu",
-            "/guests/g1/disks/vda/metrics/cpu",
-        ] {
-            assert_eq!(parts(path), None, "{path}");
-        }
-    }
 }
