@@ -10,7 +10,9 @@ use std::time::Instant;
 use axum::http::StatusCode;
 use mistify_rpc::merge::merge;
 use mistify_rpc::{RawStream, RpcError};
-use mistify_types::{Action, Guest, MetricsKind};
+use mistify_types::{
+    Action, Guest, GuestCpuMetrics, GuestDiskMetrics, GuestNicMetrics, MetricsKind,
+};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -77,21 +79,6 @@ impl Agent {
     ) -> Result<Box<RawValue>, AgentError> {
         let service = self.service(&stage.service)?;
         self.timed(stage, service.call_raw(&stage.method, request))
-            .await
-    }
-
-    /// One stage's call, its result read by `seed` while the reply is decoded.
-    async fn call_stage_seed<S, R>(
-        &self,
-        stage: &StageDef,
-        request: &impl Serialize,
-        seed: S,
-    ) -> Result<R, AgentError>
-    where
-        S: for<'de> serde::de::DeserializeSeed<'de, Value = R>,
-    {
-        let service = self.service(&stage.service)?;
-        self.timed(stage, service.call_seed(&stage.method, request, seed))
             .await
     }
 
@@ -178,35 +165,37 @@ impl Agent {
     }
 
     /// Runs a metrics action: each stage gets its own request with its args; the
-    /// `kind` member (`cpu`, `disk`, `nic`) of the merged results, `null` when absent.
+    /// `kind` member (`cpu`, `disk`, `nic`) of the merged results, written as the Go
+    /// agent wrote it (its typed form; `null` when absent).
     pub(crate) async fn run_metrics(
         &self,
         guest: &RawValue,
         kind: MetricsKind,
     ) -> Result<Box<RawValue>, AgentError> {
         let def = self.action(kind.action())?;
-        let member = kind.as_str();
-        if let [stage] = def.stages.as_slice() {
-            // One stage (every shipped config): the `kind` member of its result is
-            // taken while the reply is decoded, as the sub-agent wrote it; the guest
-            // it echoes is skipped, and nothing is built.
-            let request = MetricsRequest {
-                guest,
-                kind: member,
-                args: &stage.args,
-            };
-            return self.call_stage_seed(stage, &request, Member(member)).await;
-        }
         let mut response = json!({"guest": null, "type": ""});
+        let mut method = String::new();
         for stage in &def.stages {
             let request = MetricsRequest {
                 guest,
-                kind: member,
+                kind: kind.as_str(),
                 args: &stage.args,
             };
             merge(&mut response, self.call_stage(stage, &request).await?);
+            method.clone_from(&stage.method);
         }
-        raw_member(response, member)
+        let figures: Figures =
+            serde_json::from_value(response).map_err(|source| StageError::Unreadable {
+                method,
+                what: "metrics",
+                source,
+            })?;
+        let part = match kind {
+            MetricsKind::Cpu => serde_json::value::to_raw_value(&figures.cpu),
+            MetricsKind::Disk => serde_json::value::to_raw_value(&figures.disk),
+            MetricsKind::Nic => serde_json::value::to_raw_value(&figures.nic),
+        };
+        part.map_err(AgentError::Encode)
     }
 
     /// Opens the byte stream of a Stream action's one stage.
@@ -247,137 +236,14 @@ impl Agent {
     }
 }
 
-/// The member `key` of a merged multi-stage result, as JSON text (`null` when absent).
-fn raw_member(mut response: Value, key: &str) -> Result<Box<RawValue>, AgentError> {
-    match response.get_mut(key).map(Value::take) {
-        Some(part) => serde_json::value::to_raw_value(&part).map_err(AgentError::Encode),
-        None => Ok(RawValue::NULL.to_owned()),
-    }
-}
-
-/// Reads the member `.0` of a JSON object (the last one if repeated, as a map would
-/// keep it) as its JSON text, checked but not parsed into values; the other members
-/// are skipped without being built or copied. Anything but an object, and an object
-/// without the member, read as `null`, as the multi-stage path reads them.
-struct Member<'k>(&'k str);
-
-impl<'de> serde::de::DeserializeSeed<'de> for Member<'_> {
-    type Value = Box<RawValue>;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Member<'_> {
-    type Value = Box<RawValue>;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = None;
-        while let Some(hit) = map.next_key_seed(KeyIs(self.0))? {
-            if hit {
-                found = Some(map.next_value::<&'de RawValue>()?);
-            } else {
-                map.next_value::<serde::de::IgnoredAny>()?;
-            }
-        }
-        Ok(found.unwrap_or(RawValue::NULL).to_owned())
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-        Ok(RawValue::NULL.to_owned())
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(RawValue::NULL.to_owned())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(RawValue::NULL.to_owned())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(RawValue::NULL.to_owned())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(RawValue::NULL.to_owned())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(RawValue::NULL.to_owned())
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(RawValue::NULL.to_owned())
-    }
-}
-
-/// Whether a map key equals `.0`, compared where it lies (no `String` per key).
-struct KeyIs<'k>(&'k str);
-
-impl<'de> serde::de::DeserializeSeed<'de> for KeyIs<'_> {
-    type Value = bool;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl serde::de::Visitor<'_> for KeyIs<'_> {
-    type Value = bool;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a member name")
-    }
-    fn visit_str<E>(self, v: &str) -> Result<bool, E> {
-        Ok(v == self.0)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Member;
-
-    #[test]
-    fn a_member_is_found_where_it_lies() {
-        use serde::de::DeserializeSeed;
-        fn member(text: &str, key: &str) -> Result<String, serde_json::Error> {
-            let mut de = serde_json::Deserializer::from_str(text);
-            let raw = Member(key).deserialize(&mut de)?;
-            de.end()?;
-            Ok(raw.get().to_owned())
-        }
-        let reply = r#"{"guest":{"id":"g","nics":[{"mac":"02:00"}],"x":[[1],{"y":"\"z"}]},"type":"cpu","cpu":[{"cpu_time":1.5}]}"#;
-        assert_eq!(
-            member(reply, "cpu").expect("object"),
-            r#"[{"cpu_time":1.5}]"#
-        );
-        assert_eq!(member(reply, "disk").expect("object"), "null");
-        // An escaped name is compared unescaped; a repeated one keeps the last.
-        assert_eq!(
-            member(r#"{"c\u0070u":1,"cpu":2,"cpu":3}"#, "cpu").expect("object"),
-            "3"
-        );
-        // The member's text is kept as the sub-agent wrote it, surrounding blanks aside.
-        assert_eq!(
-            member("{ \"cpu\" : [ 1 ,2 ] }", "cpu").expect("object"),
-            "[ 1 ,2 ]"
-        );
-        // Anything but an object has no member.
-        for other in [
-            "[1,{\"cpu\":1}]",
-            "\"cpu\"",
-            "1",
-            "-1",
-            "1.5",
-            "true",
-            "null",
-        ] {
-            assert_eq!(member(other, "cpu").expect(other), "null", "{other}");
-        }
-        // Bad JSON anywhere is refused, in the member or in what is skipped.
-        for bad in [
-            r#"{"cpu":[1,}"#,
-            r#"{"cpu":1"#,
-            r#"{"cpu":1} x"#,
-            r#"{"guest":{"id":},"cpu":1}"#,
-            "[1,]",
-        ] {
-            assert!(member(bad, "cpu").is_err(), "{bad}");
-        }
-    }
+/// The figures of a metrics reply (`GuestMetricsResponse`), each `None` when the
+/// sub-agents left it out (answered as `null`, as Go's nil slice or map).
+#[derive(serde::Deserialize)]
+struct Figures {
+    #[serde(default)]
+    cpu: Option<Vec<GuestCpuMetrics>>,
+    #[serde(default)]
+    disk: Option<BTreeMap<String, GuestDiskMetrics>>,
+    #[serde(default)]
+    nic: Option<BTreeMap<String, GuestNicMetrics>>,
 }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::header::{HeaderMap, CONTENT_ENCODING, CONTENT_TYPE};
 use reqwest::StatusCode;
-use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::io::AsyncReadExt;
@@ -307,75 +307,6 @@ struct Reply<'a> {
     error: Option<&'a RawValue>,
 }
 
-/// A reply decoded with the caller's seed run on its `result` in place: (result,
-/// error), either absent when missing or `null`. Other members (`id`, `jsonrpc`) are
-/// skipped; a repeated `result` is refused, as the derived `Reply` refuses it.
-struct ReplySeed<S>(S);
-
-impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for ReplySeed<S> {
-    type Value = (Option<S::Value>, Option<&'de RawValue>);
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for ReplySeed<S> {
-    type Value = (Option<S::Value>, Option<&'de RawValue>);
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON-RPC reply object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        #[derive(Deserialize)]
-        #[serde(field_identifier, rename_all = "lowercase")]
-        enum Field {
-            Result,
-            Error,
-            #[serde(other)]
-            Other,
-        }
-        let (mut seed, mut result, mut error) = (Some(self.0), None, None);
-        while let Some(field) = map.next_key::<Field>()? {
-            match field {
-                Field::Result => match seed.take() {
-                    Some(seed) => result = map.next_value_seed(OptionSeed(seed))?,
-                    None => return Err(serde::de::Error::duplicate_field("result")),
-                },
-                Field::Error => error = map.next_value::<Option<&'de RawValue>>()?,
-                Field::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok((result, error))
-    }
-}
-
-/// `null` as `None`, anything else read by the seed.
-struct OptionSeed<S>(S);
-
-impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for OptionSeed<S> {
-    type Value = Option<S::Value>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_option(self)
-    }
-}
-
-impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for OptionSeed<S> {
-    type Value = Option<S::Value>;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a result or null")
-    }
-    fn visit_none<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        self.0.deserialize(d).map(Some)
-    }
-}
-
 #[derive(Deserialize)]
 struct V2Error {
     #[serde(default)]
@@ -525,26 +456,6 @@ impl Service {
                 .transpose()
                 .map_err(|message| self.decode_error(method, message))?;
             self.settle(method, None, result)
-        })
-        .await
-    }
-
-    /// Calls `method` and reads its `result` with `seed` while the reply is decoded:
-    /// one pass over the reply, however much of the result the seed skips. A `null` or
-    /// missing result is [`RpcError::NullResult`], as with the other calls; what the
-    /// seed refuses is a decode error of this call.
-    pub async fn call_seed<P, S, R>(&self, method: &str, params: &P, seed: S) -> Result<R, RpcError>
-    where
-        P: Serialize + ?Sized,
-        S: for<'de> DeserializeSeed<'de, Value = R>,
-    {
-        self.call_timed(method, params, |bytes| {
-            let mut de = serde_json::Deserializer::from_slice(bytes);
-            let (result, error) = ReplySeed(seed)
-                .deserialize(&mut de)
-                .and_then(|reply| de.end().map(|()| reply))
-                .map_err(|e| self.decode_error(method, format!("cannot decode the reply: {e}")))?;
-            self.settle(method, error, result)
         })
         .await
     }
