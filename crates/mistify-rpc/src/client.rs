@@ -12,15 +12,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
-use reqwest::header::{HeaderMap, CONTENT_ENCODING, CONTENT_TYPE};
-use reqwest::StatusCode;
+use http::header::{HeaderMap, CONTENT_ENCODING};
+use http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::{h1, RPC_PATH};
+use crate::{conn, RPC_PATH};
 
 /// Default overall timeout of one call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -172,43 +172,12 @@ impl ServiceConfig {
     }
 }
 
-/// A pool of keep-alive HTTP connections shared by every [`Service`] made from it.
+/// How a [`Service`]'s connections are made: shared settings of every service made
+/// from it (each service keeps its own pool of connections, [`crate::conn`]).
 #[derive(Debug, Clone)]
 pub struct Client {
-    http: Arc<LazyHttp>,
     connect_timeout: Duration,
     keep_alive: bool,
-}
-
-/// The reqwest client of non-`http://` URLs, made on first use: an agent whose
-/// sub-agents are all plain `http://` never starts reqwest's TLS stack (its root
-/// certificates, its crypto provider), which would cost memory for nothing.
-#[derive(Debug)]
-struct LazyHttp {
-    client: std::sync::OnceLock<reqwest::Client>,
-    connect_timeout: Duration,
-    keep_alive: bool,
-}
-
-impl LazyHttp {
-    fn get(&self) -> &reqwest::Client {
-        self.client.get_or_init(|| {
-            let builder = reqwest::Client::builder()
-                .connect_timeout(self.connect_timeout)
-                .pool_idle_timeout(Duration::from_secs(90));
-            let builder = if self.keep_alive {
-                builder
-            } else {
-                builder.pool_max_idle_per_host(0)
-            };
-            builder
-                .tcp_nodelay(true)
-                .no_proxy()
-                .build()
-                // Only fails when the TLS backend or resolver cannot start.
-                .unwrap_or_else(|_| reqwest::Client::new())
-        })
-    }
 }
 
 impl Client {
@@ -218,49 +187,39 @@ impl Client {
     }
 
     pub fn with_connect_timeout(connect: Duration) -> Self {
-        Client::build(connect, true)
+        Client {
+            connect_timeout: connect,
+            keep_alive: true,
+        }
     }
 
     /// A client that opens a new TCP connection for every call (for measurements and
     /// for peers that mishandle keep-alive).
     pub fn without_keep_alive() -> Self {
-        Client::build(DEFAULT_CONNECT_TIMEOUT, false)
-    }
-
-    fn build(connect: Duration, keep_alive: bool) -> Self {
         Client {
-            http: Arc::new(LazyHttp {
-                client: std::sync::OnceLock::new(),
-                connect_timeout: connect,
-                keep_alive,
-            }),
-            connect_timeout: connect,
-            keep_alive,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            keep_alive: false,
         }
     }
 
-    /// A handle for one configured sub-agent.
+    /// A handle for one configured sub-agent. An URL that is not a plain `http://` one
+    /// is reported by every call.
     pub fn service(&self, name: impl Into<String>, config: ServiceConfig) -> Service {
         let url = format!("{}{}", config.base_url.trim_end_matches('/'), config.path);
-        let parsed = reqwest::Url::parse(&url).ok();
-        let pool = parsed.as_ref().and_then(|u| {
-            h1::Pool::for_url(
-                u,
-                config.token.as_deref(),
-                self.connect_timeout,
-                self.keep_alive,
-            )
-        });
+        let pool = conn::Pool::for_url(
+            &url,
+            config.token.as_deref(),
+            self.connect_timeout,
+            self.keep_alive,
+        );
         Service {
             inner: Arc::new(ServiceInner {
                 name: name.into(),
-                parsed,
                 pool,
                 url,
                 limit: config.max_pending.map(|n| Arc::new(Semaphore::new(n))),
                 config,
             }),
-            http: self.http.clone(),
         }
     }
 }
@@ -275,20 +234,16 @@ impl Default for Client {
 struct ServiceInner {
     name: String,
     url: String,
-    /// `url` parsed once (an unparsable URL is reported by the first call).
-    parsed: Option<reqwest::Url>,
-    /// The connections of RPC and Stream calls to a plain `http://` URL (see
-    /// [`crate::h1`]); calls to any other URL go through reqwest.
-    pool: Option<h1::Pool>,
+    /// The service's connections, or why its URL cannot be served.
+    pool: Result<conn::Pool, String>,
     config: ServiceConfig,
     limit: Option<Arc<Semaphore>>,
 }
 
-/// One sub-agent: cheap to clone, shares the connection pool of its [`Client`].
+/// One sub-agent: cheap to clone; clones share its connections.
 #[derive(Debug, Clone)]
 pub struct Service {
     inner: Arc<ServiceInner>,
-    http: Arc<LazyHttp>,
 }
 
 #[derive(Serialize)]
@@ -351,21 +306,6 @@ impl Service {
         &self.inner.name
     }
 
-    /// `Authorization: Bearer <token>` when the service has a token (a token that is not
-    /// a valid header value is not sent; the sub-agent then answers 401).
-    fn auth_header(&self) -> reqwest::header::HeaderMap {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(token) = &self.inner.config.token {
-            if let Ok(mut value) =
-                reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-            {
-                value.set_sensitive(true);
-                headers.insert(reqwest::header::AUTHORIZATION, value);
-            }
-        }
-        headers
-    }
-
     /// The full endpoint URL (base URL and path).
     pub fn url(&self) -> &str {
         &self.inner.url
@@ -392,12 +332,12 @@ impl Service {
         }
     }
 
-    /// The parsed endpoint URL, or a transport error naming the bad URL.
-    fn target(&self, method: &str) -> Result<reqwest::Url, RpcError> {
+    /// The service's connections, or a transport error naming the bad URL.
+    fn pool(&self, method: &str) -> Result<&conn::Pool, RpcError> {
         self.inner
-            .parsed
-            .clone()
-            .ok_or_else(|| self.error(method)(format!("invalid service URL {:?}", self.inner.url)))
+            .pool
+            .as_ref()
+            .map_err(|why| self.error(method)(why.clone()))
     }
 
     async fn permit(&self) -> Option<OwnedSemaphorePermit> {
@@ -531,38 +471,18 @@ impl Service {
         )
         .map_err(|e| decode_err(format!("cannot encode the params: {e}")))?;
         let _permit = self.permit().await;
-        let (status, gzip, bytes) = match &self.inner.pool {
-            Some(pool) => {
-                let reply = pool
-                    .post(&body)
-                    .await
-                    .map_err(|e| self.error(method)(e.to_string()))?;
-                (reply.status, reply.gzip, reply.body)
-            }
-            None => {
-                let response = self
-                    .http
-                    .get()
-                    .post(self.target(method)?)
-                    .header(CONTENT_TYPE, "application/json")
-                    .headers(self.auth_header())
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| self.error(method)(error_chain(&e)))?;
-                let status = response.status().as_u16();
-                let gzip = is_gzip(response.headers());
-                let bytes = response
-                    .bytes()
-                    .await
-                    .map_err(|e| self.error(method)(error_chain(&e)))?;
-                (status, gzip, bytes.to_vec())
-            }
-        };
+        let reply = self
+            .pool(method)?
+            .post(body)
+            .await
+            .map_err(|e| self.error(method)(e.to_string()))?;
+        let (status, gzip, bytes) = (reply.status, reply.gzip, reply.body);
         let bytes = if gzip {
-            gunzip(&bytes)
-                .await
-                .map_err(|e| decode_err(format!("cannot decompress the reply: {e}")))?
+            Bytes::from(
+                gunzip(&bytes)
+                    .await
+                    .map_err(|e| decode_err(format!("cannot decompress the reply: {e}")))?,
+            )
         } else {
             bytes
         };
@@ -593,47 +513,18 @@ impl Service {
         })?;
         let permit = self.permit().await;
         let service = self.inner.name.clone();
-        let (status, headers, chunks) = match &self.inner.pool {
-            // Plain http://: hyper's client on a connection of its own.
-            Some(pool) => {
-                let response = match tokio::time::timeout(idle, pool.stream(body)).await {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(e)) => return Err(self.error(&what)(e.to_string())),
-                    Err(_) => return Err(self.timeout_error(&what, idle)),
-                };
-                let (head, incoming) = response.into_parts();
-                let (s, m) = (service.clone(), what.clone());
-                let chunks = http_body_util::BodyExt::into_data_stream(incoming)
-                    .map_err(move |e| std::io::Error::other(format!("service {s:?} ({m}): {e}")));
-                let chunks: Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> =
-                    Box::pin(chunks);
-                (head.status, head.headers, chunks)
-            }
-            None => {
-                let send = self
-                    .http
-                    .get()
-                    .post(self.target(&what)?)
-                    .header(CONTENT_TYPE, "application/json")
-                    .headers(self.auth_header())
-                    .body(body)
-                    .send();
-                let response = match tokio::time::timeout(idle, send).await {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(e)) => return Err(self.error(&what)(error_chain(&e))),
-                    Err(_) => return Err(self.timeout_error(&what, idle)),
-                };
-                let status = response.status();
-                let headers = response.headers().clone();
-                let (s, m) = (service.clone(), what.clone());
-                let chunks = response.bytes_stream().map_err(move |e| {
-                    std::io::Error::other(format!("service {s:?} ({m}): {}", error_chain(&e)))
-                });
-                let chunks: Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> =
-                    Box::pin(chunks);
-                (status, headers, chunks)
-            }
+        let pool = self.pool(&what)?;
+        let response = match tokio::time::timeout(idle, pool.stream(body)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(self.error(&what)(e.to_string())),
+            Err(_) => return Err(self.timeout_error(&what, idle)),
         };
+        let (head, incoming) = response.into_parts();
+        let (s, m) = (service.clone(), what.clone());
+        let chunks = http_body_util::BodyExt::into_data_stream(incoming)
+            .map_err(move |e| std::io::Error::other(format!("service {s:?} ({m}): {e}")));
+        let chunks: Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> = Box::pin(chunks);
+        let (status, headers) = (head.status, head.headers);
         let gzip = is_gzip(&headers);
         let chunks: Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> = if gzip {
             let reader = tokio_util::io::StreamReader::new(chunks);
@@ -645,26 +536,31 @@ impl Service {
         // Each chunk must come within the idle timeout of the one before; the first
         // failure ends the body. The permit lives as long as the body is read.
         let (s, m) = (service, what);
-        let body = tokio_stream::StreamExt::timeout(chunks, idle)
-            .map(move |item| {
-                let _held = &permit;
-                match item {
-                    Ok(Ok(chunk)) => Ok(chunk),
-                    Ok(Err(e)) => Err(RpcError::Transport {
-                        service: s.clone(),
-                        method: m.clone(),
-                        message: e.to_string(),
-                    }),
-                    Err(_elapsed) => Err(RpcError::Timeout {
-                        service: s.clone(),
-                        method: m.clone(),
-                        after: idle,
-                    }),
+        let body = tokio_stream::StreamExt::timeout(chunks, idle).map(move |item| {
+            let _held = &permit;
+            match item {
+                Ok(Ok(chunk)) => Ok(chunk),
+                Ok(Err(e)) => Err(RpcError::Transport {
+                    service: s.clone(),
+                    method: m.clone(),
+                    message: e.to_string(),
+                }),
+                Err(_elapsed) => Err(RpcError::Timeout {
+                    service: s.clone(),
+                    method: m.clone(),
+                    after: idle,
+                }),
+            }
+        });
+        // The first failure ends the body (an idle source is not polled again).
+        let body =
+            futures::stream::unfold((Box::pin(body), false), |(mut rest, failed)| async move {
+                if failed {
+                    return None;
                 }
-            })
-            .scan(false, |failed, item| {
-                let end = std::mem::replace(failed, item.is_err());
-                std::future::ready((!end).then_some(item))
+                let item = rest.next().await?;
+                let failed = item.is_err();
+                Some((item, (rest, failed)))
             });
         Ok(RawStream {
             status,
@@ -688,21 +584,6 @@ fn remote_message(error: &RawValue) -> (String, Option<i64>) {
         return (message, code);
     }
     (error.get().to_string(), None)
-}
-
-/// A reqwest error with its causes ("error sending request: … Connection refused").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let next = cause.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 async fn gunzip(data: &[u8]) -> std::io::Result<Vec<u8>> {

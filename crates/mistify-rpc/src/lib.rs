@@ -30,8 +30,8 @@
 //! ```
 
 pub mod client;
+mod conn;
 pub mod envelope;
-mod h1;
 pub mod merge;
 pub mod server;
 

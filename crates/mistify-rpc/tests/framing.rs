@@ -1,6 +1,6 @@
-//! The client's own HTTP/1.1 reading against a scripted server on a real socket: every
-//! way a reply can be framed, interim replies, peers that close kept-alive connections,
-//! and replies that are not HTTP.
+//! The client's HTTP/1.1 (hyper's connection-level client) against a scripted server
+//! on a real socket: every way a reply can be framed, interim replies, peers that close
+//! kept-alive connections, and replies that are not HTTP.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -228,7 +228,7 @@ async fn kept_alive_connections_are_reused_and_a_closed_one_is_replaced() {
     assert!(matches!(err, RpcError::Transport { .. }), "{err:?}");
     assert!(
         err.to_string()
-            .contains("connection closed before a complete reply"),
+            .contains("connection closed before message completed"),
         "{err}"
     );
     assert_eq!(conns.load(Ordering::SeqCst), 1);
@@ -245,20 +245,20 @@ async fn kept_alive_connections_are_reused_and_a_closed_one_is_replaced() {
 #[tokio::test]
 async fn replies_that_are_not_http_or_are_cut_short_are_transport_errors() {
     let cases: [(&'static [u8], &str); 5] = [
-        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "unreadable reply head"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "invalid HTTP version"),
         (
             b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"result\":",
-            "connection closed in the middle of the reply body",
+            "end of file before message length reached",
         ),
         (
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"res",
-            "connection closed in the middle of a chunked reply",
+            "unexpected EOF during chunk size line",
         ),
         (
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-            "unreadable chunk size",
+            "Invalid chunk size line",
         ),
-        (b"", "connection closed before a complete reply"),
+        (b"", "connection closed before message completed"),
     ];
     for (reply, want) in cases {
         let (url, _, _) = scripted(Script::AnswerOnceThenClose(reply)).await;

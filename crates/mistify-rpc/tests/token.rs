@@ -86,11 +86,19 @@ fn token_files_give_their_first_token() {
     let dir = std::env::temp_dir().join(format!("mistify-rpc-token-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("token");
-    std::fs::write(&file, "# comment\n\n  abc-def  \nsecond\n").expect("write");
+    std::fs::write(
+        &file,
+        "# comment\n\n  abc-def-0123456789  \nsecond-token-0123456789\n",
+    )
+    .expect("write");
     assert_eq!(
         mistify_rpc::read_token_file(&file).expect("token"),
-        "abc-def"
+        "abc-def-0123456789"
     );
+    // The rules of every token file: too short is refused, naming the line.
+    std::fs::write(&file, "abc-def\n").expect("write");
+    let e = mistify_rpc::read_token_file(&file).expect_err("short");
+    assert!(e.contains(":1:") && e.contains("too short"), "{e}");
     std::fs::write(&file, "# only\n").expect("write");
     assert!(mistify_rpc::read_token_file(&file).is_err());
     std::fs::write(&file, "two words\n").expect("write");
