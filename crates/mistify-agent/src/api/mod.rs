@@ -65,7 +65,7 @@ fn routes(agent: Arc<Agent>) -> Router {
                 get(snapshots::download),
             )
     };
-    let api = Router::new()
+    Router::new()
         .route(
             "/metadata",
             get(metadata::get_hypervisor).patch(metadata::patch_hypervisor),
@@ -95,8 +95,7 @@ fn routes(agent: Arc<Agent>) -> Router {
             agent.clone(),
             count_and_gate,
         ))
-        .with_state(agent);
-    api
+        .with_state(agent)
 }
 
 /// What no route matched: a path with a trailing slash answers 301 to the path without
