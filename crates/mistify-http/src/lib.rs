@@ -16,7 +16,6 @@ mod server;
 pub use layers::{common_layers, healthz_route, with_common_layers, App, RpcMethodName};
 pub use runtime::{init_tracing, shutdown_signal, LogFormat};
 pub use server::{
-    caused_by, is_body_timeout, release_free_memory, serve, serve_tls, tls_config, Limits,
-    TlsError, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_MAX_IN_FLIGHT, TRIM_AFTER_QUIET,
+    caused_by, is_body_timeout, serve, serve_tls, tls_config, Limits, TlsError,
+    DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_IN_FLIGHT,
 };

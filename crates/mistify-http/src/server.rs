@@ -12,16 +12,12 @@
 //! * a request body must keep arriving: more than `body_timeout` between two chunks is
 //!   an error for the handler reading it (the agent answers 408);
 //! * at most `max_in_flight` requests are handled at once; one more is answered `503`
-//!   with `Retry-After: 1` at once, without reaching the handler (load shedding);
-//! * once a burst of requests is over (no request for [`TRIM_AFTER_QUIET`] and none in
-//!   flight), the memory the allocator keeps free is given back to the system, so a
-//!   daemon's footprint returns to its resting size after load (glibc only).
+//!   with `Retry-After: 1` at once, without reaching the handler (load shedding).
 //!
 //! Request bodies have their own per-route limits (the agent 1 MiB, a sub-agent 16 MiB).
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,14 +101,6 @@ async fn serve_maybe_tls<S: App>(
     // `Router::layer` would add a box per route and request).
     let body_timeout = limits.body_timeout;
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
-    let served_count = Arc::new(AtomicU64::new(0));
-    let trimmer = tokio::spawn(trim_when_quiet(
-        served_count.clone(),
-        in_flight.clone(),
-        limits.max_in_flight.max(1),
-        TRIM_AFTER_QUIET,
-        release_free_memory,
-    ));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -137,11 +125,9 @@ async fn serve_maybe_tls<S: App>(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let in_flight = in_flight.clone();
-        let served_count = served_count.clone();
         let service =
             hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
-                served_count.fetch_add(1, Ordering::Relaxed);
                 let router = router.clone();
                 let permit = in_flight.clone().try_acquire_owned();
                 async move {
@@ -189,52 +175,8 @@ async fn serve_maybe_tls<S: App>(
         });
     }
     drop(listener);
-    trimmer.abort();
     graceful.shutdown().await;
     Ok(())
-}
-
-/// How long a server must have been quiet (no new request, none in flight) before the
-/// allocator's free memory is handed back to the system.
-pub const TRIM_AFTER_QUIET: Duration = Duration::from_secs(1);
-
-/// Gives the allocator's free pages back once after each burst of requests: a burst
-/// leaves buffers freed but still resident (glibc keeps freed memory of its per-thread
-/// arenas), which would otherwise count as the daemon's size until the next burst reuses
-/// it. Checks every `quiet` ([`TRIM_AFTER_QUIET`]); costs nothing while requests keep
-/// coming. `release` is [`release_free_memory`] (a counter in the tests).
-async fn trim_when_quiet(
-    served: Arc<AtomicU64>,
-    in_flight: Arc<Semaphore>,
-    permits: usize,
-    quiet: Duration,
-    release: fn(),
-) {
-    let mut seen = served.load(Ordering::Relaxed);
-    let mut dirty = false;
-    loop {
-        tokio::time::sleep(quiet).await;
-        let now = served.load(Ordering::Relaxed);
-        if now != seen {
-            seen = now;
-            dirty = true;
-        } else if dirty && in_flight.available_permits() == permits {
-            dirty = false;
-            // A trim walks every arena under its lock: keep it off the runtime threads.
-            let _ = tokio::task::spawn_blocking(release).await;
-        }
-    }
-}
-
-/// Returns the allocator's free memory to the system (`malloc_trim`); a no-op where the
-/// C library has no such call.
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks glibc's own arenas under their locks; it has no
-    // arguments to get wrong and is safe to call from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Errors of [`tls_config`], each naming the file.
@@ -338,63 +280,4 @@ pub fn caused_by<T: std::error::Error + 'static>(
 /// ([`Limits::body_timeout`]).
 pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
     caused_by::<tower_http::timeout::TimeoutError>(error)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
-
-    use tokio::sync::Semaphore;
-
-    use super::trim_when_quiet;
-
-    static RELEASES: AtomicUsize = AtomicUsize::new(0);
-
-    fn count_release() {
-        RELEASES.fetch_add(1, Ordering::SeqCst);
-    }
-
-    const TICK: Duration = Duration::from_millis(20);
-
-    /// Waits until `RELEASES` reaches `n` (panics after 10 s).
-    async fn until_releases(n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while RELEASES.load(Ordering::SeqCst) < n {
-            assert!(Instant::now() < deadline, "no release after the burst");
-            tokio::time::sleep(TICK).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn memory_is_released_once_per_burst_and_never_with_a_request_in_flight() {
-        let served = Arc::new(AtomicU64::new(0));
-        let in_flight = Arc::new(Semaphore::new(4));
-        let trimmer = tokio::spawn(trim_when_quiet(
-            served.clone(),
-            in_flight.clone(),
-            4,
-            TICK,
-            count_release,
-        ));
-        // No request yet: nothing to give back.
-        tokio::time::sleep(TICK * 10).await;
-        assert_eq!(RELEASES.load(Ordering::SeqCst), 0);
-        // A burst, then quiet: one release, and only one however long it stays quiet.
-        for _ in 0..100 {
-            served.fetch_add(1, Ordering::Relaxed);
-        }
-        until_releases(1).await;
-        tokio::time::sleep(TICK * 10).await;
-        assert_eq!(RELEASES.load(Ordering::SeqCst), 1);
-        // A request still in flight (a long stream): no release until it is done.
-        let permit = in_flight.clone().try_acquire_owned().expect("permit");
-        served.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(TICK * 10).await;
-        assert_eq!(RELEASES.load(Ordering::SeqCst), 1);
-        drop(permit);
-        until_releases(2).await;
-        trimmer.abort();
-    }
 }
