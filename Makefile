@@ -1,5 +1,5 @@
 # The two public targets are the README's two commands; `deb` builds the package.
-.PHONY: run test deb fuzz soak startup-order
+.PHONY: run test deb fuzz soak
 
 ## make run: bring up the hypervisor stack with the dev configuration in config/
 run:
@@ -22,7 +22,3 @@ fuzz:
 ## make soak: agent crashes, sub-agent crashes under the supervisor, and 60 s of load, on a release build (figures printed)
 soak:
 	@scripts/soak.sh
-
-## make startup-order: rewrite the agent's code layout (crates/mistify-agent/link/order.ld) from a callgrind run (needs valgrind; docs/agent.md "Memory")
-startup-order:
-	@scripts/startup-order.py
