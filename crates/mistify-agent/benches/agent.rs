@@ -18,6 +18,11 @@
 //! starts the agent with `--worker-threads N`. Run with
 //! `cargo build --release --workspace --bins --examples &&
 //!  cargo bench -p mistify-agent --bench agent` (the bench runs no build of its own).
+//!
+//! `BENCH_AGENTS=label=PATH,label=PATH,…` compares agent binaries instead (e.g. builds
+//! with and without a shortcut): each round loads `metrics/cpu` through each of them in
+//! turn, then the sub-agent directly; it prints each one's throughput, latency, CPU per
+//! request and peak RSS, and its throughput relative to the first.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -327,17 +332,17 @@ fn config(dir: &Path, fake_port: u16) -> std::path::PathBuf {
 }
 
 fn start_agent(config: &Path, db: &Path) -> Daemon {
+    start_agent_binary(Path::new(env!("CARGO_BIN_EXE_mistify-agent")), config, db)
+}
+
+fn start_agent_binary(binary: &Path, config: &Path, db: &Path) -> Daemon {
     let port = free_port();
     let mut args = mistify_e2e::agent_args(config, db, port, "error");
     // `BENCH_AGENT_THREADS=N` measures the agent with `--worker-threads N`.
     if let Ok(n) = std::env::var("BENCH_AGENT_THREADS") {
         args.extend(["--worker-threads".to_string(), n]);
     }
-    Daemon::start(
-        &std::path::PathBuf::from(env!("CARGO_BIN_EXE_mistify-agent")),
-        &args,
-        port,
-    )
+    Daemon::start(binary, &args, port)
 }
 
 /// An agent whose store holds `n` guests (written as the agent writes them), and its
@@ -406,7 +411,118 @@ fn job_update(dir: &Path, kept: usize) -> Duration {
     start.elapsed() / rounds
 }
 
+/// `BENCH_AGENTS`: `metrics/cpu` through each agent binary in turn, then directly, for
+/// `rounds` rounds; figures per binary.
+fn compare(agents: &str, secs: f64, rounds: usize) {
+    let dir = std::env::temp_dir().join(format!("mistify-agent-compare-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let fake_port = free_port();
+    let fake = Daemon::start(
+        &example("test-rpc-service"),
+        &[
+            "--port".into(),
+            fake_port.to_string(),
+            "--log-level".into(),
+            "error".into(),
+        ],
+        fake_port,
+    );
+    let config = config(&dir, fake_port);
+    let variants: Vec<(String, Daemon)> = agents
+        .split(',')
+        .filter(|v| !v.is_empty())
+        .enumerate()
+        .map(|(i, v)| {
+            let (label, path) = v.split_once('=').expect("label=PATH");
+            let db = dir.join(format!("agent-{i}.redb"));
+            Store::open(&db, 1000)
+                .expect("store")
+                .put_guests(&(0..10).map(guest).collect::<Vec<_>>())
+                .wait()
+                .expect("guests");
+            let agent = start_agent_binary(Path::new(path), &config, &db);
+            (label.to_string(), agent)
+        })
+        .collect();
+    let gid = guest(0).id;
+    let direct_body = serde_json::json!({
+        "method": "Test.CPUMetrics", "id": 1,
+        "params": [{"guest": guest(0), "type": "cpu"}],
+    })
+    .to_string();
+    let direct_url = format!("http://127.0.0.1:{fake_port}/_mistify_RPC_");
+    // Per variant: samples, CPU ms of (load generator, agent, sub-agent), peak RSS.
+    let mut through: Vec<(Vec<Sample>, [f64; 3], u64)> =
+        variants.iter().map(|_| (Vec::new(), [0.0; 3], 0)).collect();
+    let mut direct = Vec::new();
+    for _ in 0..rounds {
+        for ((_, agent), acc) in variants.iter().zip(through.iter_mut()) {
+            let url = format!("{}/guests/{gid}/metrics/cpu", agent.url());
+            let pids = [std::process::id(), agent.pid(), fake.pid()];
+            let ((sample, peak), used) = cpu_during(&pids, || {
+                peak_rss_during(agent.pid(), || load("GET", &url, None, 32, secs))
+            });
+            acc.0.push(sample);
+            for (sum, ms) in acc.1.iter_mut().zip(used) {
+                *sum += ms;
+            }
+            acc.2 = acc.2.max(peak);
+        }
+        direct.push(load("POST", &direct_url, Some(&direct_body), 32, secs));
+    }
+    let direct = Figures::of(&direct.iter().collect::<Vec<_>>());
+    println!("metrics/cpu through each agent binary, {rounds} rounds of {secs} s, 32 connections");
+    println!();
+    println!(
+        "{:<28} {:>10} {:>8} {:>8} {:>8} {:>8} {:>12} {:>9} {:>7}",
+        "agent",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "vs first",
+        "agent µs/req",
+        "peak MiB",
+        "/direct"
+    );
+    let first = Figures::of(&through[0].0.iter().collect::<Vec<_>>()).rps;
+    for ((label, _), (samples, cpu, peak)) in variants.iter().zip(&through) {
+        let f = Figures::of(&samples.iter().collect::<Vec<_>>());
+        let requests: usize = samples.iter().map(|s| s.latencies.len()).sum();
+        println!(
+            "{label:<28} {:>10.0} {:>8.2} {:>8.2} {:>8} {:>8.3} {:>12.1} {:>9.1} {:>7.2}",
+            f.rps,
+            f.p50_ms,
+            f.p99_ms,
+            f.errors,
+            f.rps / first,
+            cpu[1] * 1000.0 / requests.max(1) as f64,
+            *peak as f64 / 1024.0,
+            f.rps / direct.rps
+        );
+    }
+    println!(
+        "{:<28} {:>10.0} {:>8.2} {:>8.2} {:>8}",
+        "Test.CPUMetrics directly", direct.rps, direct.p50_ms, direct.p99_ms, direct.errors
+    );
+    drop(variants);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    if let Ok(agents) = std::env::var("BENCH_AGENTS") {
+        let secs: f64 = std::env::var("BENCH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10.0);
+        return compare(&agents, secs, rounds);
+    }
     let secs: f64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -439,11 +555,6 @@ fn main() {
     })
     .to_string();
     let direct_url = format!("http://127.0.0.1:{fake_port}/_mistify_RPC_");
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3)
-        .max(1);
     let mut rss_load = 0;
     let mut pairs = Vec::new();
     // CPU ms used by the load generator (this process), the agent and the sub-agent,
