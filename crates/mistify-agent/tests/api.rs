@@ -343,10 +343,9 @@ async fn routing_details_metrics_and_openapi() {
     );
 }
 
-/// `GET /guests/{id}/metrics/{kind}` is answered in front of the router when its path
-/// needs no decoding. Each plain path here has an encoded twin that the router answers:
-/// both give the same status, body and headers, and `/metrics` counts them under the
-/// same route.
+/// `GET /guests/{id}/metrics/{kind}`, the agent's busiest route, answers a plain path and
+/// its percent-encoded twin alike: the same status, body and headers, and `/metrics`
+/// counts them under the same route.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_answer_alike_in_front_of_the_router_and_through_it() {
     let s = setup().await;
@@ -432,5 +431,55 @@ async fn metrics_answer_alike_in_front_of_the_router_and_through_it() {
     ] {
         let needle = format!("mistify_agent_http_requests_total{{{line}}} {count}\n");
         assert!(text.contains(&needle), "{needle} in\n{text}");
+    }
+}
+
+/// Asked with `Accept-Encoding: gzip`, the metrics route answers as every route does, as
+/// the Go agent did: gzip, `Vary: Accept-Encoding`, the same JSON once decoded; a small
+/// body too (Go compressed every reply). Without it, identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_gzipped_like_every_route() {
+    let s = setup().await;
+    let id = s.new_guest(Guest::default()).await.id;
+    let base = s.agent.url();
+    let http = reqwest::Client::new();
+    let get = |url: String, gzip: bool| {
+        let http = http.clone();
+        async move {
+            let mut request = http.get(url);
+            if gzip {
+                request = request.header("Accept-Encoding", "gzip");
+            }
+            let reply = request.send().await.unwrap();
+            let status = reply.status().as_u16();
+            let headers = reply.headers().clone();
+            (status, headers, reply.bytes().await.unwrap().to_vec())
+        }
+    };
+    for path in [
+        format!("{base}/guests/{id}/metrics/cpu"),
+        format!("{base}/guests/{id}/metrics/nic"),
+        format!("{base}/guests/{id}"),
+        // `null`: five bytes.
+        format!("{base}/guests/{id}/metadata"),
+        format!("{base}/guests/nope/metrics/cpu"),
+    ] {
+        let (plain_status, plain_headers, plain) = get(path.clone(), false).await;
+        let (status, headers, gzipped) = get(path.clone(), true).await;
+        assert_eq!(status, plain_status, "{path}");
+        assert!(plain_headers.get("content-encoding").is_none(), "{path}");
+        assert_eq!(headers["content-encoding"], "gzip", "{path}");
+        assert_eq!(headers["vary"], "Accept-Encoding", "{path}");
+        assert_eq!(
+            headers["content-type"], plain_headers["content-type"],
+            "{path}"
+        );
+        let mut decoded = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(&gzipped[..]),
+            &mut decoded,
+        )
+        .unwrap();
+        assert_eq!(decoded, plain, "{path}");
     }
 }

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use futures::FutureExt as _;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tower::Layer as _;
+use tower_http::compression::predicate::{NotForContentType, Predicate};
 use tower_http::compression::CompressionLayer;
 
 /// What the shared layers wrap and [`crate::serve`] serves: an axum `Router`,
@@ -62,11 +63,17 @@ pub fn with_common_layers<S: App>(router: S) -> Router {
 /// than a router: what [`crate::serve`] takes without the router's own work per
 /// request (a route lookup, a boxed service cloned and called).
 pub fn common_layers<S: App>(inner: S) -> impl App {
+    // Every reply when the client asks, whatever its size, as Go's handler compressed
+    // (the default predicate skips bodies under 32 bytes: a metrics answer, an error).
+    let compressible = NotForContentType::GRPC
+        .and(NotForContentType::IMAGES)
+        .and(NotForContentType::SSE);
     let compressed = CompressionLayer::new()
         .gzip(true)
         .no_br()
         .no_deflate()
         .no_zstd()
+        .compress_when(compressible)
         .layer(inner);
     Edge { inner: compressed }
 }

@@ -68,4 +68,12 @@ async fn gzip_only_when_asked_with_vary_spelt_as_go_did() {
     let (_, headers, body) = send(&app, "/big", false).await;
     assert!(headers.get(header::CONTENT_ENCODING).is_none());
     assert_eq!(body.len(), 4096);
+    // A small body is compressed too, as Go compressed every reply.
+    let (_, headers, body) = send(&app, "/ok", true).await;
+    assert_eq!(headers[header::CONTENT_ENCODING], "gzip");
+    assert_eq!(headers[header::VARY], "Accept-Encoding");
+    let mut plain = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain)
+        .expect("gzip");
+    assert_eq!(plain, "hello");
 }
