@@ -1,5 +1,5 @@
 //! The one error type of the store; its `Display` is the exact text an RPC reply carries
-//! (`spec/storage-subagent.md` §6).
+//! (the Go sub-agent's texts where it had them).
 
 use crate::zfs::ZfsError;
 
@@ -36,9 +36,29 @@ pub enum Error {
     Zfs(#[from] ZfsError),
     /// The embedded image store failed.
     #[error("image store: {0}")]
-    Store(String),
+    Store(#[from] RecordsError),
     #[error("{0}")]
-    Io(String),
+    Io(#[from] std::io::Error),
+    /// The pool or its datasets cannot serve as configured (not mounted, no zvols).
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Failures of the embedded store of image records, causes kept.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordsError {
+    #[error("{}: {source}", path.display())]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error(transparent)]
+    Database(#[from] redb::Error),
+    #[error("corrupt image record: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("the store's task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl Error {
@@ -54,29 +74,27 @@ impl Error {
     }
 }
 
-impl From<std::io::Error> for Error {
-    fn from(e: std::io::Error) -> Self {
-        Error::Io(e.to_string())
-    }
-}
-
-macro_rules! store_errors {
+macro_rules! records_errors {
     ($($t:ty),*) => {$(
         impl From<$t> for Error {
             fn from(e: $t) -> Self {
-                Error::Store(e.to_string())
+                Error::Store(RecordsError::Database(e.into()))
             }
         }
     )*};
 }
-store_errors!(
+records_errors!(
     redb::Error,
-    redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError,
-    serde_json::Error
+    redb::CommitError
 );
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Store(RecordsError::Corrupt(e))
+    }
+}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, RecordsError, Result};
 
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 
@@ -61,8 +61,12 @@ pub struct Records {
 impl Records {
     /// Opens (creating) the store at `path`.
     pub fn open(path: &Path) -> Result<Records> {
-        let db =
-            Database::create(path).map_err(|e| Error::Store(format!("{}: {e}", path.display())))?;
+        let db = Database::create(path).map_err(|source| {
+            Error::Store(RecordsError::Open {
+                path: path.to_path_buf(),
+                source,
+            })
+        })?;
         let txn = db.begin_write()?;
         txn.open_table(IMAGES)?;
         txn.commit()?;
@@ -121,7 +125,7 @@ impl Records {
         let me = self.clone();
         tokio::task::spawn_blocking(move || f(&me))
             .await
-            .map_err(|e| Error::Store(e.to_string()))?
+            .map_err(|e| Error::Store(RecordsError::Task(e)))?
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<ImageInfo>> {

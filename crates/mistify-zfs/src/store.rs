@@ -15,7 +15,7 @@ use mistify_rpc::{
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::Semaphore;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, RecordsError, Result};
 use crate::fetch::{self, Progress, Source};
 use crate::names;
 use crate::records::{
@@ -125,7 +125,7 @@ impl Store {
             return Err(Error::InvalidDataset);
         }
         if zfs.flavor() == Flavor::Fuse && cfg.disk_mode == DiskMode::Zvol {
-            return Err(Error::Io(
+            return Err(Error::Setup(
                 "zfs-fuse has no zvols: use --disk-mode file".into(),
             ));
         }
@@ -147,7 +147,7 @@ impl Store {
         }
         let mountpoint = images
             .and_then(|d| d.mountpoint)
-            .ok_or_else(|| Error::Io(format!("{}/images is not mounted", cfg.pool)))?;
+            .ok_or_else(|| Error::Setup(format!("{}/images is not mounted", cfg.pool)))?;
         let temp_dir = Path::new(&mountpoint).join(TEMP_DIR);
         tokio::fs::create_dir_all(&temp_dir).await?;
         let mut entries = tokio::fs::read_dir(&temp_dir).await?;
@@ -163,7 +163,7 @@ impl Store {
         let path = db_path.clone();
         let records = tokio::task::spawn_blocking(move || Records::open(&path))
             .await
-            .map_err(|e| Error::Store(e.to_string()))??;
+            .map_err(|e| Error::Store(RecordsError::Task(e)))??;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()
@@ -268,7 +268,7 @@ impl Store {
         let mp = ds
             .mountpoint
             .as_ref()
-            .ok_or_else(|| Error::Io(format!("{} is not mounted", ds.name)))?;
+            .ok_or_else(|| Error::Setup(format!("{} is not mounted", ds.name)))?;
         Ok(Path::new(mp).join(DISK_FILE))
     }
 
@@ -413,7 +413,7 @@ impl Store {
         let existing = self
             .inflight
             .lock()
-            .map_err(|_| Error::Store("lock poisoned".into()))?
+            .unwrap_or_else(|e| e.into_inner())
             .get(id)
             .map(|f| f.done.clone());
         if let Some(done) = existing {
@@ -438,10 +438,8 @@ impl Store {
         .boxed()
         .shared();
         {
-            let mut map = self
-                .inflight
-                .lock()
-                .map_err(|_| Error::Store("lock poisoned".into()))?;
+            // A map of plain data: a panic elsewhere cannot leave it inconsistent.
+            let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(other) = map.get(id) {
                 // Lost a race with another request: use its fetch (ours never starts).
                 return Ok(other.done.clone());
