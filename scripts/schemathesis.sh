@@ -92,9 +92,10 @@ for action in unserved:
 json.dump(config, sys.stdout)
 PY
 
-"$fake_bin" --port "$fake_port" --log-level warn >"$dir/test-rpc-service.log" 2>&1 &
+# A panic's message, not its backtrace, goes to the logs printed on failure.
+RUST_BACKTRACE=0 "$fake_bin" --port "$fake_port" --log-level warn >"$dir/test-rpc-service.log" 2>&1 &
 pids+=($!)
-"$agent_bin" -a "127.0.0.1:$agent_port" -c "$dir/agent.json" --db-path "$dir/agent.redb" \
+RUST_BACKTRACE=0 "$agent_bin" -a "127.0.0.1:$agent_port" -c "$dir/agent.json" --db-path "$dir/agent.redb" \
   --log-level warn >"$dir/mistify-agent.log" 2>&1 &
 pids+=($!)
 

@@ -949,7 +949,8 @@ impl Client {
                 let item = rest.next().await?;
                 let failed = item.is_err();
                 Some((item, (rest, failed)))
-            });
+            })
+            .fuse();
         Ok(DownloadStream {
             job_id,
             content_length,

@@ -552,7 +552,8 @@ impl Service {
                 }),
             }
         });
-        // The first failure ends the body (an idle source is not polled again).
+        // The first failure ends the body (an idle source is not polled again); fused: it
+        // stays ended when polled again.
         let body =
             futures::stream::unfold((Box::pin(body), false), |(mut rest, failed)| async move {
                 if failed {
@@ -561,7 +562,8 @@ impl Service {
                 let item = rest.next().await?;
                 let failed = item.is_err();
                 Some((item, (rest, failed)))
-            });
+            })
+            .fuse();
         Ok(RawStream {
             status,
             headers,

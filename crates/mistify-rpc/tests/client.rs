@@ -374,6 +374,14 @@ async fn stream_calls_pass_status_and_bytes_through() {
     assert!(matches!(err, RpcError::Timeout { .. }), "{err:?}");
     assert!(start.elapsed() < idle + Duration::from_secs(2));
     assert!(stream.body.next().await.is_none());
+    // Ended means ended, however often it is polled (an HTTP body may poll once more).
+    assert!(stream.body.next().await.is_none());
+    let mut done = dl
+        .stream(&serde_json::json!({"id": "guests/g@s"}))
+        .await
+        .unwrap();
+    while done.body.next().await.is_some() {}
+    assert!(done.body.next().await.is_none());
 }
 
 #[tokio::test]
