@@ -31,8 +31,8 @@ struct Flags {
     /// Store file; overrides the config's `dbpath` (default /var/lib/mistify/agent.redb).
     #[arg(long)]
     db_path: Option<PathBuf>,
-    /// json or pretty.
-    #[arg(long, default_value = "json")]
+    /// Log format: pretty (human lines, the default) or json (one object per line).
+    #[arg(long, default_value = "pretty")]
     log_format: LogFormat,
     /// Validate the configuration and exit.
     #[arg(long)]

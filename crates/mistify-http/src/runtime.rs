@@ -31,10 +31,11 @@ pub async fn shutdown_signal() {
 /// Log output format of the daemons.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LogFormat {
-    /// One JSON object per line (the Go daemons logged JSON).
-    #[default]
+    /// One JSON object per line (what the Go daemons wrote), for log shippers.
     Json,
-    /// Human-readable lines.
+    /// Human-readable lines (the default; coloured only on a terminal): what an operator
+    /// reads on a terminal and in the supervisor's log view.
+    #[default]
     Pretty,
 }
 
@@ -63,7 +64,9 @@ pub fn init_tracing(level: &str, format: LogFormat) -> Result<(), String> {
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Json => builder.json().try_init(),
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Pretty => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
     };
     result.map_err(|e| format!("cannot install the log subscriber: {e}"))
 }

@@ -21,6 +21,9 @@ pub struct Flags {
     /// Log level: debug, info, warning, error, critical or fatal.
     #[arg(short = 'l', long = "log-level", default_value = "warning")]
     pub log_level: String,
+    /// Log format: pretty (human lines, the default) or json (one object per line).
+    #[arg(long = "log-format", default_value = "pretty")]
+    pub log_format: mistify_http::LogFormat,
     /// libvirt connection URI.
     #[arg(long, default_value = "qemu:///system")]
     pub uri: String,
@@ -64,7 +67,7 @@ impl Flags {
 
 /// Sets up logging and serves until SIGTERM or Ctrl-C.
 pub async fn run(flags: Flags) -> std::io::Result<()> {
-    mistify_http::init_tracing(tracing_level(&flags.log_level), Default::default())
+    mistify_http::init_tracing(tracing_level(&flags.log_level), flags.log_format)
         .map_err(std::io::Error::other)?;
     tracing::info!(uri = %flags.uri, port = flags.port, mode = %flags.network_mode, "starting");
     let mut rpc = server(flags.libvirt());

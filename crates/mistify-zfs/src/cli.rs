@@ -28,8 +28,8 @@ pub struct Flags {
     /// debug, info, warning, error, critical, fatal (or a tracing filter).
     #[arg(short, long, default_value = "warning")]
     pub log_level: String,
-    /// Log format: json or pretty.
-    #[arg(long, default_value = "json")]
+    /// Log format: pretty (human lines, the default) or json (one object per line).
+    #[arg(long, default_value = "pretty")]
     pub log_format: LogFormat,
     /// How guest disks are made: zvol (a zvol each) or file (a filesystem holding a
     /// sparse raw `disk.img` each).
