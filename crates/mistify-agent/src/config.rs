@@ -294,6 +294,17 @@ impl Config {
         }
     }
 
+    /// The services that a stage of a guest action calls (create, delete, start, …,
+    /// status, and their container variants): without them the agent cannot serve
+    /// guests.
+    pub fn guest_action_services(&self) -> std::collections::BTreeSet<&str> {
+        self.actions
+            .iter()
+            .filter(|(action, _)| action.verb().is_guest_action())
+            .flat_map(|(_, def)| def.stages.iter().map(|stage| stage.service.as_str()))
+            .collect()
+    }
+
     /// The stages of `action`, when it is configured.
     pub fn action(&self, action: Action) -> Option<&ActionDef> {
         self.actions.get(&action)

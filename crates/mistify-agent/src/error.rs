@@ -15,12 +15,19 @@ pub enum AgentError {
     /// Unknown guest, job, image or snapshot (`not found`, as the original said).
     #[error("not found")]
     NotFound,
+    /// Something the request names is not there, and the text says what (ours: the
+    /// original had no such answers).
+    #[error("{0}")]
+    NotFoundWhy(String),
     /// The request is malformed or its input unsafe; nothing was changed.
     #[error("{0}")]
     BadRequest(String),
     /// The action (the variant for the guest's or image's type) is not configured.
     #[error("{0}: Not configured")]
     NotConfigured(Action),
+    /// No route has this path.
+    #[error("404 page not found")]
+    NoRoute,
     /// The route exists but not this action word.
     #[error("unknown action {0:?}")]
     UnknownAction(String),
@@ -59,9 +66,11 @@ pub enum AgentError {
 impl AgentError {
     pub fn status(&self) -> StatusCode {
         match self {
-            AgentError::NotFound | AgentError::NotConfigured(_) | AgentError::UnknownAction(_) => {
-                StatusCode::NOT_FOUND
-            }
+            AgentError::NotFound
+            | AgentError::NotFoundWhy(_)
+            | AgentError::NoRoute
+            | AgentError::NotConfigured(_)
+            | AgentError::UnknownAction(_) => StatusCode::NOT_FOUND,
             AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AgentError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AgentError::Conflict(_) => StatusCode::CONFLICT,

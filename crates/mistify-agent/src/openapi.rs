@@ -227,9 +227,11 @@ fn schemas() -> Value {
             "tx_bytes", "tx_packets", "tx_errors", "tx_drops"], "properties": {
             "name": string, "rx_bytes": int, "rx_packets": int, "rx_errors": int, "rx_drops": int,
             "tx_bytes": int, "tx_packets": int, "tx_errors": int, "tx_drops": int}},
-        "Health": {"type": "object", "required": ["status", "version", "services"], "properties": {
+        "Health": {"type": "object", "required": ["status", "version", "serves_guests", "unreachable", "services"], "properties": {
             "status": {"type": "string", "enum": ["ok", "degraded"]}, "version": string,
             "draining": {"type": "boolean"}, "guests": int,
+            "serves_guests": {"type": "boolean"},
+            "unreachable": {"type": "array", "items": string},
             "services": {"type": "object", "additionalProperties": {"type": "object"}}}}
     })
 }
@@ -251,7 +253,31 @@ fn with_inputs(mut schemas: Value) -> Value {
     schemas["NicInput"]["properties"]["vlans"]["items"] =
         json!({"type": "integer", "minimum": i64::MIN, "maximum": i64::MAX});
     schemas["DiskInput"]["properties"]["size"] = u64_range;
+    // What a create needs: a virtual machine memory and CPUs; a container its type.
+    schemas["GuestCreate"] = json!({"anyOf": [
+        {"allOf": [r("GuestInput"), {"type": "object", "required": ["memory", "cpu"], "properties": {
+            "memory": {"type": "integer", "minimum": 1, "maximum": u64::MAX},
+            "cpu": {"type": "integer", "minimum": 1, "maximum": u32::MAX}}}]},
+        {"allOf": [r("GuestInput"), {"type": "object", "required": ["type"], "properties": {
+            "type": {"type": "string", "enum": ["container"]}}}]},
+    ]});
     schemas
+}
+
+/// `?fieldValidation=`: what unknown keys of the body do.
+fn field_validation() -> Value {
+    param_with(
+        "fieldValidation",
+        "query",
+        "unknown body keys: Warn (default: accepted, a Warning header each), Strict (400), Ignore",
+        json!({"type": "string", "enum": ["Warn", "Strict", "Ignore", "warn", "strict", "ignore"]}),
+    )
+}
+
+/// `params` and one more.
+fn with(mut params: Vec<Value>, one: Value) -> Vec<Value> {
+    params.push(one);
+    params
 }
 
 /// A snapshot route: the guest, the disk (if `disk`), the name (if `named`).
@@ -274,7 +300,7 @@ fn snapshot_paths(paths: &mut serde_json::Map<String, Value>, prefix: &str, disk
         "get": op("List snapshots (Info listSnapshots)", p.clone(), None, calls_subagent(json!({
             "200": {"description": "snapshots", "headers": job_header(), "content": json_content(list.clone())},
             "404": error("unknown guest or not configured")}))),
-        "post": op("Create a snapshot (Async createSnapshot)", p, Some(r("SnapshotRequest")), json!({
+        "post": op("Create a snapshot (Async createSnapshot)", with(p, field_validation()), Some(r("SnapshotRequest")), json!({
             "202": accepted(json!({"nullable": true})), "400": error("an unsafe id, a bad body or name"),
             "404": error("unknown guest or not configured")}))
     }));
@@ -286,7 +312,7 @@ fn snapshot_paths(paths: &mut serde_json::Map<String, Value>, prefix: &str, disk
             "202": accepted(json!({"nullable": true})), "404": error("unknown guest or not configured")}))
     }));
     paths.insert(format!("{prefix}/snapshots/{{name}}/rollback"), json!({
-        "post": op("Roll back to a snapshot (Async rollbackSnapshot)", pn.clone(), Some(r("SnapshotRequest")), json!({
+        "post": op("Roll back to a snapshot (Async rollbackSnapshot)", with(pn.clone(), field_validation()), Some(r("SnapshotRequest")), json!({
             "202": accepted(json!({"nullable": true})), "404": error("unknown guest or not configured")}))
     }));
     // The storage sub-agent's failures are passed on as text with its status (see
@@ -467,7 +493,7 @@ pub fn document() -> Value {
         param_with(
             "limit",
             "query",
-            "how many jobs, newest first (default 1000; text that is not digits means the default)",
+            "how many jobs, newest first (default 1000; anything but a whole number is 400)",
             json!({"type": "integer", "minimum": 0, "maximum": u64::MAX}),
         )
     };
@@ -480,7 +506,7 @@ pub fn document() -> Value {
     paths.insert("/images".into(), json!({
         "get": op("List images of every back-end (or of ?type=)", vec![param("type", "query", "letters, e.g. container; anything else is ignored")], None,
             calls_subagent(json!({"200": ok("images", nullable(array(r("Image"))))}))),
-        "post": op_body_required("Fetch an image (Async fetchImage)", vec![], r("ImageFetch"), json!({
+        "post": op_body_required("Fetch an image (Async fetchImage)", vec![field_validation()], r("ImageFetch"), json!({
             "202": accepted(r("ImageResponse")), "400": error("a bad body, a missing or unsafe id"),
             "404": error("not configured (an unknown type)")}))
     }));
@@ -492,7 +518,7 @@ pub fn document() -> Value {
     }));
     paths.insert("/jobs".into(), json!({
         "get": op("Newest jobs first", vec![limit()], None, json!({"200": ok("jobs", array(r("Job"))),
-            "400": error("a limit of digits too large")}))
+            "400": error("a limit that is not a whole number")}))
     }));
     paths.insert("/jobs/{job}".into(), json!({
         "get": op("One job; ?wait=SECONDS waits until it is done",
@@ -505,9 +531,11 @@ pub fn document() -> Value {
     }));
     paths.insert("/guests".into(), json!({
         "get": op("Every guest", vec![], None, json!({"200": ok("guests", nullable(array(r("Guest"))))})),
-        "post": op("Create a guest (Async create)", vec![], Some(r("GuestInput")), json!({
-            "202": accepted(r("Guest")), "400": error("a bad body, or an id that is not a UUID"),
-            "404": error("not configured (an unknown type)"), "409": error("the id exists")}))
+        "post": op_body_required("Create a guest (Async create)", vec![field_validation()], r("GuestCreate"), calls_subagent(json!({
+            "202": accepted(r("Guest")),
+            "400": error("a bad body (no memory or CPU for a virtual machine, an unknown key with fieldValidation=Strict), an id that is not a UUID, or a disk image the hypervisor does not have"),
+            "404": error("not configured (an unknown type)"),
+            "409": error("the id exists, or a disk image is not ready")})))
     }));
     paths.insert(
         "/guests/{id}".into(),
@@ -526,7 +554,7 @@ pub fn document() -> Value {
     }));
     paths.insert("/guests/{id}/jobs".into(), json!({
         "get": op("The guest's newest jobs (none for an unknown guest)", vec![id(), limit()], None,
-            json!({"200": ok("jobs", array(r("Job"))), "400": error("an unsafe id, or a limit of digits too large")}))
+            json!({"200": ok("jobs", array(r("Job"))), "400": error("an unsafe id, or a limit that is not a whole number")}))
     }));
     paths.insert(
         "/guests/{id}/jobs/{job}".into(),
@@ -564,7 +592,10 @@ pub fn document() -> Value {
         "/healthz".into(),
         json!({
             "get": op("Health and sub-agent reachability (open without a token)", vec![], None,
-                json!({"200": ok("health", r("Health"))}))
+                json!({
+                    "200": ok("health: every sub-agent that serves guests answers", r("Health")),
+                    "503": ok("health: a sub-agent that serves guests does not answer", r("Health")),
+                }))
         }),
     );
     paths.insert("/metrics".into(), json!({

@@ -49,12 +49,47 @@ pub fn pipeline_id() -> String {
 }
 
 /// Where a snapshot request points: a guest (recursively, every disk) or one of its
-/// disks, and optionally one snapshot by name.
+/// disks (by its place in the guest's `disks`), and optionally one snapshot by name.
 #[derive(Debug, Clone)]
 pub struct SnapshotTarget {
     pub guest: Id,
-    pub disk: Option<Id>,
+    pub disk: Option<usize>,
     pub name: Option<Id>,
+}
+
+/// The place in `guest`'s disks that `selector` names: its index (`0`), its dataset
+/// name (`disk-0`) or its device as `guests get` shows it (`vda`); 404 naming the
+/// guest's disks otherwise.
+pub fn disk_index(guest: &Guest, selector: &str) -> Result<usize, AgentError> {
+    let number = selector.strip_prefix("disk-").unwrap_or(selector);
+    let by_number = number
+        .parse::<usize>()
+        .ok()
+        .filter(|_| number.bytes().all(|b| b.is_ascii_digit()));
+    let found = match by_number {
+        Some(i) => (i < guest.disks.len()).then_some(i),
+        None => guest.disks.iter().position(|d| d.device == selector),
+    };
+    found.ok_or_else(|| {
+        let disks: Vec<String> = guest
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match d.device.as_str() {
+                "" => i.to_string(),
+                device => format!("{i} ({device})"),
+            })
+            .collect();
+        AgentError::NotFoundWhy(if disks.is_empty() {
+            format!("guest {} has no disk", guest.id)
+        } else {
+            format!(
+                "guest {} has no disk {selector:?}; its disks: {}",
+                guest.id,
+                disks.join(", ")
+            )
+        })
+    })
 }
 
 impl SnapshotTarget {
@@ -150,6 +185,7 @@ impl Agent {
             Some(_) => return Err(conflict()),
             None => false,
         };
+        self.check_create(&guest).await?;
         // The runner exists before the guest is visible.
         self.ensure_runner(&guest.id);
         // A new id is inserted only if still free: two creates racing for it get one 202
@@ -168,6 +204,53 @@ impl Agent {
         };
         let job = self.submit(&guest.id, work).await?;
         Ok(Accepted { job, body: guest })
+    }
+
+    /// What makes a create fail for sure, refused before a job exists: a virtual machine
+    /// without memory or CPU, a disk image the storage sub-agent does not have (or has
+    /// not finished fetching), a storage sub-agent that does not answer.
+    async fn check_create(&self, guest: &Guest) -> Result<(), AgentError> {
+        let container = guest.kind == "container";
+        if !container && guest.memory == 0 {
+            return Err(AgentError::BadRequest(
+                "memory: a guest needs memory (MB, more than 0)".into(),
+            ));
+        }
+        if !container && guest.cpu == 0 {
+            return Err(AgentError::BadRequest(
+                "cpu: a guest needs at least one CPU".into(),
+            ));
+        }
+        // Disk images are fetched before use (`POST /images`); a container sub-agent pulls
+        // its images itself, as the Go one did: only disk images are checked.
+        if container || self.config.action(Action::plain(Verb::GetImage)).is_none() {
+            return Ok(());
+        }
+        let images = guest
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("disks[{i}].image"), d.image.as_str()));
+        for (field, image) in images.filter(|(_, i)| !i.is_empty()) {
+            let id = Id::parse("image id", image)
+                .map_err(|e| AgentError::BadRequest(format!("{field}: {e}")))?;
+            match self.image(&id, Some("")).await {
+                Ok(found) if found.status.is_empty() || found.status == "complete" => {}
+                Ok(found) => {
+                    return Err(AgentError::Conflict(format!(
+                        "{field}: image {image} is not ready ({})",
+                        found.status
+                    )))
+                }
+                Err(AgentError::NotFound) => {
+                    return Err(AgentError::BadRequest(format!(
+                        "{field}: no image {image} on this hypervisor (fetch it with POST /images)"
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// The create-retry rule: the guest is still in `create` and its own latest job is a

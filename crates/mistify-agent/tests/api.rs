@@ -198,11 +198,45 @@ async fn nics_without_mac_get_a_derived_one_and_metadata_works_without_a_map() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_requests_name_the_right_entity() {
     let s = setup().await;
-    let id = s.new_guest(Guest::default()).await.id;
+    let disk = |device: &str| mistify_client::Disk {
+        device: device.into(),
+        ..Default::default()
+    };
+    let guest = Guest {
+        disks: vec![disk("vda"), disk("vdb")],
+        ..Guest::default()
+    };
+    let id = s.new_guest(guest).await.id;
     let base = s.agent.url();
+    // A disk by its device, its index or its dataset name; an unknown one is 404 naming
+    // the guest's disks, before any job.
+    for (selector, status) in [
+        ("vdb", 202),
+        ("1", 202),
+        ("disk-1", 202),
+        ("vdc", 404),
+        ("2", 404),
+        ("disk-9", 404),
+    ] {
+        let (got, _, text) = raw(
+            "GET",
+            &format!("{base}/guests/{id}/disks/{selector}/snapshots"),
+            None,
+        )
+        .await;
+        let want = if status == 202 { 200 } else { 404 };
+        assert_eq!(got, want, "{selector}: {text}");
+        if want == 404 {
+            assert!(
+                text.contains("its disks: 0 (vda), 1 (vdb)"),
+                "{selector}: {text}"
+            );
+        }
+    }
+    let before = s.control.snapshot_requests.lock().unwrap().len();
     let (status, headers, _) = raw(
         "POST",
-        &format!("{base}/guests/{id}/disks/vda/snapshots"),
+        &format!("{base}/guests/{id}/disks/vdb/snapshots"),
         Some(""),
     )
     .await;
@@ -228,8 +262,8 @@ async fn snapshot_requests_name_the_right_entity() {
     .await;
     assert_eq!(status, 200, "{body}");
     let requests = s.control.snapshot_requests.lock().unwrap().clone();
-    let create = &requests[0];
-    assert_eq!(create.id, format!("guests/{id}/disk-vda"));
+    let create = &requests[before];
+    assert_eq!(create.id, format!("guests/{id}/disk-1"));
     assert!(!create.recursive);
     assert!(
         create.dest.starts_with("snap-") && create.dest[5..].bytes().all(|b| b.is_ascii_digit()),

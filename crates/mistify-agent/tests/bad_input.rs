@@ -4,7 +4,7 @@
 mod common;
 
 use common::{agent, fake, raw, wait_done, TempDir};
-use mistify_client::{Client, Guest, GuestAction, JobStatus};
+use mistify_client::{Client, Guest, JobStatus};
 use serde_json::Value;
 
 async fn new_guest(s: &common::Setup) -> String {
@@ -140,14 +140,27 @@ async fn unknown_things_are_404() {
         assert_eq!(status, 404, "{method} {path}: {text}");
         assert!(message(&text).contains(expected), "{path}: {text}");
     }
-    // Plain-text 404 for paths no route knows, and the profiling routes.
+    // The JSON error body for paths no route knows, and the profiling routes.
     for path in ["/nothing", "/debug/pprof/", "/debug/pprof/heap"] {
-        let (status, _, text) = raw("GET", &format!("{base}{path}"), None).await;
+        let (status, headers, text) = raw("GET", &format!("{base}{path}"), None).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(headers["content-type"], "application/json", "{path}");
         assert_eq!(
-            (status, text.as_str()),
-            (404, "404 page not found\n"),
+            serde_json::from_str::<Value>(&text).unwrap(),
+            serde_json::json!({"message": "404 page not found", "code": 404, "stack": []}),
             "{path}"
         );
+    }
+    // Query parameters are validated alike: a limit or a wait that is not a number.
+    for (path, what) in [
+        ("/jobs?limit=abc", "invalid limit"),
+        ("/jobs?limit=-1", "invalid limit"),
+        ("/jobs?limit=", "invalid limit"),
+        ("/jobs/j1?wait=abc", "invalid wait"),
+    ] {
+        let (status, _, text) = raw("GET", &format!("{base}{path}"), None).await;
+        assert_eq!(status, 400, "{path}: {text}");
+        assert!(message(&text).contains(what), "{path}: {text}");
     }
 }
 
@@ -170,7 +183,10 @@ async fn a_sub_agent_that_is_down_is_502_and_fails_the_job_with_the_reason() {
     let config = fake::config(dead_port, &[]);
     let agent = agent(&config, dir.path(), &dir.path().join("agent.redb"), &[]);
     let client = Client::new(&agent.url()).unwrap();
-    let accepted = client.create_guest(&Guest::default()).await.unwrap();
+    let accepted = client
+        .create_guest(&common::sized(Guest::default()))
+        .await
+        .unwrap();
     let job = wait_done(&client, accepted.job_id.as_deref().unwrap()).await;
     assert_eq!(job.status, JobStatus::Error);
     assert!(
@@ -188,195 +204,152 @@ async fn a_sub_agent_that_is_down_is_502_and_fails_the_job_with_the_reason() {
     assert_eq!(status, 502, "{text}");
     assert!(message(&text).contains("\"fake\""), "{text}");
     assert!(headers.contains_key("x-guest-job-id"));
-    // The agent itself is fine and says which service is unreachable.
+    // The agent itself answers, says which service is unreachable, and 503: the fake
+    // serves guest actions.
+    let (status, _, text) = raw("GET", &format!("{}/healthz", agent.url()), None).await;
+    assert_eq!(status, 503, "{text}");
     let health = client.healthz().await.unwrap();
     assert_eq!(health["status"], "degraded");
+    assert_eq!(health["serves_guests"], false);
+    assert_eq!(health["unreachable"], serde_json::json!(["fake"]));
     assert_eq!(health["services"]["fake"]["reachable"], false);
 }
 
+/// A sub-agent that accepts connections but answers nothing (stopped with SIGSTOP) is
+/// `degraded`, named, within the probe timeout; answering again, `ok`. The sub-agent is
+/// `test-rpc-service`, a process of its own (the in-process fake cannot be stopped).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_is_503_with_retry_after() {
-    let s = common::setup("bad-input", &[]).await;
-    let id = new_guest(&s).await;
-    s.control.close_gate();
-    // One job runs (held at the gate), 100 wait: the next is refused.
-    let mut last = String::new();
-    for _ in 0..101 {
-        let a = s
-            .client
-            .guest_action(&id, GuestAction::Reboot)
-            .await
-            .unwrap();
-        last = a.job_id.unwrap();
-    }
-    // Give the worker a moment to take the first job out of the queue if it had not yet.
-    let (mut status, mut headers, mut text) = (0, Default::default(), String::new());
-    for _ in 0..50 {
-        (status, headers, text) = raw(
-            "POST",
-            &format!("{}/guests/{id}/reboot", s.agent.url()),
-            None,
-        )
-        .await;
-        if status == 503 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(status, 503, "{text}");
-    assert!(headers.contains_key("retry-after"));
-    assert!(message(&text).contains("full"));
-    s.control.open_gate();
-    assert_eq!(
-        wait_done(&s.client, &last).await.status,
-        JobStatus::Complete
+async fn a_frozen_sub_agent_is_degraded_within_the_probe_timeout() {
+    let dir = TempDir::new("frozen");
+    let port = mistify_e2e::free_port();
+    let sub = mistify_e2e::Daemon::start(
+        &mistify_e2e::example("test-rpc-service"),
+        &["--port".into(), port.to_string()],
+        port,
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_and_guestless_stages_fail_the_job_not_the_agent() {
-    let s = common::setup(
-        "bad-input",
-        &[
-            ("reboot", "fail", "the disk is on fire"),
-            ("restart", "null_guest", "1"),
-        ],
-    )
-    .await;
-    let id = new_guest(&s).await;
-    let a = s
-        .client
-        .guest_action(&id, GuestAction::Reboot)
-        .await
-        .unwrap();
-    let job = wait_done(&s.client, a.job_id.as_deref().unwrap()).await;
-    assert_eq!(
-        (job.status, job.message.as_str()),
-        (JobStatus::Error, "the disk is on fire")
-    );
-    let a = s
-        .client
-        .guest_action(&id, GuestAction::Restart)
-        .await
-        .unwrap();
-    let job = wait_done(&s.client, a.job_id.as_deref().unwrap()).await;
-    assert_eq!(job.status, JobStatus::Error);
-    assert!(job.message.contains("returned no guest"), "{}", job.message);
-    // Still serving, guest unchanged.
-    assert_eq!(s.client.get_guest(&id).await.unwrap().memory, 256);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_creates_of_one_id_make_one_guest() {
-    let s = common::setup("bad-input", &[]).await;
-    let guest = Guest {
-        id: "4b7e8c2a-1d3f-4a5b-9c6d-7e8f9a0b1c2d".into(),
-        memory: 128,
-        ..Guest::default()
-    };
-    let creates = (0..8).map(|_| s.client.create_guest(&guest));
-    let outcomes = futures::future::join_all(creates).await;
-    let accepted: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
-    assert_eq!(accepted.len(), 1, "{outcomes:?}");
-    assert!(outcomes
-        .iter()
-        .filter_map(|o| o.as_ref().err())
-        .all(|e| e.status() == Some(409)));
-    wait_done(&s.client, accepted[0].job_id.as_deref().unwrap()).await;
-    assert_eq!(s.control.count("Fake.Create"), 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_limits_from_flags_431_408_and_503_when_too_many_in_flight() {
-    use tokio::io::AsyncWriteExt;
-    let dir = TempDir::new("limits");
-    let control = fake::Control::default();
-    let fake = fake::start(control.clone()).await;
-    let config = fake::config(fake.addr().port(), &[]);
-    let agent = agent(
-        &config,
-        dir.path(),
-        &dir.path().join("agent.redb"),
-        &[
-            "--max-in-flight",
-            "1",
-            "--body-timeout",
-            "1",
-            "--max-header-bytes",
-            "4096",
-            // One runtime thread serves everything, sheds load and runs the pipeline.
-            "--worker-threads",
-            "1",
-        ],
-    );
+    let config = mistify_e2e::agent_test_rpc_config(port);
+    let agent = agent(&config, dir.path(), &dir.path().join("agent.redb"), &[]);
     let base = agent.url();
-    let client = Client::new(&base).expect("client");
-    let (_, headers, _) = raw("POST", &format!("{base}/guests"), Some("{}")).await;
-    let job = headers["x-guest-job-id"].to_str().unwrap().to_string();
-    assert_eq!(wait_done(&client, &job).await.status, JobStatus::Complete);
-    let id = client.list_guests().await.unwrap()[0].id.clone();
-
-    // One request in flight (held at the sub-agent): the next one is shed.
-    control.close_gate();
-    let refresh = format!("{base}/guests/{id}?refresh=true");
-    let held = tokio::spawn(async move { raw("GET", &refresh, None).await });
-    while control.count("Fake.Status") == 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let (status, _, text) = raw("GET", &format!("{base}/healthz"), None).await;
+    assert_eq!(status, 200, "{text}");
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &sub.pid().to_string()])
+            .status()
+            .is_ok_and(|st| st.success());
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    let started = std::time::Instant::now();
+    let (status, _, text) = raw("GET", &format!("{base}/healthz"), None).await;
+    let took = started.elapsed();
+    signal("-CONT");
+    assert_eq!(status, 503, "{text}");
+    let health: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(health["status"], "degraded", "{text}");
+    assert_eq!(health["serves_guests"], false, "{text}");
+    let unreachable = health["unreachable"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!unreachable.is_empty(), "{text}");
+    for name in &unreachable {
+        let name = name.as_str().unwrap_or_default();
+        assert_eq!(health["services"][name]["reachable"], false, "{text}");
+        assert!(
+            health["services"][name]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("timed out")),
+            "{text}"
+        );
     }
-    let (status, headers, body) = raw("GET", &format!("{base}/guests"), None).await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(headers["retry-after"], "1");
     assert!(
-        message(&body).contains("too many requests in flight"),
-        "{body}"
+        took < mistify_agent::api::PROBE_TIMEOUT + std::time::Duration::from_secs(1),
+        "answered after {took:?}"
     );
-    control.open_gate();
-    assert_eq!(held.await.unwrap().0, 200);
-    let (status, _, _) = raw("GET", &format!("{base}/guests"), None).await;
-    assert_eq!(status, 200);
-
-    // A head over --max-header-bytes.
-    let addr = base.trim_start_matches("http://").to_string();
-    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let big = format!(
-        "GET /guests HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(5000)
-    );
-    let _ = conn.write_all(big.as_bytes()).await;
-    let reply = mistify_e2e::read_until_closed(&mut conn).await;
-    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
-
-    // A body that stops arriving: 408 with the JSON error, nothing created.
-    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    conn.write_all(
-        b"POST /guests HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"memory\":",
-    )
-    .await
-    .unwrap();
-    let reply = mistify_e2e::read_until_closed(&mut conn).await;
-    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
-    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
-    assert_eq!(message(body), "the request body stopped arriving");
-    assert_eq!(client.list_guests().await.unwrap().len(), 1);
+    let (status, _, text) = raw("GET", &format!("{base}/healthz"), None).await;
+    assert_eq!(status, 200, "{text}");
 }
 
-#[test]
-fn out_of_range_limits_are_refused() {
-    for (flag, value) in [
-        ("--max-in-flight", "0"),
-        ("--body-timeout", "0"),
-        ("--header-timeout", "0"),
-        ("--max-header-bytes", "10"),
-        ("--worker-threads", "1025"),
+/// A create that cannot succeed is refused before a job exists, with a 4xx naming the
+/// field; unknown keys are accepted with a `Warning` each (Kubernetes' field validation),
+/// refused under `?fieldValidation=Strict`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_creates_are_refused_before_any_job() {
+    let s = common::setup("bad-input", &[]).await;
+    let url = format!("{}/guests", s.agent.url());
+    for (query, body, status, says) in [
+        ("", "{}", 400, "memory"),
+        ("", r#"{"memory": 256}"#, 400, "cpu"),
+        (
+            "",
+            r#"{"memory": 256, "cpu": 1, "disks": [{"image": "nope"}]}"#,
+            400,
+            "disks[0].image: no image nope",
+        ),
+        (
+            "",
+            r#"{"memory": 256, "cpu": 1, "disks": [{"size": 8}, {"image": "img-pending"}]}"#,
+            409,
+            "disks[1].image: image img-pending is not ready",
+        ),
+        (
+            "?fieldValidation=Strict",
+            r#"{"memory": 256, "cpu": 1, "memroy": 512}"#,
+            400,
+            "unknown field \"memroy\"",
+        ),
+        (
+            "?fieldValidation=Strict",
+            r#"{"memory": 256, "cpu": 1, "nics": [{"netwrok": "br0"}]}"#,
+            400,
+            "\"nics.0.netwrok\"",
+        ),
+        (
+            "?fieldValidation=Bogus",
+            r#"{"memory": 256, "cpu": 1}"#,
+            400,
+            "invalid fieldValidation",
+        ),
     ] {
-        let out = std::process::Command::new(std::path::PathBuf::from(env!(
-            "CARGO_BIN_EXE_mistify-agent"
-        )))
-        .args(["-c", "/nonexistent.json", flag, value, "--check-config"])
-        .output()
-        .expect("run");
-        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(flag), "{flag}: {stderr}");
+        let (got, _, text) = raw("POST", &format!("{url}{query}"), Some(body)).await;
+        assert_eq!(got, status, "{body}: {text}");
+        assert!(message(&text).contains(says), "{body}: {text}");
     }
+    assert_eq!(
+        s.control.count("Fake.Create"),
+        0,
+        "no create reached the sub-agent"
+    );
+    assert!(
+        s.client.list_jobs(None).await.unwrap().is_empty(),
+        "no job was logged"
+    );
+    assert!(
+        s.client.list_guests().await.unwrap().is_empty(),
+        "no guest was stored"
+    );
+
+    // Warn (the default): accepted, one Warning per unknown key; Ignore: no Warning.
+    let body =
+        r#"{"memory": 256, "cpu": 1, "disks": [{"image": "img-ok", "szie": 1}], "memroy": 1}"#;
+    let (status, headers, text) = raw("POST", &url, Some(body)).await;
+    assert_eq!(status, 202, "{text}");
+    let warnings: Vec<&str> = headers
+        .get_all("warning")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            r#"299 - "unknown field \"disks.0.szie\"""#,
+            r#"299 - "unknown field \"memroy\"""#
+        ],
+        "{headers:?}"
+    );
+    let (status, headers, _) =
+        raw("POST", &format!("{url}?fieldValidation=Ignore"), Some(body)).await;
+    assert_eq!(status, 202);
+    assert!(headers.get("warning").is_none());
 }

@@ -65,10 +65,10 @@ async fn kill_9_with_jobs_running_and_queued() {
     let mut ids = Vec::new();
     for memory in [128, 256] {
         let a = client
-            .create_guest(&Guest {
+            .create_guest(&common::sized(Guest {
                 memory,
                 ..Guest::default()
-            })
+            }))
             .await
             .unwrap();
         assert_eq!(
@@ -148,7 +148,10 @@ async fn sigterm_finishes_the_running_job_and_keeps_the_queue() {
     let control = &rig.control;
     let mut first = rig.agent(&["--drain-timeout", "20"]);
     let client = Client::new(&first.url()).unwrap();
-    let a = client.create_guest(&Guest::default()).await.unwrap();
+    let a = client
+        .create_guest(&common::sized(Guest::default()))
+        .await
+        .unwrap();
     assert_eq!(
         wait_done(&client, a.job_id.as_deref().unwrap())
             .await
@@ -220,6 +223,7 @@ async fn kill_9_during_create_then_retry() {
     let guest = Guest {
         id: id.into(),
         memory: 512,
+        cpu: 1,
         ..Guest::default()
     };
     control.close_gate();

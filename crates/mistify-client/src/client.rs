@@ -584,11 +584,23 @@ impl Client {
     // ----- health and agent metadata --------------------------------------------------
 
     /// `GET /healthz`: the agent's health report as free-form JSON (a non-JSON answer is
-    /// returned as a JSON string).
+    /// returned as a JSON string). A `503` carrying a JSON report (the agent answers, a
+    /// sub-agent that serves guests does not) is a report too: see its `status` and
+    /// `serves_guests`.
     pub async fn healthz(&self) -> Result<serde_json::Value, ClientError> {
-        let reply = self.get(self.url(&["healthz"], &[])?).await?;
-        Ok(reply.json().unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(&reply.body).trim().to_string())
+        let body = match self.get(self.url(&["healthz"], &[])?).await {
+            Ok(reply) => reply.body,
+            Err(ClientError::Api {
+                status: 503, text, ..
+            }) if serde_json::from_str::<serde_json::Value>(&text)
+                .is_ok_and(|v| v.get("serves_guests").is_some()) =>
+            {
+                Bytes::from(text)
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(serde_json::from_slice(&body).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&body).trim().to_string())
         }))
     }
 

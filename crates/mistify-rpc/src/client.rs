@@ -306,6 +306,20 @@ impl Service {
         &self.inner.name
     }
 
+    /// Whether the sub-agent serves: `GET /healthz` answered within `timeout` (any
+    /// status: a Go sub-agent answers 404, ours 200); how long it took. A process that
+    /// accepts connections but answers nothing (stopped, wedged) is a timeout.
+    pub async fn probe(&self, timeout: Duration) -> Result<Duration, RpcError> {
+        let what = "GET /healthz";
+        let pool = self.pool(what)?;
+        let start = std::time::Instant::now();
+        match tokio::time::timeout(timeout, pool.probe("/healthz")).await {
+            Ok(Ok(_status)) => Ok(start.elapsed()),
+            Ok(Err(e)) => Err(self.error(what)(e.to_string())),
+            Err(_) => Err(self.timeout_error(what, timeout)),
+        }
+    }
+
     /// The full endpoint URL (base URL and path).
     pub fn url(&self) -> &str {
         &self.inner.url

@@ -185,6 +185,23 @@ impl Pool {
         sender.send_request(request).await.map_err(transport)
     }
 
+    /// `GET path` on a connection of its own: the status of whatever answers (a health
+    /// probe: any HTTP answer means the process serves).
+    pub async fn probe(&self, path: &str) -> io::Result<u16> {
+        let mut sender = self.connect().await?;
+        let uri = Uri::builder()
+            .path_and_query(path)
+            .build()
+            .map_err(io::Error::other)?;
+        let request = Request::get(uri)
+            .header(HOST, self.authority.clone())
+            .header(CONNECTION, HeaderValue::from_static("close"))
+            .body(Full::new(Bytes::new()))
+            .map_err(io::Error::other)?;
+        let response = sender.send_request(request).await.map_err(transport)?;
+        Ok(response.status().as_u16())
+    }
+
     /// The most recently used idle connection that is still open and young enough.
     fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
         loop {

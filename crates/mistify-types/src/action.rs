@@ -124,8 +124,8 @@ impl Verb {
         }
     }
 
-    /// Whether a `container…` variant of the action exists.
-    pub fn has_container_variant(self) -> bool {
+    /// Whether the action acts on a guest (create, delete, the power actions, status).
+    pub fn is_guest_action(self) -> bool {
         matches!(
             self,
             Verb::Create
@@ -138,11 +138,16 @@ impl Verb {
                 | Verb::Suspend
                 | Verb::Resume
                 | Verb::Status
-                | Verb::ListImages
-                | Verb::GetImage
-                | Verb::DeleteImage
-                | Verb::FetchImage
         )
+    }
+
+    /// Whether a `container…` variant of the action exists.
+    pub fn has_container_variant(self) -> bool {
+        self.is_guest_action()
+            || matches!(
+                self,
+                Verb::ListImages | Verb::GetImage | Verb::DeleteImage | Verb::FetchImage
+            )
     }
 }
 

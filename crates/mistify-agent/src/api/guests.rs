@@ -8,7 +8,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mistify_types::{Guest, GuestAction, MetricsKind};
 
-use super::{accepted, decode, id, pipeline_response, read_body, AppState};
+use super::{
+    accepted, decode_checked, id, pipeline_response, read_body, AppState, FieldValidation,
+};
 use crate::error::{json_response, json_text_response, AgentError};
 
 /// Every guest (`null` when there is none, a Go nil slice, as the original answered).
@@ -37,11 +39,17 @@ pub async fn get_one(
     Ok(json_response(StatusCode::OK, &*agent.guest(&guest)?))
 }
 
-pub async fn create(State(agent): State<AppState>, body: Body) -> Result<Response, AgentError> {
+pub async fn create(
+    State(agent): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    body: Body,
+) -> Result<Response, AgentError> {
+    let mode = FieldValidation::of(&query)?;
     let bytes = read_body(body).await?;
-    let guest: Guest = decode::<Option<Guest>>(&bytes, true)?.unwrap_or_default();
+    let decoded = decode_checked::<Option<Guest>>(&bytes, true, mode)?;
+    let guest = decoded.value.clone().unwrap_or_default();
     let done = agent.create_guest(guest).await?;
-    Ok(accepted(&done.job, &done.body))
+    Ok(decoded.warn(mode, accepted(&done.job, &done.body)))
 }
 
 pub async fn action(

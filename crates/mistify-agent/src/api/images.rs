@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use mistify_types::ImageRequest;
 
-use super::{accepted, decode, id, read_body, AppState};
+use super::{accepted, decode_checked, id, read_body, AppState, FieldValidation};
 use crate::error::{json_response, AgentError};
 
 /// `type` as the original matched it: letters only, else ignored.
@@ -41,14 +41,20 @@ pub async fn get_one(
     Ok(json_response(StatusCode::OK, &found))
 }
 
-pub async fn fetch(State(agent): State<AppState>, body: Body) -> Result<Response, AgentError> {
-    let request: ImageRequest = decode(&read_body(body).await?, false)?;
+pub async fn fetch(
+    State(agent): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+    body: Body,
+) -> Result<Response, AgentError> {
+    let mode = FieldValidation::of(&params)?;
+    let decoded = decode_checked::<ImageRequest>(&read_body(body).await?, false, mode)?;
+    let request = decoded.value.clone();
     if request.id.is_empty() {
         return Err(AgentError::BadRequest("missing id".into()));
     }
     let image = id("image id", &request.id)?;
     let done = agent.fetch_image(image, request).await?;
-    Ok(accepted(&done.job, &done.body))
+    Ok(decoded.warn(mode, accepted(&done.job, &done.body)))
 }
 
 pub async fn delete(

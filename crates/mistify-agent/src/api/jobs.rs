@@ -16,14 +16,18 @@ pub const DEFAULT_LIMIT: usize = 1000;
 /// Longest `?wait=` accepted, in seconds.
 pub const MAX_WAIT_SECONDS: u64 = 300;
 
-/// `limit` as the original matched it: digits only, else the default; digits that do
-/// not fit are a 400.
+/// `limit`: a whole number (the default when absent); anything else is 400, as for
+/// `wait` (the original ignored a `limit` that was not digits).
 fn limit(query: &HashMap<String, String>) -> Result<usize, AgentError> {
     match query.get("limit") {
-        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => v
+        None => Ok(DEFAULT_LIMIT),
+        Some(v) => v
             .parse::<usize>()
-            .map_err(|e| AgentError::BadRequest(format!("invalid limit {v:?}: {e}"))),
-        _ => Ok(DEFAULT_LIMIT),
+            .ok()
+            .filter(|_| v.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| {
+                AgentError::BadRequest(format!("invalid limit {v:?}: a whole number expected"))
+            }),
     }
 }
 

@@ -26,6 +26,8 @@ mod metadata;
 mod snapshots;
 mod system;
 
+pub use system::PROBE_TIMEOUT;
+
 /// Largest request body the agent reads (1 MiB); larger bodies get 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 /// The header carrying the pipeline (job) id.
@@ -100,7 +102,8 @@ fn routes(agent: Arc<Agent>) -> Router {
 
 /// What no route matched: a path with a trailing slash answers 301 to the path without
 /// it (gorilla's strict-slash routing; no route ends with a slash, so every such path
-/// lands here), anything else the Go router's plain-text 404.
+/// lands here), anything else 404 with the JSON error body of every other error (the Go
+/// router's words, `404 page not found`; it answered them as plain text).
 async fn not_found_or_strict_slash(uri: axum::http::Uri) -> Response {
     let path = uri.path();
     // The original's profiling routes are not served: no redirect into them either.
@@ -117,12 +120,7 @@ async fn not_found_or_strict_slash(uri: axum::http::Uri) -> Response {
             return (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, value)]).into_response();
         }
     }
-    (
-        StatusCode::NOT_FOUND,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "404 page not found\n",
-    )
-        .into_response()
+    AgentError::NoRoute.into_response()
 }
 
 /// Counts requests by route template and status; answers 503 to changes while the
@@ -166,11 +164,65 @@ pub async fn read_body(body: Body) -> Result<Bytes, AgentError> {
     })
 }
 
+/// How a body's unknown keys are handled, as Kubernetes' field validation
+/// (`?fieldValidation=`): `Warn` (the default) accepts the body and answers one
+/// `Warning` header per unknown key, so Go clients keep working; `Strict` refuses it
+/// with 400 naming each; `Ignore` says nothing (the Go agent's way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldValidation {
+    Ignore,
+    Warn,
+    Strict,
+}
+
+impl FieldValidation {
+    /// The mode of a request's `fieldValidation` (any case); 400 for another value.
+    pub fn of(query: &std::collections::HashMap<String, String>) -> Result<Self, AgentError> {
+        match query.get("fieldValidation").map(|v| v.to_ascii_lowercase()) {
+            None => Ok(FieldValidation::Warn),
+            Some(v) if v == "warn" => Ok(FieldValidation::Warn),
+            Some(v) if v == "strict" => Ok(FieldValidation::Strict),
+            Some(v) if v == "ignore" => Ok(FieldValidation::Ignore),
+            Some(v) => Err(AgentError::BadRequest(format!(
+                "invalid fieldValidation {v:?}: Strict, Warn or Ignore expected"
+            ))),
+        }
+    }
+}
+
+/// A decoded body and the keys it held that no field takes (`nics.0.macc`).
+#[derive(Debug)]
+pub struct Decoded<T> {
+    pub value: T,
+    pub unknown: Vec<String>,
+}
+
+impl<T> Decoded<T> {
+    /// The `Warning` headers of the unknown keys on `response` (mode `Warn`).
+    pub fn warn(&self, mode: FieldValidation, mut response: Response) -> Response {
+        if mode == FieldValidation::Warn {
+            for key in &self.unknown {
+                // A quoted-string: `"` and `\` inside are escaped (RFC 9110 5.6.4).
+                let quoted = key.replace('\\', "\\\\").replace('"', "\\\"");
+                let text = format!("299 - \"unknown field \\\"{quoted}\\\"\"");
+                if let Ok(v) = HeaderValue::from_str(&text) {
+                    response.headers_mut().append(header::WARNING, v);
+                }
+            }
+        }
+        response
+    }
+}
+
 /// Decodes a JSON body; an empty body is an error (`EOF`, as Go's decoder said) unless
 /// `empty_ok`, when it decodes as `{}`. Every body is an object: a top-level array is
 /// refused as Go refused it (serde alone would fill a struct's fields from the items in
-/// order).
-pub fn decode<T: DeserializeOwned>(bytes: &[u8], empty_ok: bool) -> Result<T, AgentError> {
+/// order). Unknown keys are collected; with `Strict` they are a 400 naming each.
+pub fn decode_checked<T: DeserializeOwned>(
+    bytes: &[u8],
+    empty_ok: bool,
+    mode: FieldValidation,
+) -> Result<Decoded<T>, AgentError> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     let text = match first {
         None if !empty_ok => return Err(AgentError::BadRequest("EOF".into())),
@@ -182,7 +234,29 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], empty_ok: bool) -> Result<T, Ag
         }
         Some(_) => bytes,
     };
-    serde_json::from_slice(text).map_err(|e| AgentError::BadRequest(e.to_string()))
+    let mut unknown = Vec::new();
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let value: T = serde_ignored::deserialize(&mut de, |path| {
+        // `?` stands for an optional (or `null`-tolerant) level: not part of the key.
+        let path = path.to_string().replace("?.", "");
+        unknown.push(path.trim_end_matches(".?").to_string());
+    })
+    .and_then(|v| de.end().map(|()| v))
+    .map_err(|e| AgentError::BadRequest(e.to_string()))?;
+    if mode == FieldValidation::Strict && !unknown.is_empty() {
+        let names: Vec<String> = unknown.iter().map(|k| format!("{k:?}")).collect();
+        return Err(AgentError::BadRequest(format!(
+            "unknown field{} {} (fieldValidation=Strict)",
+            if names.len() == 1 { "" } else { "s" },
+            names.join(", ")
+        )));
+    }
+    Ok(Decoded { value, unknown })
+}
+
+/// [`decode_checked`] for bodies whose unknown keys are ignored.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], empty_ok: bool) -> Result<T, AgentError> {
+    decode_checked(bytes, empty_ok, FieldValidation::Ignore).map(|d| d.value)
 }
 
 /// Sets `X-Guest-Job-ID` on a response.

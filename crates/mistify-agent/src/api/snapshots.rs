@@ -5,25 +5,31 @@
 use std::collections::HashMap;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use mistify_types::SnapshotRequest;
 
-use super::{accepted, decode, id, pipeline_response, read_body, AppState};
+use super::{
+    accepted, decode_checked, id, pipeline_response, read_body, AppState, FieldValidation,
+};
 use crate::agent::Agent;
 use crate::error::{json_response, AgentError};
-use crate::ops::SnapshotTarget;
+use crate::ops::{disk_index, SnapshotTarget};
 
 /// The path parameters of every snapshot route: `id`, optional `disk`, optional `name`.
 type Params = HashMap<String, String>;
 
-/// The target of the path: the guest (checked to exist) first, then its disk and name.
+/// The target of the path: the guest (checked to exist) first, then its disk (by index,
+/// dataset name or device) and name.
 fn target(agent: &Agent, params: &Params) -> Result<SnapshotTarget, AgentError> {
     let guest = id("guest id", params.get("id").map_or("", String::as_str))?;
-    agent.guest(&guest)?;
-    let disk = params.get("disk").map(|d| id("disk", d)).transpose()?;
+    let record = agent.guest(&guest)?;
+    let disk = params
+        .get("disk")
+        .map(|d| id("disk", d).and_then(|d| disk_index(&record, &d)))
+        .transpose()?;
     let name = params
         .get("name")
         .map(|n| id("snapshot name", n))
@@ -56,16 +62,18 @@ pub async fn get_one(
 pub async fn create(
     State(agent): State<AppState>,
     Path(params): Path<Params>,
+    Query(query): Query<HashMap<String, String>>,
     body: Body,
 ) -> Result<Response, AgentError> {
     let target = target(&agent, &params)?;
-    let request: SnapshotRequest = decode(&read_body(body).await?, true)?;
-    let name = match request.dest.as_str() {
+    let mode = FieldValidation::of(&query)?;
+    let decoded = decode_checked::<SnapshotRequest>(&read_body(body).await?, true, mode)?;
+    let name = match decoded.value.dest.as_str() {
         "" => None,
         dest => Some(id("snapshot name", dest)?),
     };
     let done = agent.create_snapshot(&target, name).await?;
-    Ok(accepted(&done.job, &done.body))
+    Ok(decoded.warn(mode, accepted(&done.job, &done.body)))
 }
 
 pub async fn delete(
@@ -80,14 +88,17 @@ pub async fn delete(
 pub async fn rollback(
     State(agent): State<AppState>,
     Path(params): Path<Params>,
+    Query(query): Query<HashMap<String, String>>,
     body: Body,
 ) -> Result<Response, AgentError> {
     let target = target(&agent, &params)?;
-    let body: SnapshotRequest = decode(&read_body(body).await?, true)?;
+    let mode = FieldValidation::of(&query)?;
+    let decoded = decode_checked::<SnapshotRequest>(&read_body(body).await?, true, mode)?;
+    let body = &decoded.value;
     let done = agent
         .rollback_snapshot(&target, body.recursive, body.destroy_more_recent)
         .await?;
-    Ok(accepted(&done.job, &done.body))
+    Ok(decoded.warn(mode, accepted(&done.job, &done.body)))
 }
 
 /// A plain-text answer, as Go's `http.Error` writes one.

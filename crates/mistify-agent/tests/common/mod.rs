@@ -174,6 +174,26 @@ pub mod fake {
                 }
             });
         }
+        // Images: `img-ok` is there, `img-pending` still downloading, no other.
+        let c = control.clone();
+        server = server.method("Fake.GetImage", move |req: mistify_rpc::ImageRequest| {
+            let c = c.clone();
+            async move {
+                c.calls.lock().unwrap().push("Fake.GetImage".into());
+                let status = match req.id.as_str() {
+                    "img-ok" => "complete",
+                    "img-pending" => "pending",
+                    _ => return Err("not found".to_string()),
+                };
+                Ok(mistify_rpc::ImageResponse {
+                    images: Some(vec![mistify_rpc::Image {
+                        id: req.id,
+                        status: status.into(),
+                        ..Default::default()
+                    }]),
+                })
+            }
+        });
         server
             .bind(([127, 0, 0, 1], 0).into())
             .await
@@ -203,6 +223,7 @@ pub mod fake {
             ("createSnapshot", "Fake.CreateSnapshot"),
             ("deleteSnapshot", "Fake.DeleteSnapshot"),
             ("rollbackSnapshot", "Fake.RollbackSnapshot"),
+            ("getImage", "Fake.GetImage"),
         ] {
             let mut args = serde_json::Map::new();
             for (a, k, v) in extra_args {
@@ -286,6 +307,17 @@ pub struct Setup {
     pub client: mistify_client::Client,
 }
 
+/// `guest` with 128 MB and one CPU where it gives none (a create without them is 400).
+pub fn sized(mut guest: mistify_client::Guest) -> mistify_client::Guest {
+    if guest.memory == 0 {
+        guest.memory = 128;
+    }
+    if guest.cpu == 0 {
+        guest.cpu = 1;
+    }
+    guest
+}
+
 /// [`Setup`] with `fake::config(port, args)`.
 pub async fn setup(name: &str, args: &[(&str, &str, &str)]) -> Setup {
     let dir = TempDir::new(name);
@@ -306,7 +338,11 @@ pub async fn setup(name: &str, args: &[(&str, &str, &str)]) -> Setup {
 impl Setup {
     /// Creates `guest`, waits for the create job to complete, returns the 202 body.
     pub async fn new_guest(&self, guest: mistify_client::Guest) -> mistify_client::Guest {
-        let accepted = self.client.create_guest(&guest).await.expect("create");
+        let accepted = self
+            .client
+            .create_guest(&sized(guest))
+            .await
+            .expect("create");
         assert_eq!(accepted.status, 202);
         let job = wait_done(&self.client, accepted.job_id.as_deref().expect("job id")).await;
         assert_eq!(job.status, mistify_client::JobStatus::Complete, "{job:?}");
