@@ -52,6 +52,18 @@ pub enum AgentError {
     /// A stage returned something unusable (e.g. no guest).
     #[error(transparent)]
     Stage(#[from] StageError),
+    /// A stage of a pipeline failed: which one, calling what, and why (what a job's
+    /// message says; an HTTP answer carries the cause's own text, as the Go agent's did).
+    #[error("{}", in_stage(*.index, *.stages, .service, .method, .source))]
+    InStage {
+        /// 1-based.
+        index: usize,
+        stages: usize,
+        service: String,
+        method: String,
+        #[source]
+        source: Box<AgentError>,
+    },
     /// The local store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -63,9 +75,41 @@ pub enum AgentError {
     Internal(String),
 }
 
+/// How a libvirt sub-agent's error text starts when libvirt refused an operation in the
+/// domain's present state (`VIR_ERR_OPERATION_INVALID`).
+const LIBVIRT_OPERATION_INVALID: &str = "[Code-55] ";
+
+/// `stage 2 of 2 (libvirt Libvirt.CreateGuest): <why>`; the service and method are left
+/// out when the cause names them already (an RPC transport, timeout or decode error).
+fn in_stage(
+    index: usize,
+    stages: usize,
+    service: &str,
+    method: &str,
+    source: &AgentError,
+) -> String {
+    match source {
+        AgentError::Rpc(
+            RpcError::Transport { .. } | RpcError::Timeout { .. } | RpcError::Decode { .. },
+        ) => {
+            format!("stage {index} of {stages}: {source}")
+        }
+        _ => format!("stage {index} of {stages} ({service} {method}): {source}"),
+    }
+}
+
 impl AgentError {
+    /// The error an HTTP answer reports: the cause of a failed stage, not its place.
+    pub fn cause(&self) -> &AgentError {
+        match self {
+            AgentError::InStage { source, .. } => source.cause(),
+            other => other,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
+            AgentError::InStage { source, .. } => source.status(),
             AgentError::NotFound
             | AgentError::NotFoundWhy(_)
             | AgentError::NoRoute
@@ -78,6 +122,13 @@ impl AgentError {
             AgentError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AgentError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             AgentError::Rpc(RpcError::Transport { .. }) => StatusCode::BAD_GATEWAY,
+            // libvirt refusing an operation in the domain's state (`[Code-55] … domain is
+            // not running`): the caller asked at the wrong time.
+            AgentError::Rpc(RpcError::Remote { message, .. })
+                if message.starts_with(LIBVIRT_OPERATION_INVALID) =>
+            {
+                StatusCode::CONFLICT
+            }
             AgentError::Rpc(RpcError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             // The sub-agent answered with an error: the original reported 500 with its text.
             AgentError::Rpc(_)
@@ -137,9 +188,10 @@ fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response {
 impl IntoResponse for AgentError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let cause = self.cause();
         let mut response =
-            json_response(status, &ErrorBody::new(status.as_u16(), self.to_string()));
-        if let AgentError::Unavailable { retry_after, .. } = self {
+            json_response(status, &ErrorBody::new(status.as_u16(), cause.to_string()));
+        if let AgentError::Unavailable { retry_after, .. } = cause {
             if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }

@@ -36,8 +36,14 @@ pub const UNRESUMABLE: &str = "cannot resume after a restart: guest deleted or j
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Work {
-    /// A guest action on the guest as stored when the job starts.
-    Guest { action: Action, guest_id: String },
+    /// A guest action on the guest as stored when the job starts. A forced delete goes
+    /// on past a stage that fails and removes the guest anyway.
+    Guest {
+        action: Action,
+        guest_id: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
+    },
     /// `fetchImage` / `deleteImage` (or their container variants).
     Image {
         action: Action,
@@ -62,7 +68,9 @@ impl Work {
     /// The guest a successful run removes (a guest delete), if any.
     fn deletes(&self) -> Option<&str> {
         match self {
-            Work::Guest { action, guest_id } if action.verb() == Verb::Delete => Some(guest_id),
+            Work::Guest {
+                action, guest_id, ..
+            } if action.verb() == Verb::Delete => Some(guest_id),
             _ => None,
         }
     }
@@ -75,6 +83,9 @@ pub enum JobEvent {
     Start,
     /// Its pipeline ended: `Running` → `Complete`, or `Error` with the reason.
     Finish(Result<(), String>),
+    /// A forced delete ended: `Running` → `Complete`, the message naming what failed
+    /// on the way (left behind).
+    Forced(String),
     /// A client cancels it: `Queued` → `Error` `cancelled`.
     Cancel,
     /// Its guest was deleted first: `Queued` → `Error` `guest deleted`.
@@ -95,6 +106,7 @@ impl JobEvent {
             JobEvent::Finish(Err(reason)) => {
                 (JobStatus::Running, JobStatus::Error, reason.as_str())
             }
+            JobEvent::Forced(left) => (JobStatus::Running, JobStatus::Complete, left.as_str()),
             JobEvent::Cancel => (JobStatus::Queued, JobStatus::Error, CANCELLED),
             JobEvent::GuestDeleted => (JobStatus::Queued, JobStatus::Error, GUEST_DELETED),
             JobEvent::Restarted => (JobStatus::Running, JobStatus::Error, RESTARTED),
@@ -314,11 +326,15 @@ impl Agent {
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| Err(AgentError::Internal("the pipeline panicked".into()))),
-            Err(_) => Ok(()),
+            Err(_) => Ok(String::new()),
         };
-        let outcome = work.and_then(|w| outcome.map(|()| w));
+        let outcome = work.and_then(|w| outcome.map(|left| (w, left)));
         let (event, remove) = match &outcome {
-            Ok(work) => (JobEvent::Finish(Ok(())), work.deletes()),
+            Ok((work, left)) if !left.is_empty() => {
+                tracing::warn!(job = id, "forced delete, left behind: {left}");
+                (JobEvent::Forced(left.clone()), work.deletes())
+            }
+            Ok((work, _)) => (JobEvent::Finish(Ok(())), work.deletes()),
             Err(e) => {
                 tracing::warn!(job = id, "job failed: {e}");
                 (JobEvent::Finish(Err(e.to_string())), None)
@@ -340,21 +356,29 @@ impl Agent {
         }
     }
 
-    /// Executes `work`'s pipeline.
-    async fn execute(&self, work: &Work) -> Result<(), AgentError> {
+    /// Executes `work`'s pipeline; what a forced delete left behind (empty otherwise).
+    async fn execute(&self, work: &Work) -> Result<String, AgentError> {
         match work {
-            Work::Guest { action, guest_id } => {
-                // A delete's guest record goes with the job's completion, in one write.
-                self.run_guest(*action, guest_id).await.map(|_| ())
-            }
+            // A delete's guest record goes with the job's completion, in one write.
+            Work::Guest {
+                action,
+                guest_id,
+                force: true,
+            } => self.run_guest_forced(*action, guest_id).await,
+            Work::Guest {
+                action, guest_id, ..
+            } => self
+                .run_guest(*action, guest_id)
+                .await
+                .map(|_| String::new()),
             Work::Image { action, request } => self
                 .run_plain(*action, request, json!({"images": null}))
                 .await
-                .map(|_| ()),
+                .map(|_| String::new()),
             Work::Snapshot { action, request } => self
                 .run_plain(*action, request, json!({"snapshots": null}))
                 .await
-                .map(|_| ()),
+                .map(|_| String::new()),
         }
     }
 }
@@ -389,6 +413,12 @@ mod tests {
             (JobEvent::GuestDeleted, Queued, Error, GUEST_DELETED),
             (JobEvent::Restarted, Running, Error, RESTARTED),
             (JobEvent::Unresumable, Queued, Error, UNRESUMABLE),
+            (
+                JobEvent::Forced("forced: x".into()),
+                Running,
+                Complete,
+                "forced: x",
+            ),
         ];
         for (event, from, to, message) in cases {
             for status in [Queued, Running, Complete, Error] {
@@ -432,6 +462,7 @@ mod tests {
         let work = Work::Guest {
             action: Action::parse("containerDelete").unwrap(),
             guest_id: "g".into(),
+            force: false,
         };
         let text = serde_json::to_string(&work).unwrap();
         assert_eq!(
@@ -448,5 +479,15 @@ mod tests {
             r#"{"kind":"guest","action":"bogus","guest_id":"g"}"#
         )
         .is_err());
+        // A forced delete says so; an unforced one is stored as before the flag existed.
+        let forced = Work::Guest {
+            action: Action::parse("delete").unwrap(),
+            guest_id: "g".into(),
+            force: true,
+        };
+        assert_eq!(
+            serde_json::to_string(&forced).unwrap(),
+            r#"{"kind":"guest","action":"delete","guest_id":"g","force":true}"#
+        );
     }
 }

@@ -207,12 +207,12 @@ fn schemas() -> Value {
                 "Message": string}},
         "Image": {"type": "object", "required": ["id", "type", "size"], "properties": {
             "id": string, "type": string, "volume": string, "snapshot": string, "size": int, "status": string}},
-        "ImageFetch": {"type": "object", "required": ["id"], "properties": {
+        "ImageFetch": {"type": "object", "additionalProperties": false, "required": ["id"], "properties": {
             "id": id_schema(), "type": string, "dest": string, "source": string}},
         "ImageResponse": {"type": "object", "required": ["images"], "properties": {
             "images": {"type": "array", "nullable": true, "items": r("Image")}}},
         "Snapshot": {"type": "object", "required": ["id", "size"], "properties": {"id": string, "size": int}},
-        "SnapshotRequest": {"type": "object", "properties": {
+        "SnapshotRequest": {"type": "object", "additionalProperties": false, "properties": {
             "id": {"type": "string", "description": "ignored: the path names the entity"},
             "dest": {"type": "string", "maxLength": ID_MAX_CHARS, "pattern": format!("^$|{}", id_pattern()),
                      "description": "the new snapshot's name on create (empty: snap-<unix time>); ignored on rollback"},
@@ -253,6 +253,11 @@ fn with_inputs(mut schemas: Value) -> Value {
     schemas["NicInput"]["properties"]["vlans"]["items"] =
         json!({"type": "integer", "minimum": i64::MIN, "maximum": i64::MAX});
     schemas["DiskInput"]["properties"]["size"] = u64_range;
+    // A key the API does not know is no part of it: by default accepted with a Warning,
+    // refused with fieldValidation=Strict.
+    for name in ["GuestInput", "NicInput", "DiskInput"] {
+        schemas[name]["additionalProperties"] = json!(false);
+    }
     // What a create needs: a virtual machine memory and CPUs; a container its type.
     schemas["GuestCreate"] = json!({"anyOf": [
         {"allOf": [r("GuestInput"), {"type": "object", "required": ["memory", "cpu"], "properties": {
@@ -375,6 +380,7 @@ const OPERATION_IDS: &[(&str, &str, &str)] = &[
     ("/guests", "get", "listGuests"),
     ("/guests", "post", "createGuest"),
     ("/guests/{id}", "get", "getGuest"),
+    ("/guests/{id}", "delete", "deleteGuest"),
     ("/guests/{id}/{action}", "post", "guestAction"),
     ("/guests/{id}/jobs", "get", "listGuestJobs"),
     ("/guests/{id}/jobs/{job}", "get", "getGuestJob"),
@@ -514,7 +520,8 @@ pub fn document() -> Value {
         "get": op("Get an image", vec![image(), param("type", "query", "letters, e.g. container")], None,
             calls_subagent(json!({"200": ok("the image", r("Image")), "404": error("not found")}))),
         "delete": op("Delete an image (Async deleteImage)", vec![image(), param("type", "query", "letters, e.g. container")], None,
-            calls_subagent(json!({"202": accepted(json!({"type": "object"})), "404": error("not found, or not configured")})))
+            calls_subagent(json!({"202": accepted(json!({"type": "object"})), "404": error("not found, or not configured"),
+                "409": error("guests use the image (named)")})))
     }));
     paths.insert("/jobs".into(), json!({
         "get": op("Newest jobs first", vec![limit()], None, json!({"200": ok("jobs", array(r("Job"))),
@@ -542,7 +549,10 @@ pub fn document() -> Value {
         json!({
             "get": op("One guest; ?refresh=true asks the hypervisor (Info status)",
                 vec![id(), param_with("refresh", "query", "true asks the hypervisor", json!({"type": "boolean"}))], None,
-                calls_subagent(json!({"200": ok("the guest", r("Guest")), "404": error("not found, or status not configured")})))
+                calls_subagent(json!({"200": ok("the guest", r("Guest")), "404": error("not found, or status not configured")}))),
+            "delete": op("Delete a guest (Async delete, as POST /guests/{id}/delete); ?force=true removes it whatever its stages answer",
+                vec![id(), param_with("force", "query", "true: a stage that fails is named in the job's message and the guest goes anyway", json!({"type": "boolean"}))], None,
+                json!({"202": accepted(r("Guest")), "404": error("unknown guest, or delete not configured")}))
         }),
     );
     paths.insert("/guests/{id}/{action}".into(), json!({
@@ -583,7 +593,8 @@ pub fn document() -> Value {
         paths.insert(format!("/guests/{{id}}/metrics/{kind}"), json!({
             "get": op(&format!("{kind} metrics (Info {kind}Metrics)"), vec![id()], None, calls_subagent(json!({
                 "200": {"description": "metrics", "headers": job_header(), "content": json_content(nullable(schema))},
-                "404": error("unknown guest or not configured")})))
+                "404": error("unknown guest or not configured"),
+                "409": error("the domain is not in a state to answer (libvirt: not running)")})))
         }));
     }
     snapshot_paths(&mut paths, "/guests/{id}", false);

@@ -117,7 +117,7 @@ impl SnapshotTarget {
 
 /// A back-end's way of saying "no such image": an empty result, not a failure.
 fn image_not_found(e: &AgentError) -> bool {
-    let text = match e {
+    let text = match e.cause() {
         AgentError::Rpc(RpcError::Remote { message, .. }) => message,
         AgentError::Rpc(RpcError::Status { body, .. }) => body,
         _ => return false,
@@ -130,7 +130,7 @@ fn image_not_found(e: &AgentError) -> bool {
 
 /// The storage sub-agent's `not found` on a snapshot query is a 404.
 fn snapshot_not_found(e: AgentError) -> AgentError {
-    match &e {
+    match e.cause() {
         AgentError::Rpc(RpcError::Remote { message, .. }) if message.trim() == "not found" => {
             AgentError::NotFound
         }
@@ -201,6 +201,7 @@ impl Agent {
         let work = Work::Guest {
             action,
             guest_id: guest.id.clone(),
+            force: false,
         };
         let job = self.submit(&guest.id, work).await?;
         Ok(Accepted { job, body: guest })
@@ -288,18 +289,22 @@ impl Agent {
     }
 
     /// Queues `action` (its variant for the guest's type) on the guest; the job and the
-    /// guest as it is now.
+    /// guest as it is now. `force` (a delete's only) removes the guest whatever its
+    /// stages answer.
     pub async fn guest_action(
         self: &Arc<Self>,
         id: &Id,
         action: GuestAction,
+        force: bool,
     ) -> Result<Accepted<Arc<Guest>>, AgentError> {
         let guest = self.guest(id)?;
+        let force = force && action == GuestAction::Delete;
         let action = Action::for_kind(&guest.kind, action.verb());
         self.action(action)?;
         let work = Work::Guest {
             action,
             guest_id: id.to_string(),
+            force,
         };
         let job = self.submit(id, work).await?;
         Ok(Accepted { job, body: guest })
@@ -428,6 +433,25 @@ impl Agent {
         kind: Option<&str>,
     ) -> Result<Accepted<Value>, AgentError> {
         let image = self.image(id, kind).await?;
+        let users: Vec<String> = self
+            .store
+            .guest_ids()
+            .into_iter()
+            .filter(|g| {
+                self.store
+                    .guest(g)
+                    .is_some_and(|guest| guest.disks.iter().any(|d| d.image == image.id))
+            })
+            .collect();
+        if !users.is_empty() {
+            return Err(AgentError::Conflict(format!(
+                "image {} is in use by guest{} {}: delete {} first",
+                image.id,
+                if users.len() == 1 { "" } else { "s" },
+                users.join(", "),
+                if users.len() == 1 { "it" } else { "them" }
+            )));
+        }
         let action = Action::for_kind(&image.kind, Verb::DeleteImage);
         self.action(action)?;
         let request = ImageRequest {

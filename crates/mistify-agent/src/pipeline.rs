@@ -114,38 +114,84 @@ impl Agent {
             .ok_or(StageError::GuestDeleted)?;
         let name = action.name();
         let mut response = json!({"guest": null});
-        for stage in &def.stages {
-            let request = mistify_rpc::GuestRequest {
-                guest: Some(guest.clone()),
-                action: name.clone(),
-                args: stage.args.clone(),
-            };
-            merge(&mut response, self.call_stage(stage, &request).await?);
-            let returned = response
-                .get("guest")
-                .filter(|g| g.is_object())
-                .ok_or_else(|| StageError::NoGuest {
-                    method: stage.method.clone(),
-                })?;
-            let mut next: Guest = serde_json::from_value(returned.clone()).map_err(|source| {
-                StageError::Unreadable {
-                    method: stage.method.clone(),
-                    what: "guest",
-                    source,
-                }
-            })?;
-            if next.id != guest_id {
-                tracing::warn!(guest = guest_id, returned = %next.id, stage = %stage.method,
-                    "sub-agent returned another guest id; stored under the pipeline's id");
-                next.id = guest_id.to_string();
-            }
-            // Unchanged (e.g. a status read that finds what is stored): no write.
-            if self.store.guest(guest_id).as_deref() != Some(&next) {
-                self.store.put_guest(&next).await?;
-            }
-            guest = next;
+        for (i, stage) in def.stages.iter().enumerate() {
+            guest = self
+                .guest_stage(stage, &name, guest, guest_id, &mut response)
+                .await
+                .map_err(in_stage(stage, i, def.stages.len()))?;
         }
         Ok(guest)
+    }
+
+    /// A forced guest action (a delete): every stage runs, one that fails is noted and
+    /// the next one gets the guest as it was; what failed, `; `-separated, prefixed
+    /// `forced:` (empty when nothing did).
+    pub(crate) async fn run_guest_forced(
+        &self,
+        action: Action,
+        guest_id: &str,
+    ) -> Result<String, AgentError> {
+        let def = self.action(action)?;
+        let mut guest = self
+            .store
+            .guest(guest_id)
+            .map(|g| (*g).clone())
+            .ok_or(StageError::GuestDeleted)?;
+        let name = action.name();
+        let mut response = json!({"guest": null});
+        let mut failed = Vec::new();
+        for (i, stage) in def.stages.iter().enumerate() {
+            match self
+                .guest_stage(stage, &name, guest.clone(), guest_id, &mut response)
+                .await
+            {
+                Ok(next) => guest = next,
+                Err(e) => failed.push(in_stage(stage, i, def.stages.len())(e).to_string()),
+            }
+        }
+        Ok(match failed.is_empty() {
+            true => String::new(),
+            false => format!("forced: {}", failed.join("; ")),
+        })
+    }
+
+    /// One stage of a guest action: the call, and the guest it returned, stored.
+    async fn guest_stage(
+        &self,
+        stage: &StageDef,
+        action: &str,
+        guest: Guest,
+        guest_id: &str,
+        response: &mut Value,
+    ) -> Result<Guest, AgentError> {
+        let request = mistify_rpc::GuestRequest {
+            guest: Some(guest),
+            action: action.to_string(),
+            args: stage.args.clone(),
+        };
+        merge(response, self.call_stage(stage, &request).await?);
+        let returned = response
+            .get("guest")
+            .filter(|g| g.is_object())
+            .ok_or_else(|| StageError::NoGuest {
+                method: stage.method.clone(),
+            })?;
+        let mut next: Guest =
+            serde_json::from_value(returned.clone()).map_err(|source| StageError::Unreadable {
+                method: stage.method.clone(),
+                what: "guest",
+                source,
+            })?;
+        if next.id != guest_id {
+            tracing::warn!(guest = guest_id, returned = %next.id, stage = %stage.method,
+                "sub-agent returned another guest id; stored under the pipeline's id");
+            next.id = guest_id.to_string();
+        }
+        // Unchanged (e.g. a status read that finds what is stored): no write.
+        if self.store.guest(guest_id).as_deref() != Some(&next) {
+            self.store.put_guest(&next).await?;
+        }
+        Ok(next)
     }
 
     /// Runs the stages of an image or snapshot action: the same request for each, the
@@ -158,8 +204,13 @@ impl Agent {
     ) -> Result<Value, AgentError> {
         let def = self.action(action)?;
         let mut response = empty;
-        for stage in &def.stages {
-            merge(&mut response, self.call_stage(stage, request).await?);
+        for (i, stage) in def.stages.iter().enumerate() {
+            let result = self.call_stage(stage, request).await.map_err(in_stage(
+                stage,
+                i,
+                def.stages.len(),
+            ))?;
+            merge(&mut response, result);
         }
         Ok(response)
     }
@@ -175,13 +226,18 @@ impl Agent {
         let def = self.action(kind.action())?;
         let mut response = json!({"guest": null, "type": ""});
         let mut method = String::new();
-        for stage in &def.stages {
+        for (i, stage) in def.stages.iter().enumerate() {
             let request = MetricsRequest {
                 guest,
                 kind: kind.as_str(),
                 args: &stage.args,
             };
-            merge(&mut response, self.call_stage(stage, &request).await?);
+            let result = self.call_stage(stage, &request).await.map_err(in_stage(
+                stage,
+                i,
+                def.stages.len(),
+            ))?;
+            merge(&mut response, result);
             method.clone_from(&stage.method);
         }
         let figures: Figures =
@@ -233,6 +289,21 @@ impl Agent {
             }));
         }
         Ok(stream)
+    }
+}
+
+/// Puts a stage's failure in its place (`stage 2 of 2 (service method): …`).
+fn in_stage(
+    stage: &StageDef,
+    index: usize,
+    stages: usize,
+) -> impl FnOnce(AgentError) -> AgentError + '_ {
+    move |source| AgentError::InStage {
+        index: index + 1,
+        stages,
+        service: stage.service.clone(),
+        method: stage.method.clone(),
+        source: Box::new(source),
     }
 }
 

@@ -353,3 +353,84 @@ async fn bad_creates_are_refused_before_any_job() {
     assert_eq!(status, 202);
     assert!(headers.get("warning").is_none());
 }
+
+/// Backend errors the caller caused are 4xx: libvirt refusing an operation in the
+/// domain's state is 409; an image that guests use is 409 naming them, before any job.
+/// A job that fails names its stage, service and method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_errors_name_their_cause_and_caller_faults_are_4xx() {
+    let s = common::setup(
+        "bad-input",
+        &[
+            (
+                "cpuMetrics",
+                "fail",
+                "[Code-55] [Domain-20] Requested operation is not valid: domain is not running",
+            ),
+            ("reboot", "fail", "the disk is on fire"),
+        ],
+    )
+    .await;
+    let base = s.agent.url();
+    let guest = common::sized(Guest {
+        disks: vec![mistify_client::Disk {
+            image: "img-ok".into(),
+            ..Default::default()
+        }],
+        ..Guest::default()
+    });
+    let id = s.new_guest(guest).await.id;
+    let (status, _, text) = raw("GET", &format!("{base}/guests/{id}/metrics/cpu"), None).await;
+    assert_eq!(status, 409, "{text}");
+    assert!(message(&text).contains("domain is not running"), "{text}");
+
+    let (status, _, text) = raw("DELETE", &format!("{base}/images/img-ok"), None).await;
+    assert_eq!(status, 409, "{text}");
+    assert_eq!(
+        message(&text),
+        format!("image img-ok is in use by guest {id}: delete it first")
+    );
+
+    let job = s.queue(&id, mistify_client::GuestAction::Reboot).await;
+    let job = wait_done(&s.client, &job).await;
+    assert_eq!(
+        (job.status, job.message.as_str()),
+        (
+            JobStatus::Error,
+            "stage 1 of 1 (fake Fake.Reboot): the disk is on fire"
+        )
+    );
+}
+
+/// A delete whose stage fails leaves the guest (the job says why); a forced delete goes
+/// on, removes the guest, and its job names what was left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_delete_removes_a_guest_whose_storage_is_stuck() {
+    let s = common::setup(
+        "bad-input",
+        &[("delete", "fail", "cannot destroy: dataset is busy")],
+    )
+    .await;
+    let id = new_guest(&s).await;
+    let job = s.queue(&id, mistify_client::GuestAction::Delete).await;
+    let job = wait_done(&s.client, &job).await;
+    assert_eq!(job.status, JobStatus::Error, "{job:?}");
+    assert!(s.client.get_guest(&id).await.is_ok(), "the guest stays");
+
+    let base = s.agent.url();
+    let (status, _, text) = raw("DELETE", &format!("{base}/guests/{id}?force=yes"), None).await;
+    assert_eq!(status, 400, "{text}");
+
+    let accepted = s.client.delete_guest_forced(&id).await.unwrap();
+    let job = wait_done(&s.client, accepted.job_id.as_deref().unwrap()).await;
+    assert_eq!(
+        (job.status, job.message.as_str()),
+        (
+            JobStatus::Complete,
+            "forced: stage 1 of 1 (fake Fake.Delete): cannot destroy: dataset is busy"
+        )
+    );
+    let err = s.client.get_guest(&id).await.unwrap_err();
+    assert_eq!(err.status(), Some(404), "{err}");
+    assert_eq!(s.control.count("Fake.Delete"), 2);
+}

@@ -821,6 +821,17 @@ impl Client {
         Ok(reply.accepted(body))
     }
 
+    /// `DELETE /guests/{id}?force=true`: deletes the guest whatever its stages say (a
+    /// stage that fails is noted in the job's message, the record goes anyway); for a
+    /// guest whose storage or domain is stuck.
+    pub async fn delete_guest_forced(&self, id: &str) -> Result<Accepted<Guest>, ClientError> {
+        check_segment("guest id", id)?;
+        let url = self.url(&["guests", id], &[("force", "true".to_string())])?;
+        let reply = self.call(Method::DELETE, url, None, self.timeout).await?;
+        let body = reply.json()?;
+        Ok(reply.accepted(body))
+    }
+
     // ----- snapshots --------------------------------------------------------------
     //
     // `disk: Some(d)` addresses `/guests/{id}/disks/{d}/snapshots…` (one disk),

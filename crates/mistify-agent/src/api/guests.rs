@@ -64,7 +64,31 @@ pub async fn action(
     let action: GuestAction = action
         .parse()
         .map_err(|_| AgentError::UnknownAction(action))?;
-    let done = agent.guest_action(&guest, action).await?;
+    let done = agent.guest_action(&guest, action, false).await?;
+    Ok(accepted(&done.job, &*done.body))
+}
+
+/// `DELETE /guests/{id}` (ours): the `delete` job, as `POST /guests/{id}/delete`; with
+/// `?force=true` the guest is removed whatever its stages answer (a stage that fails is
+/// named in the job's message).
+pub async fn delete(
+    State(agent): State<AppState>,
+    Path(guest): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, AgentError> {
+    let guest = id("guest id", &guest)?;
+    let force = match query.get("force").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(AgentError::BadRequest(format!(
+                "invalid force {other:?}: true or false expected"
+            )))
+        }
+    };
+    let done = agent
+        .guest_action(&guest, GuestAction::Delete, force)
+        .await?;
     Ok(accepted(&done.job, &*done.body))
 }
 

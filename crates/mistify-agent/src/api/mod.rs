@@ -77,7 +77,7 @@ fn routes(agent: Arc<Agent>) -> Router {
         .route("/jobs", get(jobs::list))
         .route("/jobs/{job}", get(jobs::get_one).delete(jobs::cancel))
         .route("/guests", get(guests::list).post(guests::create))
-        .route("/guests/{id}", get(guests::get_one))
+        .route("/guests/{id}", get(guests::get_one).delete(guests::delete))
         .route("/guests/{id}/jobs", get(jobs::list_guest))
         .route("/guests/{id}/jobs/{job}", get(jobs::get_guest_job))
         .route(

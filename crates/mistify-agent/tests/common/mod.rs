@@ -138,6 +138,9 @@ pub mod fake {
             let c = c.clone();
             async move {
                 c.calls.lock().unwrap().push("Fake.CPUMetrics".into());
+                if let Some(message) = req.args.get("fail") {
+                    return Err(message.clone());
+                }
                 Ok::<_, String>(GuestMetricsResponse {
                     guest: req.guest,
                     kind: "cpu".into(),
