@@ -46,8 +46,7 @@ fn agent() -> Arc<Agent> {
                 limits: Default::default(),
                 tls: None,
             };
-            let _guard = runtime().enter();
-            Agent::start(settings).expect("agent")
+            runtime().block_on(Agent::start(settings)).expect("agent")
         })
         .clone()
 }
