@@ -22,7 +22,10 @@
 //! lochness/vlans/<tag>/vlangroups/<group>      link to a VLAN group (empty value)
 //! lochness/vlangroups/<id>/metadata            VLAN group JSON
 //! lochness/vlangroups/<id>/vlans/<tag>         link to a VLAN (empty value)
-//! lochness/jobs/<id>                           jobs (watched, not written by this crate)
+//! lochness/jobs/<id>                           job JSON (the original record)
+//! lochness/queue/create/<job>                  a select-hypervisor job waiting for a placer; value: the guest id
+//! lochness/queue/work/<job>                    a job waiting for a worker; value: the guest id
+//! lochness/claims/<job>                        the placer or worker on the job (bound to its lease)
 //! ```
 //!
 //! Every key under an entity is `<family><id>/<entry>`: the family prefixes below, then
@@ -55,6 +58,14 @@ pub const VLANS: &str = "lochness/vlans/";
 pub const VLANGROUPS: &str = "lochness/vlangroups/";
 /// Prefix of jobs.
 pub const JOBS: &str = "lochness/jobs/";
+/// Prefix of both job queues.
+pub const QUEUE: &str = "lochness/queue/";
+/// Queue of `select-hypervisor` jobs (placers).
+pub const QUEUE_CREATE: &str = "lochness/queue/create/";
+/// Queue of every other job (workers).
+pub const QUEUE_WORK: &str = "lochness/queue/work/";
+/// Prefix of job claims.
+pub const CLAIMS: &str = "lochness/claims/";
 
 /// The entity's JSON, under every entity.
 pub const METADATA: &str = "metadata";
@@ -74,6 +85,22 @@ pub const ADDRESSES_DIR: &str = "addresses/";
 pub const VLANGROUPS_DIR: &str = "vlangroups/";
 /// VLAN links of a VLAN group.
 pub const VLANS_DIR: &str = "vlans/";
+
+/// The record of job `id`.
+pub fn job(id: &str) -> String {
+    format!("{JOBS}{id}")
+}
+
+/// The entry of job `id` in the queue whose prefix is `queue` ([`QUEUE_CREATE`] or
+/// [`QUEUE_WORK`]).
+pub fn queue_entry(queue: &str, id: &str) -> String {
+    format!("{queue}{id}")
+}
+
+/// The claim on job `id`.
+pub fn claim(id: &str) -> String {
+    format!("{CLAIMS}{id}")
+}
 
 /// Global configuration key `key`.
 pub fn config(key: &str) -> String {

@@ -81,7 +81,8 @@
 //! - [`placement`] (candidate selection over a [`ClusterView`]) and [`assign`] (placing a
 //!   guest on a hypervisor and undoing it, one transaction each);
 //! - [`heartbeat`] (liveness leases and the `lochness-heartbeat` loop) and [`agent`] (the
-//!   client of a hypervisor's agent).
+//!   client of a hypervisor's agent);
+//! - [`job`]: job records, their transitions, and creating a job with its queue entry.
 
 #![warn(missing_docs)]
 
@@ -97,6 +98,7 @@ pub mod guest;
 pub mod heartbeat;
 pub mod host;
 pub mod hypervisor;
+pub mod job;
 pub mod keys;
 pub mod network;
 pub mod placement;
@@ -114,6 +116,7 @@ pub use guest::Guest;
 pub use heartbeat::Heartbeat;
 pub use host::{hypervisor_id, set_hypervisor_id};
 pub use hypervisor::Hypervisor;
+pub use job::{Job, JobAction, JobStatus, Queue, Transition};
 pub use network::Network;
 pub use placement::{
     candidate_has_resources, candidate_has_subnet, candidate_is_alive, candidate_randomize,
