@@ -100,6 +100,15 @@ pub enum Command {
     /// The agent's health: its status, then each sub-agent, whether it answered and how
     /// fast. Exits 0 when ok, 1 when degraded.
     Health,
+    /// A shell completion script on stdout (e.g. `mistify completions bash >
+    /// /etc/bash_completion.d/mistify`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The manual page (roff) on stdout, e.g. `mistify man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -1142,6 +1151,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         json: cli.json,
         quiet: cli.quiet,
     };
+    // Commands that need no agent.
+    match &cli.command {
+        Command::Completions { shell } => return out.write_bytes(&completions(*shell)),
+        Command::Man => return out.write_bytes(&man_page()?),
+        _ => {}
+    }
     let mut client = Client::new(&cli.agent)?
         .with_timeout(Duration::from_secs(cli.timeout))
         .with_strict_fields()
@@ -1164,6 +1179,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Images(cmd) => images(&client, &out, cmd).await,
         Command::Snapshots(cmd) => snapshots(&client, &out, cmd).await,
         Command::Health => health(&client, &out).await,
+        Command::Completions { .. } | Command::Man => Ok(()),
     }
 }
 
@@ -1576,6 +1592,132 @@ async fn download_to(
     }
     file.sync_all()
         .map_err(io_error(format!("writing {}", part.display())))
+}
+
+// ----- completions and the manual page -------------------------------------------------
+
+/// The completion script of `shell`.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "mistify", &mut script);
+    script
+}
+
+/// The manual page `mistify(1)` in roff: clap's page of the top level (flags and
+/// commands), then every command with its usage and flags, exit status, environment.
+pub fn man_page() -> Result<Vec<u8>, CliError> {
+    use clap_mangen::roff::{bold, italic, roman, Roff};
+    let mut command = <Cli as clap::CommandFactory>::command();
+    command.build();
+    let mut page = Vec::new();
+    let encode = |e: std::io::Error| CliError::Io {
+        what: "rendering the manual page".into(),
+        source: e,
+    };
+    // clap's sections, less its list of subcommands (it names a page per subcommand;
+    // this one page has them all, under COMMANDS).
+    let man = clap_mangen::Man::new(command.clone());
+    man.render_title(&mut page).map_err(encode)?;
+    man.render_name_section(&mut page).map_err(encode)?;
+    man.render_synopsis_section(&mut page).map_err(encode)?;
+    man.render_description_section(&mut page).map_err(encode)?;
+    man.render_options_section(&mut page).map_err(encode)?;
+
+    let mut roff = Roff::default();
+    roff.control("SH", ["COMMANDS"]);
+    let mut leaves = Vec::new();
+    collect_leaves(&command, &mut leaves);
+    for sub in leaves {
+        let usage = sub
+            .clone()
+            .render_usage()
+            .to_string()
+            .trim_start_matches("Usage:")
+            .trim()
+            .to_string();
+        roff.control("TP", []);
+        roff.text([bold(usage)]);
+        if let Some(about) = sub.get_long_about().or(sub.get_about()) {
+            roff.text([roman(about.to_string())]);
+        }
+        for arg in sub.get_arguments().filter(|a| {
+            !a.is_hide_set()
+                && !a.is_global_set()
+                && !["help", "version"].contains(&a.get_id().as_str())
+        }) {
+            let value = arg
+                .get_value_names()
+                .map(|names| names.join(" "))
+                .unwrap_or_else(|| arg.get_id().as_str().to_uppercase());
+            let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
+            let name = match (arg.get_long(), arg.get_short()) {
+                (Some(long), Some(short)) => format!("-{short}, --{long}"),
+                (Some(long), None) => format!("--{long}"),
+                (None, Some(short)) => format!("-{short}"),
+                (None, None) => String::new(),
+            };
+            let name = match (name.is_empty(), takes_value) {
+                (true, _) => value,
+                (false, true) => format!("{name} {value}"),
+                (false, false) => name,
+            };
+            roff.control("RS", []);
+            roff.control("TP", []);
+            roff.text([italic(name)]);
+            let mut help = arg
+                .get_long_help()
+                .or(arg.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            let values: Vec<String> = arg
+                .get_possible_values()
+                .iter()
+                .filter(|v| !v.is_hide_set())
+                .map(|v| v.get_name().to_string())
+                .collect();
+            if !values.is_empty() {
+                let _ = write!(help, " (one of: {})", values.join(", "));
+            }
+            if !help.is_empty() {
+                roff.text([roman(help)]);
+            }
+            roff.control("RE", []);
+        }
+    }
+    roff.control("SH", ["EXIT STATUS"]);
+    roff.text([roman(
+        "0 on success; 1 for an agent error, a transport error or timeout, a failed job, \
+         a degraded agent (health); 2 for bad input (flag syntax, key=value syntax, \
+         numbers, an id the client refuses).",
+    )]);
+    roff.control("SH", ["ENVIRONMENT"]);
+    roff.text([roman(
+        "MISTIFY_AGENT (--agent), MISTIFY_TOKEN_FILE (--token-file), MISTIFY_CA_CERT \
+         (--ca-cert), MISTIFY_CLIENT_CERT (--client-cert), MISTIFY_CLIENT_KEY \
+         (--client-key).",
+    )]);
+    roff.control("SH", ["SEE ALSO"]);
+    roff.text([roman(
+        "mistify-supervisor(1); /usr/share/doc/mistify/cli.md, agent.md and operations.md.",
+    )]);
+    roff.to_writer(&mut page).map_err(encode)?;
+    man.render_version_section(&mut page).map_err(encode)?;
+    Ok(page)
+}
+
+/// The commands of `command` that take no subcommand, depth first (no `help`).
+fn collect_leaves(command: &clap::Command, leaves: &mut Vec<clap::Command>) {
+    for sub in command.get_subcommands() {
+        if sub.get_name() == "help" || sub.is_hide_set() {
+            continue;
+        }
+        if sub.has_subcommands() {
+            collect_leaves(sub, leaves);
+        } else {
+            leaves.push(sub.clone());
+        }
+    }
 }
 
 /// Parses the process's arguments, runs the command and returns the exit status;

@@ -876,3 +876,97 @@ fn download_progress_shows_the_total_from_the_listing() {
         .run(&["snapshots", "download", &id, "s1", "-o", &file_arg])
         .ok();
 }
+
+#[test]
+fn completions_and_man_page() {
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_mistify"))
+            .env("MISTIFY_AGENT", "http://127.0.0.1:1")
+            .args(args)
+            .output()
+            .expect("run mistify");
+        Run::from(args, output).ok()
+    };
+    let bash = run(&["completions", "bash"]);
+    assert!(bash.stdout.contains("_mistify()"), "{bash}");
+    assert!(bash.stdout.contains("complete -F _mistify"), "{bash}");
+    for word in [
+        "guests", "metrics", "cancel", "health", "--quiet", "--force",
+    ] {
+        assert!(bash.stdout.contains(word), "{word} not completed: {bash}");
+    }
+    // The script is valid bash.
+    let check = Command::new("bash")
+        .args(["-n", "-c", &bash.stdout])
+        .output()
+        .expect("bash -n");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let zsh = run(&["completions", "zsh"]);
+    assert!(zsh.stdout.starts_with("#compdef mistify"), "{zsh}");
+    let fish = run(&["completions", "fish"]);
+    assert!(fish.stdout.contains("complete -c mistify"), "{fish}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_mistify"))
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("run mistify");
+    assert_eq!(bad.status.code(), Some(2));
+
+    let man = run(&["man"]);
+    assert!(man.stdout.contains(".TH mistify 1"), "{man}");
+    for section in [
+        "NAME",
+        "SYNOPSIS",
+        "OPTIONS",
+        "COMMANDS",
+        "EXIT STATUS",
+        "ENVIRONMENT",
+    ] {
+        assert!(
+            man.stdout.contains(&format!(".SH {section}"))
+                || man.stdout.contains(&format!(".SH \"{section}\"")),
+            "no {section} section: {man}"
+        );
+    }
+    for command in [
+        "mistify guests metrics",
+        "mistify jobs cancel",
+        "mistify health",
+    ] {
+        let roff = command.replace('-', "\\-");
+        assert!(
+            man.stdout.contains(&roff),
+            "{command} not in the page: {man}"
+        );
+    }
+    // It renders without a warning, when man(1) is there to render it.
+    if let Ok(out) = Command::new("man")
+        .args(["--warnings", "-l", "-"])
+        .env("MANWIDTH", "80")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(man.stdout.as_bytes())?;
+            child.wait_with_output()
+        })
+    {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("jobs cancel"), "{text}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "man --warnings");
+    }
+}
