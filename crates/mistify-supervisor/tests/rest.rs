@@ -44,6 +44,33 @@ fn govisord_fixture_replays_against_our_daemon() {
     assert!(fixed[0].contains("no-etag-on-304"));
 }
 
+/// An answer written as Go's `http.Error(w, text, code)`: `text` and a newline,
+/// `Content-Type: text/plain; charset=utf-8`, `X-Content-Type-Options: nosniff`.
+async fn assert_go_text_error(r: reqwest::Response, text: &str) {
+    let what = format!("{} {}", r.status(), r.url());
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    assert_eq!(
+        header("content-type").as_deref(),
+        Some("text/plain; charset=utf-8"),
+        "{what}"
+    );
+    assert_eq!(
+        header("x-content-type-options").as_deref(),
+        Some("nosniff"),
+        "{what}"
+    );
+    assert_eq!(
+        r.text().await.unwrap_or_default(),
+        format!("{text}\n"),
+        "{what}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth_from_a_bcrypt_password_file() {
     let hash = bcrypt::hash("s3cret", 4).unwrap_or_else(|e| panic!("{e}"));
@@ -79,7 +106,7 @@ async fn basic_auth_from_a_bcrypt_password_file() {
             .and_then(|v| v.to_str().ok()),
         Some("Basic realm=\"hv1\"")
     );
-    assert_eq!(r.text().await.unwrap_or_default().trim(), "Unauthorized");
+    assert_go_text_error(r, "Unauthorized").await;
     for (user, pass, code) in [
         ("ops", "wrong", 401),
         ("nobody", "s3cret", 401),
@@ -93,7 +120,18 @@ async fn basic_auth_from_a_bcrypt_password_file() {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.status().as_u16(), code, "{user}:{pass}");
+        if code == 401 {
+            assert_go_text_error(r, "Unauthorized").await;
+        }
     }
+    // Authentication comes before routing: an unknown path is a 401 too.
+    let r = http
+        .post(format!("{}/nope", sup.url))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status().as_u16(), 401);
+    assert_go_text_error(r, "Unauthorized").await;
     // The client reports 401 as such (the TUI's cue for its login screen).
     let e = sup
         .client
@@ -334,4 +372,92 @@ async fn a_long_poll_ends_when_its_client_goes_away() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     server.abort();
+}
+
+/// Every error answer as govisord wrote it: gorilla's `404 page not found` through Go's
+/// `http.Error` (with `nosniff`), a wrong method 405 with no body, no `Content-Type` and
+/// no `Allow`, and the JSON errors (`Service not found`, the conflict) without `nosniff`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_answers_carry_the_headers_govisord_wrote() {
+    let sup = Sup::start(
+        "errors",
+        &[
+            (
+                "a.json",
+                m(json!({"name": "a:b", "command": ["sleep", "3600"]})),
+            ),
+            (
+                "z.json",
+                m(json!({"name": "z", "command": ["sleep", "3600"], "conflicts": ["a"]})),
+            ),
+        ],
+    );
+    sup.until_state("a:b", State::Running, T).await;
+    let http = reqwest::Client::new();
+    let send = |method: &str, path: &str| {
+        let method =
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        http.request(method, format!("{}{path}", sup.url)).send()
+    };
+    for (method, path) in [
+        ("GET", "/nope"),
+        ("POST", "/nope"),
+        ("GET", "/services/"),
+        ("GET", "/services/a:b/log/extra"),
+        ("POST", "/services/a:b/frob"),
+        ("GET", "/services/a:b/frob"),
+        ("POST", "/services/%FF/frob"),
+    ] {
+        let r = send(method, path).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status().as_u16(), 404, "{method} {path}");
+        assert_go_text_error(r, "404 page not found").await;
+    }
+    for (method, path) in [
+        ("PUT", "/"),
+        ("POST", "/services"),
+        ("DELETE", "/services/a:b"),
+        ("GET", "/services/a:b/enable"),
+        ("HEAD", "/services/nope/restart"),
+        ("POST", "/services/a:b/log"),
+    ] {
+        let r = send(method, path).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status().as_u16(), 405, "{method} {path}");
+        for h in ["content-type", "x-content-type-options", "allow"] {
+            assert!(r.headers().get(h).is_none(), "{method} {path}: {h}");
+        }
+        assert_eq!(r.text().await.unwrap_or_default(), "", "{method} {path}");
+    }
+    for (method, path, code, message) in [
+        ("GET", "/services/nope", 404, "Service not found"),
+        ("GET", "/services/%FF", 404, "Service not found"),
+        ("GET", "/services/%FF/log", 404, "Service not found"),
+        ("POST", "/services/%FF/enable", 404, "Service not found"),
+        ("POST", "/services/nope/clear", 404, "Service not found"),
+        (
+            "POST",
+            "/services/z/enable",
+            409,
+            "Conflicting service enabled",
+        ),
+    ] {
+        let r = send(method, path).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status().as_u16(), code, "{method} {path}");
+        assert!(
+            r.headers().get("x-content-type-options").is_none(),
+            "{method} {path}"
+        );
+        assert_eq!(
+            r.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json; charset=UTF-8"),
+            "{method} {path}"
+        );
+        let v: serde_json::Value = r.json().await.unwrap_or_default();
+        assert_eq!(
+            v,
+            json!({"code": code, "message": message}),
+            "{method} {path}"
+        );
+    }
 }
