@@ -461,3 +461,182 @@ async fn error_answers_carry_the_headers_govisord_wrote() {
         );
     }
 }
+
+/// A provider that is ready at once and takes `stop` to stop.
+struct SlowStop(Duration);
+
+#[async_trait::async_trait]
+impl Provider for SlowStop {
+    async fn start(&self, ctx: ProviderContext) -> Result<Option<u32>, String> {
+        ctx.ready();
+        Ok(None)
+    }
+    async fn stop(&self) {
+        tokio::time::sleep(self.0).await;
+    }
+}
+
+/// Sends a long poll of `path` on `etag` and returns its answer once `mgr` counts it as
+/// waiting.
+async fn long_poll(
+    mgr: &Manager,
+    url: String,
+    etag: String,
+) -> tokio::task::JoinHandle<(u16, serde_json::Value)> {
+    let before = mgr.watchers();
+    let poll = tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .get(url)
+            .header("X-Govisor-Poll-Etag", etag)
+            .header("X-Govisor-Poll-Time", "30")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let code = r.status().as_u16();
+        (code, r.json().await.unwrap_or_default())
+    });
+    let deadline = std::time::Instant::now() + T;
+    while mgr.watchers() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the poll never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    poll
+}
+
+/// govisord ran a restart under its lock, so a long poll woken by it read the service
+/// once it ran again. Ours reads govisor's views once the change has played out too:
+/// never `running: false` with the old status while the stop is under way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_answers_once_the_change_it_saw_is_complete() {
+    let mgr = Manager::new("polls");
+    // Healthy as soon as it is ready (no settle time): nothing changes after a restart.
+    let mut cfg = ServiceConfig::new("slow");
+    cfg.ready = mistify_supervisor::manifest::Readiness::Notify;
+    mgr.add_service(cfg, Arc::new(SlowStop(Duration::from_millis(400))))
+        .unwrap_or_else(|e| panic!("{e}"));
+    mgr.enable("slow").unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let base = format!(
+        "http://{}",
+        listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    );
+    let app = router(mgr.clone());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    mgr.settle("slow", T).await;
+    let info = mgr.service("slow").unwrap_or_else(|| panic!("no slow"));
+    assert!(info.running && info.status == "Healthy", "{info:?}");
+    let http = reqwest::Client::new();
+    let restart = || async {
+        let r = http
+            .post(format!("{base}/services/slow/restart"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status().as_u16(), 200);
+    };
+
+    // The service, govisor's view.
+    let poll = long_poll(
+        &mgr,
+        format!("{base}/services/slow"),
+        format!("\"{}\"", info.serial),
+    )
+    .await;
+    restart().await;
+    let (code, v) = poll.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, 200);
+    assert_eq!(v["running"], true, "{v}");
+    assert!(v["status"] == "Started" || v["status"] == "Healthy", "{v}");
+    let now = mgr.service("slow").unwrap_or_else(|| panic!("no slow"));
+    assert_eq!(v["serial"], now.serial.to_string(), "{v}");
+
+    // The manager: the serial once the restart is done.
+    let serial = mgr.serial();
+    let poll = long_poll(&mgr, format!("{base}/"), format!("\"{serial:x}\"")).await;
+    restart().await;
+    let (code, v) = poll.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, 200);
+    assert_eq!(v["serial"], format!("{:x}", mgr.serial()), "{v}");
+
+    // Ours (`?full=1`) answers at the first change: the stop under way.
+    let serial = mgr.service("slow").map(|s| s.serial).unwrap_or_default();
+    let poll = long_poll(
+        &mgr,
+        format!("{base}/services/slow?full=1"),
+        format!("\"{serial}\""),
+    )
+    .await;
+    restart().await;
+    let (_, v) = poll.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v["state"], "stopping", "{v}");
+    mgr.shutdown().await;
+    server.abort();
+}
+
+/// The scenario as an operator meets it: govisor's one-shot (a command that exits 0) and
+/// ours (`type: oneshot`), restarted while a long poll waits on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_one_shot_is_running_in_the_long_poll_answer() {
+    let sup = Sup::start(
+        "oneshot-poll",
+        &[
+            (
+                "hello.json",
+                m(json!({"name": "hello:echo", "command": ["echo", "hello"]})),
+            ),
+            (
+                "once.json",
+                m(json!({"name": "once", "command": ["echo", "once"], "type": "oneshot"})),
+            ),
+        ],
+    );
+    let http = reqwest::Client::new();
+    for name in ["hello:echo", "once"] {
+        sup.until(name, T, |s| s.running && s.status == "Healthy")
+            .await;
+        let r = http
+            .get(format!("{}/services/{name}", sup.url))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let etag = r
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let url = format!("{}/services/{name}", sup.url);
+        let poll = tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("X-Govisor-Poll-Etag", etag)
+                .header("X-Govisor-Poll-Time", "30")
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .json::<serde_json::Value>()
+                .await
+                .unwrap_or_default()
+        });
+        // The poll is waiting by then (it is answered at once only on a change).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sup.client
+            .restart(name)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let v = poll.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v["running"], true, "{name}: {v}");
+        assert_eq!(v["enabled"], true, "{name}: {v}");
+        assert!(
+            v["status"] == "Started" || v["status"] == "Healthy",
+            "{name}: {v}"
+        );
+    }
+}

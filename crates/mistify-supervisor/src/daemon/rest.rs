@@ -167,7 +167,11 @@ async fn healthz(State(mgr): State<Arc<Manager>>) -> Response {
 
 async fn root(State(mgr): State<Arc<Manager>>, headers: HeaderMap) -> Response {
     if let Some((old, wait)) = poll_request(&headers) {
-        mgr.watch(old, wait, |m| Some(m.serial())).await;
+        if mgr.watch(old, wait, |m| Some(m.serial())).await {
+            // govisord read the answer once the change was complete (after the
+            // operation that made it released the lock): so do we.
+            mgr.settle_all(SETTLE_WAIT).await;
+        }
     }
     let info = mgr.info();
     conditional(&headers, info.serial.0, info.updated, &info)
@@ -232,7 +236,11 @@ async fn service(
         return map_error(ManagerError::NotFound);
     }
     if let Some((old, wait)) = poll_request(&headers) {
-        mgr.watch(old, wait, |m| m.service_serial(&name)).await;
+        // govisor's view is read once the change is complete, as govisord did (a
+        // restart is never seen half done); ours (`?full=1`) shows starting and stopping.
+        if mgr.watch(old, wait, |m| m.service_serial(&name)).await && !full(&q) {
+            mgr.settle(&name, SETTLE_WAIT).await;
+        }
     }
     match mgr.service(&name) {
         Some(info) if full(&q) => conditional(&headers, info.serial.0, info.tstamp, &info),
