@@ -443,8 +443,16 @@ impl Manager {
         for n in names {
             if let Err(e) = self.enable(&n) {
                 tracing::warn!(service = %n, "not enabled at start-up: {e}");
-                self.log(&format!("[{}] Not enabling {n}: {e}", self.name));
+                self.log_not_enabled(&n, &e);
             }
+        }
+    }
+
+    /// Logs why the daemon could not enable `name`. A conflict is already in the log, in
+    /// the service's own words (`Cannot enable …`), and govisord wrote nothing more.
+    fn log_not_enabled(&self, name: &str, e: &ManagerError) {
+        if *e != ManagerError::Conflict {
+            self.log(&format!("[{}] Not enabling {name}: {e}", self.name));
         }
     }
 
@@ -597,7 +605,7 @@ impl Manager {
             match self.add_manifest(m) {
                 Ok(()) if enable => {
                     if let Err(e) = self.enable(&name) {
-                        self.log(&format!("[{}] Not enabling {name}: {e}", self.name));
+                        self.log_not_enabled(&name, &e);
                     }
                 }
                 Ok(()) => {}
