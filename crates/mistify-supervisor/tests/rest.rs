@@ -148,17 +148,52 @@ async fn basic_auth_from_a_bcrypt_password_file() {
         .unwrap_or_else(|e| panic!("{e}"));
     let info: serde_json::Value = r.json().await.unwrap_or_default();
     assert_eq!(info["name"], "hv1");
-    // The CLI's --user/--pass.
-    let cli = |extra: &[&str]| {
+    // The CLI's --user/--pass, --pass-file, MISTIFY_SUPERVISOR_USER/_PASS.
+    let cli_env = |extra: &[&str], env: &[(&str, &str)]| {
         std::process::Command::new(cli())
             .args(["--addr", &sup.url])
             .args(extra)
             .arg("list")
+            .env_remove("MISTIFY_SUPERVISOR_USER")
+            .env_remove("MISTIFY_SUPERVISOR_PASS")
+            .envs(env.iter().copied())
             .output()
             .unwrap_or_else(|e| panic!("{e}"))
     };
+    let cli = |extra: &[&str]| cli_env(extra, &[]);
     let ok = cli(&["--user", "ops", "--pass", "s3cret"]);
     assert_eq!(String::from_utf8_lossy(&ok.stdout), "a\n");
+    let cli_pass = dir.path().join("cli-pass");
+    std::fs::write(&cli_pass, "s3cret\n").unwrap_or_else(|e| panic!("{e}"));
+    let cli_pass = cli_pass.display().to_string();
+    let env = [
+        ("MISTIFY_SUPERVISOR_USER", "ops"),
+        ("MISTIFY_SUPERVISOR_PASS", "s3cret"),
+    ];
+    let wrong_env = [("MISTIFY_SUPERVISOR_PASS", "wrong")];
+    for (extra, env) in [
+        (
+            &["--user", "ops", "--pass-file", cli_pass.as_str()][..],
+            &[][..],
+        ),
+        (&[], &env[..]),
+        // The command line wins over the environment.
+        (
+            &["--user", "ops", "--pass-file", cli_pass.as_str()],
+            &wrong_env,
+        ),
+        (&["--user", "ops", "--pass", "s3cret"], &wrong_env),
+    ] {
+        let ok = cli_env(extra, env);
+        assert_eq!(
+            String::from_utf8_lossy(&ok.stdout),
+            "a\n",
+            "{extra:?} {env:?}: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+    }
+    let refused = cli_env(&["--user", "ops"], &wrong_env);
+    assert_eq!(refused.status.code(), Some(1));
     let refused = cli(&[]);
     assert_eq!(refused.status.code(), Some(1));
     assert_eq!(
