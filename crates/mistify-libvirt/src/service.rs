@@ -559,39 +559,21 @@ impl Libvirt {
     }
 
     /// `Libvirt.NicMetrics`: per NIC, the counters of its host-side interface
-    /// (`nic.device`, else the target libvirt gave the NIC with that MAC, else the MAC).
-    /// Keyed by `nic.name`, or the device when the NIC has no name.
+    /// `nic.device` (libvirt also takes the MAC there), keyed by `nic.name`, or the device
+    /// when the NIC has no name. A NIC without a device is libvirt's refusal, as the Go
+    /// sub-agent passed it on: `[Code-8] [Domain-20] invalid argument: '' is not a known
+    /// interface` (`Run` fills the device from libvirt).
     pub async fn nic_metrics(&self, req: GuestMetricsRequest) -> Result<GuestMetricsResponse> {
         let guest = checked_guest(req.guest)?;
         let nic = self
             .pool
             .run(move |conn| {
                 let dom = lookup(conn, &guest.id)?;
-                let needs_xml = guest.nics.iter().any(|n| n.device.is_empty());
-                let live = if needs_xml {
-                    Some(live_xml(&dom)?)
-                } else {
-                    None
-                };
                 let mut out = BTreeMap::new();
                 for n in &guest.nics {
-                    let mut device = n.device.clone();
-                    if device.is_empty() {
-                        if let Some(live) = &live {
-                            let mut g = Guest {
-                                nics: vec![n.clone()],
-                                ..Default::default()
-                            };
-                            update_nics(&mut g, live);
-                            device = g.nics[0].device.clone();
-                        }
-                    }
-                    if device.is_empty() {
-                        device = n.mac.clone();
-                    }
-                    let s = dom.interface_stats(&device)?;
+                    let s = dom.interface_stats(&n.device)?;
                     let key = if n.name.is_empty() {
-                        device.clone()
+                        n.device.clone()
                     } else {
                         n.name.clone()
                     };
