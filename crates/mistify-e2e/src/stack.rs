@@ -87,9 +87,12 @@ pub fn destroy_dataset(name: &str) -> Result<(), String> {
     )
 }
 
-/// `zpool destroy -f pool` under [`ZPOOL_LOCK`], tolerating zfs-fuse's transient "pool
-/// is busy": between tries its datasets are unmounted (deepest first), which is what
-/// holds a pool busy. Ok when the pool is gone (or was never imported).
+/// `zpool destroy pool` under [`ZPOOL_LOCK`], its filesystems unmounted first (deepest
+/// first), tolerating zfs-fuse's transient "pool is busy" (unmounting again between
+/// tries). Never `-f` (`zfs unmount -f`, `zpool destroy -f`): on zfs-fuse a forced
+/// unmount is a lazy one, and once the last file open on the detached mount is closed
+/// zfs-fuse loops for good in its FUSE destroy handler, every mount of the machine with
+/// it (reproduced here). Ok when the pool is gone (or was never imported).
 pub fn destroy_pool(pool: &str) -> Result<(), String> {
     if !quiet(Command::new("zpool").args(["list", pool])) {
         return Ok(());
@@ -103,15 +106,20 @@ pub fn destroy_pool(pool: &str) -> Result<(), String> {
         let names = out
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
+        let mounted = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         for name in names.lines().rev() {
-            let _ = quiet(zfs_locked().args(["unmount", "-f", name]));
+            let source = format!("{name} ");
+            if mounted.lines().any(|l| l.starts_with(&source)) {
+                let _ = quiet(zfs_locked().args(["unmount", name]));
+            }
         }
     };
+    unmount();
     retry_busy(
-        &format!("zpool destroy -f {pool}"),
+        &format!("zpool destroy {pool}"),
         || {
             let mut cmd = zpool_locked();
-            cmd.args(["destroy", "-f", pool]);
+            cmd.args(["destroy", pool]);
             cmd
         },
         unmount,

@@ -60,6 +60,10 @@ pub struct Flags {
     /// OpenZFS.
     #[arg(long)]
     pub mount_lock: Option<PathBuf>,
+    /// Seconds a destroy (guest disks, images, datasets) or a rollback keeps retrying
+    /// while zfs answers "busy", before it answers what holds the dataset.
+    #[arg(long, default_value_t = 30)]
+    pub busy_timeout: u64,
     /// Seconds the image server may stay silent during a download.
     #[arg(long, default_value_t = 60)]
     pub download_idle: u64,
@@ -96,6 +100,7 @@ impl Flags {
             receive_timeout: Duration::from_secs(self.receive_timeout.max(1)),
             download_idle: Duration::from_secs(self.download_idle.max(1)),
             mount_lock: self.mount_lock.clone(),
+            busy_for: Duration::from_secs(self.busy_timeout),
         }
     }
 }

@@ -62,6 +62,9 @@ pub struct Config {
     /// The file whose `flock` the commands that mount or unmount hold. None: the
     /// default, [`crate::zfs::FUSE_MOUNT_LOCK`] on zfs-fuse and no lock on OpenZFS.
     pub mount_lock: Option<PathBuf>,
+    /// How long a destroy or rollback keeps retrying "busy" before it answers what
+    /// holds the dataset.
+    pub busy_for: Duration,
 }
 
 impl Config {
@@ -78,6 +81,7 @@ impl Config {
             receive_timeout: Duration::from_secs(3600),
             download_idle: Duration::from_secs(60),
             mount_lock: None,
+            busy_for: crate::zfs::DEFAULT_BUSY_FOR,
         }
     }
 }
@@ -129,6 +133,7 @@ impl Store {
                 "zfs-fuse has no zvols: use --disk-mode file".into(),
             ));
         }
+        let zfs = zfs.with_busy_for(cfg.busy_for);
         zfs.get(&cfg.pool).await?;
         let mut images = None;
         for child in ["images", "guests"] {
