@@ -1004,5 +1004,30 @@ zxp/images/foo@image\tmountpoint\t-
             e.to_string(),
             "exit status: 1: \"zfs list x\" => cannot open 'x': dataset does not exist"
         );
+        let umount = ZfsError::Failed {
+            status: "exit status: 1".into(),
+            command: "zfs unmount p/g".into(),
+            stderr: "umount: /m/g: target is busy.\ncannot unmount '/m/g': umount failed".into(),
+        };
+        assert!(umount.busy());
+        let gone = ZfsError::Failed {
+            status: "exit status: 1".into(),
+            command: "zfs unmount p/g".into(),
+            stderr: "cannot unmount 'p/g': not currently mounted".into(),
+        };
+        assert!(gone.not_mounted() && !gone.busy());
+        let held = ZfsError::Held {
+            command: "zfs destroy -r p/g".into(),
+            stderr: "cannot destroy 'p/g': dataset is busy".into(),
+            tries: 6,
+            waited: Duration::from_millis(3240),
+            held: "still mounted: p/g at /m/g; in use by pid 7 (qemu) /m/g/disk.img".into(),
+        };
+        assert!(held.busy());
+        assert_eq!(
+            held.to_string(),
+            "zfs destroy -r p/g: still busy after 6 tries in 3.2 s: cannot destroy 'p/g': \
+             dataset is busy; still mounted: p/g at /m/g; in use by pid 7 (qemu) /m/g/disk.img"
+        );
     }
 }
