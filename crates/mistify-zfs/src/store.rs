@@ -517,8 +517,11 @@ impl Store {
         let task_id = id.to_string();
         let task_progress = progress.clone();
         let handle = tokio::spawn(async move {
-            // Wait until the entry is published (so the task cannot finish before it).
-            let _ = rx.await;
+            // Wait until the entry is published (so the task cannot finish before it);
+            // a dropped sender means the image was found imported meanwhile.
+            if rx.await.is_err() {
+                return Ok(());
+            }
             me.fetch_task(&task_id, source, &task_progress).await
         });
         let done: FetchResult = async move {
@@ -543,6 +546,22 @@ impl Store {
                     done: done.clone(),
                 },
             );
+        }
+        // A fetch that ended between the caller's look at the record and our entry has
+        // stored `complete` before leaving the map: importing again would collide with
+        // its dataset.
+        let imported = self
+            .records
+            .get(id)
+            .await
+            .map(|r| r.is_some_and(|info| info.status == STATUS_COMPLETE));
+        if !matches!(imported, Ok(false)) {
+            if let Ok(mut map) = self.inflight.lock() {
+                map.remove(id);
+            }
+            drop(tx);
+            imported?;
+            return Ok(done);
         }
         self.records
             .put(ImageInfo {
