@@ -253,6 +253,9 @@ fn with_inputs(mut schemas: Value) -> Value {
     schemas["NicInput"]["properties"]["vlans"]["items"] =
         json!({"type": "integer", "minimum": i64::MIN, "maximum": i64::MAX});
     schemas["DiskInput"]["properties"]["size"] = u64_range;
+    // A disk's image is checked as an id before the create is accepted (empty: none).
+    schemas["DiskInput"]["properties"]["image"] = json!({"type": "string",
+        "maxLength": ID_MAX_CHARS, "pattern": format!("^$|{}", id_pattern())});
     // A key the API does not know is no part of it: by default accepted with a Warning,
     // refused with fieldValidation=Strict.
     for name in ["GuestInput", "NicInput", "DiskInput"] {
