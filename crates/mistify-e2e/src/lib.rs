@@ -190,12 +190,23 @@ impl Drop for TempDir {
     }
 }
 
-/// A port that was free on 127.0.0.1 a moment ago.
+/// A port that was free on 127.0.0.1 a moment ago, and never handed out before by this
+/// process: the kernel may give a released port again at once, and stacks started side by
+/// side pick their ports before any of them binds (two services of two stacks on one
+/// port made one stack's readiness check answer for the other's).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free loopback port");
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Waits until something accepts TCP connections on `addr`.
