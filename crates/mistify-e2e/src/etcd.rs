@@ -47,6 +47,12 @@ impl Etcd {
         etcd
     }
 
+    /// Stops it now (`kill -9`); what it stored stays on disk until the drop.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
