@@ -232,8 +232,20 @@ async fn update(
     let id = path_uuid(&id, "invalid guest id")?;
     let bytes = read_body(body).await?;
     let mut guest = api.ctx.guest(&id).await?;
+    let placed_flavor = (!guest.hypervisor.is_empty()).then(|| guest.flavor.clone());
     guest.apply_patch(&bytes).map_err(input)?;
     guest.validate().map_err(input)?;
+    // A placed guest's flavor is what its hypervisor's allocation was counted from; the
+    // save below also requires that placement did not change the guest meanwhile.
+    if let Some(flavor) = placed_flavor {
+        if !guest.flavor.eq_ignore_ascii_case(&flavor) {
+            return Err(ApiError::conflict(format!(
+                "guest {id} is placed on hypervisor {}: its flavor cannot change",
+                guest.hypervisor
+            ))
+            .msg());
+        }
+    }
     guest.save().await.map_err(|e| guest_write_error(e, &id))?;
     Ok(json_text(StatusCode::OK, guest.to_json()))
 }
