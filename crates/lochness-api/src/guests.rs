@@ -298,6 +298,7 @@ async fn create_flavor(State(api): State<Api>, body: Body) -> Result<Response, A
     if flavor.id.is_empty() {
         flavor.id = fresh;
     }
+    positive_resources(&flavor.resources)?;
     flavor.save().await.map_err(|e| match e {
         lochness::Error::Conflict(_) => ApiError::conflict(format!(
             "flavor {} already exists",
@@ -316,6 +317,23 @@ async fn flavor(State(api): State<Api>, Path(id): Path<String>) -> Result<Respon
     ))
 }
 
+/// A flavor's figures are what placement reserves on a hypervisor: each must be at
+/// least 1 (a negative one does not decode).
+fn positive_resources(r: &lochness::Resources) -> Result<(), ApiError> {
+    for (name, value) in [
+        ("memory", r.memory),
+        ("disk", r.disk),
+        ("cpu", u64::from(r.cpu)),
+    ] {
+        if value == 0 {
+            return Err(ApiError::bad_request(format!(
+                "flavor {name} must be at least 1"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn flavor_id(id: &str) -> Result<String, ApiError> {
     lochness::canonicalize(id)
         .map_err(|_| ApiError::bad_request(format!("invalid flavor id {id:?}")))
@@ -331,6 +349,7 @@ async fn update_flavor(
     let mut flavor = api.ctx.flavor(&id).await?;
     let before = flavor.resources;
     flavor.apply_patch(&bytes)?;
+    positive_resources(&flavor.resources)?;
     flavor.save_unless_used(before).await?;
     Ok(json_text(StatusCode::OK, flavor.to_json()))
 }

@@ -136,9 +136,12 @@ async fn flavors_crud_and_in_use() {
         "the original's flat JSON"
     );
     assert_eq!(
-        post(&url, &format!(r#"{{"id":"{id}","image":"x"}}"#))
-            .await
-            .status,
+        post(
+            &url,
+            &format!(r#"{{"id":"{id}","image":"x","memory":1,"disk":1,"cpu":1}}"#)
+        )
+        .await
+        .status,
         409
     );
     assert_eq!(post(&url, r#"{"memory":1}"#).await.status, 400, "no image");
@@ -502,7 +505,11 @@ async fn beanstalk_is_accepted_and_ignored() {
     };
     let guests = cluster.start(Which::Guests, &["-b", "127.0.0.1:11300", "--prefix", "p1"]);
     let ctx = cluster.ctx().await;
-    let r = post(&format!("{guests}/flavors"), r#"{"image":"x"}"#).await;
+    let r = post(
+        &format!("{guests}/flavors"),
+        r#"{"image":"x","memory":1,"disk":1,"cpu":1}"#,
+    )
+    .await;
     assert_eq!(r.status, 201);
     let id = r.json()["id"].as_str().unwrap().to_string();
     // Under the prefix, not at the root.

@@ -683,3 +683,61 @@ async fn bad_firewall_rules_are_refused() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn zero_and_negative_resources_are_refused() {
+    let Some(env) = env().await else { return };
+    let ctx = &env.ctx;
+    let url = format!("{}/flavors", env.guests);
+    for (body, needle) in [
+        (
+            r#"{"image":"x","memory":0,"disk":1,"cpu":1}"#,
+            "flavor memory must be at least 1",
+        ),
+        (
+            r#"{"image":"x","memory":1,"disk":0,"cpu":1}"#,
+            "flavor disk must be at least 1",
+        ),
+        (
+            r#"{"image":"x","memory":1,"disk":1}"#,
+            "flavor cpu must be at least 1",
+        ),
+        (r#"{"image":"x","memory":-1,"disk":1,"cpu":1}"#, "memory"),
+        (r#"{"image":"x","memory":1,"disk":1,"cpu":-2}"#, "cpu"),
+        (r#"{"image":"x","memory":1.5,"disk":1,"cpu":1}"#, "memory"),
+    ] {
+        let r = refused(ctx, "POST", &url, Some(body), 400, needle).await;
+        assert_eq!(r.json()["code"], 400, "{}", r.text);
+    }
+    let one = format!("{url}/{}", env.seed.flavor);
+    refused(ctx, "PATCH", &one, Some(r#"{"cpu":-1}"#), 400, "cpu").await;
+    refused(
+        ctx,
+        "PATCH",
+        &one,
+        Some(r#"{"memory":0}"#),
+        400,
+        "flavor memory must be at least 1",
+    )
+    .await;
+    // A hypervisor's figures: a negative one does not decode.
+    let hv = format!("{}/hypervisors/{}", env.hypervisors, env.seed.hypervisor);
+    refused(
+        ctx,
+        "PATCH",
+        &hv,
+        Some(r#"{"total_resources":{"memory":-5,"disk":1,"cpu":1}}"#),
+        400,
+        "memory",
+    )
+    .await;
+    refused(
+        ctx,
+        "POST",
+        &format!("{}/hypervisors", env.hypervisors),
+        Some(r#"{"ip":"10.9.9.9","netmask":"255.255.255.0","gateway":"10.9.9.1","mac":"01:23:45:67:89:ab","total_resources":{"memory":1,"disk":1,"cpu":-1}}"#),
+        400,
+        "cpu",
+    )
+    .await;
+}
