@@ -588,3 +588,68 @@ fn each_daemon_runs_and_stops_on_sigterm() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cguestd"));
 }
+
+/// `GET /metrics` of cnetworkd: the JSON object unless Accept asks for Prometheus text
+/// (`text/plain`, or OpenMetrics as Prometheus' scraper sends it); request counters by
+/// route pattern and status, unrouted paths under one label.
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    let networks = cluster.start(Which::Networks, &[]);
+    let unknown = "0000cccc-0000-4000-8000-00000000abcd";
+    for _ in 0..3 {
+        assert_eq!(get(&format!("{networks}/networks")).await.status, 200);
+    }
+    for _ in 0..2 {
+        let r = get(&format!("{networks}/networks/{unknown}")).await;
+        assert_eq!(r.status, 404, "{}", r.text);
+    }
+    assert_eq!(post(&format!("{networks}/networks"), "{").await.status, 400);
+    assert_eq!(get(&format!("{networks}/nothing/here")).await.status, 404);
+
+    let client = reqwest::Client::new();
+    let fetch = |accept: Option<&'static str>| {
+        let mut req = client.get(format!("{networks}/metrics"));
+        if let Some(a) = accept {
+            req = req.header("Accept", a);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+            (ct, r.text().await.unwrap())
+        }
+    };
+    for accept in [None, Some("application/json"), Some("*/*")] {
+        let (ct, body) = fetch(accept).await;
+        assert!(ct.starts_with("application/json"), "{accept:?}: {ct}");
+        let m: Value = serde_json::from_str(&body).unwrap();
+        let req = &m["requests"];
+        assert_eq!(req["GET /networks"]["200"], 3, "{body}");
+        assert_eq!(req["GET /networks/{id}"]["404"], 2, "{body}");
+        assert_eq!(req["POST /networks"]["400"], 1, "{body}");
+        assert!(req.get("GET /nothing/here").is_none(), "{body}");
+    }
+    for accept in [
+        "text/plain",
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        "application/openmetrics-text",
+    ] {
+        let (ct, text) = fetch(Some(accept)).await;
+        assert!(ct.starts_with("text/plain"), "{accept}: {ct}");
+        for line in [
+            "lochness_api_http_requests_total{method=\"GET\",route=\"/networks\",status=\"200\"} 3",
+            "lochness_api_http_requests_total{method=\"GET\",route=\"/networks/{id}\",status=\"404\"} 2",
+            "lochness_api_http_requests_total{method=\"POST\",route=\"/networks\",status=\"400\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{accept}: no {line}\n{text}");
+        }
+        assert!(
+            text.contains("# TYPE lochness_api_http_requests_total counter"),
+            "{text}"
+        );
+        assert!(!text.contains("/nothing/here"), "{text}");
+    }
+}
