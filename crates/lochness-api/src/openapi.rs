@@ -205,7 +205,8 @@ fn components() -> Value {
             "started_at": s("string"), "finished_at": s("string")}},
         "Flavor": {"type": "object", "properties": {
             "id": s("string"), "image": s("string"), "metadata": map,
-            "memory": s("integer"), "disk": s("integer"), "cpu": s("integer")}},
+            "memory": {"type": "integer", "minimum": 1}, "disk": {"type": "integer", "minimum": 1},
+            "cpu": {"type": "integer", "minimum": 1}}},
         "Hypervisor": {"type": "object", "properties": {
             "id": s("string"), "metadata": map, "ip": s("string"), "netmask": s("string"),
             "gateway": s("string"), "mac": s("string"), "total_resources": r("Resources"),
