@@ -183,6 +183,19 @@ macro_rules! stored_entity {
             pub fn to_json(&self) -> String {
                 crate::codec::to_json(self)
             }
+
+            /// The context this copy was made with (for the modules that change
+            /// entities of every kind).
+            #[allow(dead_code)]
+            pub(crate) fn entity_context(&self) -> &crate::Context {
+                &self.ctx
+            }
+
+            /// Records the revision this copy was written at (0: deleted).
+            #[allow(dead_code)]
+            pub(crate) fn set_entity_revision(&mut self, rev: i64) {
+                self.mod_revision = rev;
+            }
         }
     };
 }

@@ -102,13 +102,16 @@ impl FwGroup {
             .get(&self.key())
             .await?
             .ok_or_else(|| Error::NotFound(self.key()))?;
-        let id = self.id.clone();
-        let mut fresh = FwGroup::blank(&self.ctx, id.clone());
-        fresh.decode_json(&kv.value)?;
-        fresh.id = id;
-        fresh.mod_revision = kv.mod_revision;
-        *self = fresh;
+        *self = FwGroup::from_stored(&self.ctx, &self.id, &kv.value, kv.mod_revision)?;
         Ok(())
+    }
+
+    pub(crate) fn from_stored(ctx: &Context, id: &str, value: &[u8], rev: i64) -> Result<FwGroup> {
+        let mut g = FwGroup::blank(ctx, id.to_string());
+        g.decode_json(value)?;
+        g.id = id.to_string();
+        g.mod_revision = rev;
+        Ok(g)
     }
 }
 

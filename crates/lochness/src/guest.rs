@@ -177,7 +177,7 @@ impl Guest {
 
     /// Keys of the referenced entities that must exist: flavor, network, and the firewall
     /// and VLAN groups when set.
-    fn reference_keys(&self) -> Vec<String> {
+    pub(crate) fn reference_keys(&self) -> Vec<String> {
         let mut refs = vec![
             keys::flavor_metadata(&self.flavor),
             keys::network_metadata(&self.network),

@@ -477,9 +477,10 @@ impl Context {
     }
 
     /// Creates `guest` (which must not exist yet) together with its `select-hypervisor`
-    /// job and the job's entry in the placers' queue, in one transaction. The guest's
-    /// placement fields are cleared first. An existing guest id is
-    /// [`Error::Conflict`].
+    /// job and the job's entry in the placers' queue, in one transaction that also
+    /// requires the flavor, network, firewall group and VLAN group the guest names to
+    /// exist ([`Error::NotFound`] names the first missing one's key). The guest's
+    /// placement fields are cleared first. An existing guest id is [`Error::Conflict`].
     pub async fn create_guest_with_job(&self, guest: &mut Guest) -> Result<Job> {
         guest.id = canonicalize(&guest.id)?;
         guest.hypervisor.clear();
@@ -487,18 +488,33 @@ impl Context {
         guest.ip = None;
         guest.bridge.clear();
         guest.validate()?;
+        guest.canonicalize_refs()?;
         let job = Job::new(&guest.id, JobAction::SelectHypervisor);
         let gkey = keys::guest_metadata(&guest.id);
-        let txn = Txn::new().when(vec![self.cmp_absent(&gkey)]).and_then(vec![
-            self.op_put(&gkey, guest.to_json()),
-            job.put_op(self),
-            self.op_put(
-                &keys::queue_entry(keys::QUEUE_CREATE, &job.id),
-                guest.id.as_str(),
-            ),
-        ]);
+        let refs = guest.reference_keys();
+        let mut cmps = vec![self.cmp_absent(&gkey)];
+        cmps.extend(refs.iter().map(|k| self.cmp_present(k)));
+        let txn = Txn::new()
+            .when(cmps)
+            .and_then(vec![
+                self.op_put(&gkey, guest.to_json()),
+                job.put_op(self),
+                self.op_put(
+                    &keys::queue_entry(keys::QUEUE_CREATE, &job.id),
+                    guest.id.as_str(),
+                ),
+            ])
+            .or_else(refs.iter().map(|k| self.op_get(k)).collect::<Vec<_>>());
         let resp = self.txn(txn).await?;
         if !resp.succeeded() {
+            let r = resp.op_responses();
+            if let Some((_, missing)) = refs
+                .iter()
+                .enumerate()
+                .find(|(i, _)| crate::context::txn_get(self, &r, *i).is_empty())
+            {
+                return Err(Error::NotFound(missing.clone()));
+            }
             return Err(Error::Conflict(format!(
                 "guest {} already exists",
                 guest.id

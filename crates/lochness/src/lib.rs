@@ -89,10 +89,15 @@
 //!   guest on a hypervisor and undoing it, one transaction each);
 //! - [`heartbeat`] (liveness leases and the `lochness-heartbeat` loop) and [`agent`] (the
 //!   client of a hypervisor's agent);
-//! - [`job`]: job records, their transitions, and creating a job with its queue entry.
+//! - [`job`]: job records, their transitions, and creating a job with its queue entry;
+//! - [`page`] (listings a page at a time, with the filters of the REST API) and
+//!   [`admin`] (an operator's edits checked before they are written: patches that cannot
+//!   touch placement, configuration and links set in one transaction, deletes refused
+//!   while something uses the entity).
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod agent;
 pub mod assign;
 pub mod codec;
@@ -108,6 +113,7 @@ pub mod hypervisor;
 pub mod job;
 pub mod keys;
 pub mod network;
+pub mod page;
 pub mod placement;
 pub mod subnet;
 pub mod vlan;
@@ -125,6 +131,7 @@ pub use host::{hypervisor_id, set_hypervisor_id};
 pub use hypervisor::{Hypervisor, HypervisorResources};
 pub use job::{Job, JobAction, JobStatus, Queue, Transition};
 pub use network::Network;
+pub use page::{GuestFilter, HypervisorFilter, Page, PageRequest, MAX_PAGE};
 pub use placement::{
     candidate_has_resources, candidate_has_subnet, candidate_is_alive, candidate_randomize,
     CandidateFunction, ClusterView, DEFAULT_CANDIDATE_FUNCTIONS,

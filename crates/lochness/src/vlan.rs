@@ -93,7 +93,7 @@ impl Vlan {
         Ok(())
     }
 
-    fn from_keys(ctx: &Context, tag: i64, items: &[(String, Kv)]) -> Result<Vlan> {
+    pub(crate) fn from_keys(ctx: &Context, tag: i64, items: &[(String, Kv)]) -> Result<Vlan> {
         let mut v = Vlan::blank(ctx, tag);
         let mut found = false;
         for (tail, kv) in items {
@@ -178,7 +178,7 @@ impl VlanGroup {
         &self.vlans
     }
 
-    fn from_keys(ctx: &Context, id: &str, items: &[(String, Kv)]) -> Result<VlanGroup> {
+    pub(crate) fn from_keys(ctx: &Context, id: &str, items: &[(String, Kv)]) -> Result<VlanGroup> {
         let mut g = VlanGroup::blank(ctx, id.to_string());
         let mut found = false;
         for (tail, kv) in items {

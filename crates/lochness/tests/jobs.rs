@@ -102,3 +102,31 @@ async fn jobs_are_queued_only_on_existing_guests() {
         Err(Error::NotFound(_))
     ));
 }
+
+#[tokio::test]
+async fn a_guest_naming_what_does_not_exist_is_not_created() {
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let flavor = common::flavor(&ctx, 512, 1024, 1).await;
+    let network = common::network(&ctx).await;
+    let mut guest = common::guest(&ctx, &flavor, &network);
+    guest.fwgroup = lochness::codec::new_id();
+    match ctx.create_guest_with_job(&mut guest).await {
+        Err(Error::NotFound(key)) => {
+            assert_eq!(key, format!("lochness/fwgroups/{}/metadata", guest.fwgroup))
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut unknown_flavor = common::guest(&ctx, &flavor, &network);
+    unknown_flavor.flavor = lochness::codec::new_id().to_uppercase();
+    assert!(matches!(
+        ctx.create_guest_with_job(&mut unknown_flavor).await,
+        Err(Error::NotFound(k)) if k.starts_with("lochness/flavors/")
+    ));
+    assert!(common::keys(&ctx, "lochness/").await.iter().all(|k| {
+        !k.starts_with("lochness/guests/")
+            && !k.starts_with("lochness/jobs/")
+            && !k.starts_with("lochness/queue/")
+    }));
+}

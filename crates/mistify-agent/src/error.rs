@@ -148,20 +148,7 @@ impl AgentError {
     }
 }
 
-/// A JSON response with `Content-Type: application/json` and Go's trailing newline.
-pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
-    match serde_json::to_vec(body) {
-        Ok(mut bytes) => {
-            bytes.push(b'\n');
-            json_bytes(status, bytes)
-        }
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot encode the reply: {e}"),
-        )
-            .into_response(),
-    }
-}
+pub use mistify_http::json_response;
 
 /// A JSON response from JSON text already checked (a sub-agent's reply, copied as it
 /// came): the text and Go's trailing newline, nothing parsed or built.
@@ -169,20 +156,7 @@ pub fn json_text_response(status: StatusCode, text: &serde_json::value::RawValue
     let text = text.get().as_bytes();
     let mut bytes = Vec::with_capacity(text.len() + 1);
     bytes.extend_from_slice(text);
-    bytes.push(b'\n');
-    json_bytes(status, bytes)
-}
-
-fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response {
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        bytes,
-    )
-        .into_response()
+    mistify_http::json_bytes(status, bytes)
 }
 
 impl IntoResponse for AgentError {

@@ -86,15 +86,6 @@ enum Command {
     },
 }
 
-/// The original's level names, as tracing filters.
-fn level(name: &str) -> &str {
-    match name {
-        "warning" => "warn",
-        "critical" | "fatal" | "panic" => "error",
-        other => other,
-    }
-}
-
 fn main() {
     let flags = Flags::parse();
     // The import is a plain command-line tool: it waits for its writes, outside any
@@ -120,7 +111,10 @@ fn main() {
 }
 
 async fn agent_main(flags: Flags) {
-    if let Err(e) = init_tracing(level(&flags.log_level), flags.log_format) {
+    if let Err(e) = init_tracing(
+        mistify_http::runtime::go_level(&flags.log_level),
+        flags.log_format,
+    ) {
         eprintln!("mistify-agent: {e}");
         std::process::exit(2);
     }

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use mistify_http::metrics::escape_label as escape;
 use mistify_types::JobStatus;
 
 /// Upper bounds (seconds) of the sub-agent latency buckets.
@@ -60,8 +61,6 @@ impl Histogram {
 
 #[derive(Default)]
 struct Inner {
-    /// route → (method, status, count): looked up without allocating on the hot path.
-    requests: BTreeMap<String, Vec<(String, u16, u64)>>,
     jobs: BTreeMap<&'static str, u64>,
     /// service → method → latency: looked up by `&str`, allocating only the first time.
     rpc: BTreeMap<String, BTreeMap<String, Histogram>>,
@@ -71,44 +70,14 @@ struct Inner {
 /// The metrics registry of one agent.
 #[derive(Default)]
 pub struct Metrics {
+    requests: mistify_http::metrics::RequestCounts,
     inner: Mutex<Inner>,
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// `method` as a label value: the methods of RFC 9110 and PATCH as they are, any other
-/// `OTHER`, so that clients cannot grow the set of series without bound.
-fn method_label(method: &str) -> &str {
-    match method {
-        "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE" | "PATCH" => {
-            method
-        }
-        _ => "OTHER",
-    }
 }
 
 impl Metrics {
     /// One HTTP request on `route` (the route template, never the raw path).
     pub fn request(&self, method: &str, route: &str, status: u16) {
-        let method = method_label(method);
-        if let Ok(mut m) = self.inner.lock() {
-            if !m.requests.contains_key(route) {
-                m.requests.insert(route.to_string(), Vec::new());
-            }
-            if let Some(counts) = m.requests.get_mut(route) {
-                match counts
-                    .iter_mut()
-                    .find(|(m, s, _)| m == method && *s == status)
-                {
-                    Some((_, _, n)) => *n += 1,
-                    None => counts.push((method.to_string(), status, 1)),
-                }
-            }
-        }
+        self.requests.record(method, route, status);
     }
 
     pub fn job_finished(&self, status: JobStatus) {
@@ -144,22 +113,11 @@ impl Metrics {
         let Ok(m) = self.inner.lock() else {
             return out;
         };
-        out.push_str(
-            "# HELP mistify_agent_http_requests_total HTTP requests by method, route and status.\n",
+        self.requests.write_prometheus(
+            &mut out,
+            "mistify_agent_http_requests_total",
+            "HTTP requests by method, route and status.",
         );
-        out.push_str("# TYPE mistify_agent_http_requests_total counter\n");
-        for (route, counts) in &m.requests {
-            let mut counts = counts.clone();
-            counts.sort();
-            for (method, status, n) in counts {
-                let _ = writeln!(
-                    out,
-                    "mistify_agent_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
-                    escape(&method),
-                    escape(route)
-                );
-            }
-        }
         out.push_str("# HELP mistify_agent_jobs_finished_total Async jobs finished, by outcome.\n");
         out.push_str("# TYPE mistify_agent_jobs_finished_total counter\n");
         for status in ["Complete", "Error"] {

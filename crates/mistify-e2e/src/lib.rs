@@ -8,6 +8,7 @@
 //! naming what to build. [`Daemon`] runs one as a child process that is killed when the
 //! test ends. [`free_port`] picks a free loopback port.
 
+pub mod etcd;
 pub mod pki;
 pub mod recorded;
 pub mod stack;

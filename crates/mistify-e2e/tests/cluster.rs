@@ -21,8 +21,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lochness::{Agent, Context, Guest, MistifyAgent, Resources, DEFAULT_CANDIDATE_FUNCTIONS};
+use mistify_e2e::etcd::Etcd;
 use mistify_e2e::stack::DevStack;
-use mistify_e2e::{binary, free_port, skipped, TempDir};
+use mistify_e2e::{binary, skipped, TempDir};
 
 /// Guests placed while both hypervisors are alive.
 const GUESTS: usize = 20;
@@ -37,70 +38,6 @@ const REGISTERED: Resources = Resources {
     disk: 4096,
     cpu: 64,
 };
-
-/// A private etcd on free loopback ports in a temporary directory (killed on drop); the
-/// same setup as lochness's own tests (`crates/lochness/tests/common`).
-struct Etcd {
-    child: Child,
-    url: String,
-    _dir: TempDir,
-}
-
-impl Etcd {
-    fn start() -> Etcd {
-        let dir = TempDir::new("cluster-etcd");
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
-        let child = Command::new("etcd")
-            .arg("--name")
-            .arg("default")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &url])
-            .args(["--advertise-client-urls", &url])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("default={peer_url}")])
-            .args(["--log-level", "error", "--logger", "zap"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("cannot start etcd");
-        let etcd = Etcd {
-            child,
-            url,
-            _dir: dir,
-        };
-        etcd.wait_healthy();
-        etcd
-    }
-
-    fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let health = mistify_e2e::stack::http_get(&format!("{}/health", self.url));
-            if health.is_some_and(|(_, body)| body.contains("\"health\":\"true\"")) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd at {} is not healthy after 30 s",
-                self.url
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A `lochness-heartbeat` process for one hypervisor (killed on drop), its output in a
 /// log file.
@@ -336,7 +273,7 @@ fn heartbeat_resources_cap_placement_at_the_hosts_processors() {
     }
     let cpus = host_processors();
     assert!(cpus > 0, "no processor in /proc/cpuinfo");
-    let etcd = Etcd::start();
+    let etcd = Etcd::start("cluster-etcd");
     let disks = TempDir::new("cluster-disks");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -464,7 +401,7 @@ fn lochness_places_guests_on_two_stacks_and_avoids_a_dead_hypervisor() {
         return;
     }
     let started = Instant::now();
-    let etcd = Etcd::start();
+    let etcd = Etcd::start("cluster-etcd");
     let bin = bin_dir();
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(|| DevStack::start(&bin, "cluster-a"));

@@ -6,10 +6,15 @@
 //! * [`layers`]: the request log, gzip on request with Go's `Vary`, panic recovery,
 //!   `GET /healthz`;
 //! * [`auth`]: the bearer-token gate of `--token-file`;
+//! * [`reply`]: JSON with Go's trailing newline, the router's plain-text 404, the
+//!   strict-slash redirect;
+//! * [`metrics`]: request counters by route and status for `GET /metrics`;
 //! * [`runtime`]: the log subscriber and the shutdown signal every `main` sets up.
 
 pub mod auth;
 pub mod layers;
+pub mod metrics;
+pub mod reply;
 pub mod runtime;
 mod server;
 
@@ -17,6 +22,7 @@ pub use layers::{
     common_layers, healthz_route, healthz_route_checked, with_common_layers, App, HealthCheck,
     RpcMethodName,
 };
+pub use reply::{json_bytes, json_response, not_found_text, strict_slash_redirect};
 pub use runtime::{init_tracing, shutdown_signal, LogFormat};
 pub use server::{
     caused_by, is_body_timeout, serve, serve_tls, tls_config, Limits, TlsError,

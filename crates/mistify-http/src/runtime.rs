@@ -50,6 +50,16 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// The Go daemons' level names as tracing filters: `warning` is `warn`; `critical`,
+/// `fatal` and `panic` are `error`; anything else is passed on as it is.
+pub fn go_level(name: &str) -> &str {
+    match name {
+        "warning" => "warn",
+        "critical" | "fatal" | "panic" => "error",
+        other => other,
+    }
+}
+
 /// Installs the global tracing subscriber: `level` (e.g. `info`, or a full `RUST_LOG`
 /// style filter), overridden by `RUST_LOG` when set. Returns an error for a bad filter.
 pub fn init_tracing(level: &str, format: LogFormat) -> Result<(), String> {

@@ -105,22 +105,10 @@ fn routes(agent: Arc<Agent>) -> Router {
 /// lands here), anything else 404 with the JSON error body of every other error (the Go
 /// router's words, `404 page not found`; it answered them as plain text).
 async fn not_found_or_strict_slash(uri: axum::http::Uri) -> Response {
-    let path = uri.path();
     // The original's profiling routes are not served: no redirect into them either.
-    if path.len() > 1 && path.ends_with('/') && !path.starts_with("/debug/") {
-        let mut location = path.trim_end_matches('/').to_string();
-        if location.is_empty() {
-            location.push('/');
-        }
-        if let Some(query) = uri.query() {
-            location.push('?');
-            location.push_str(query);
-        }
-        if let Ok(value) = HeaderValue::from_str(&location) {
-            return (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, value)]).into_response();
-        }
-    }
-    AgentError::NoRoute.into_response()
+    let routed = |p: &str| p != "/debug" && !p.starts_with("/debug/");
+    mistify_http::strict_slash_redirect(&uri, routed)
+        .unwrap_or_else(|| AgentError::NoRoute.into_response())
 }
 
 /// Counts requests by route template and status; answers 503 to changes while the

@@ -1,0 +1,5 @@
+//! `cguestd`: see the `lochness_api` crate.
+
+fn main() {
+    lochness_api::main(lochness_api::Daemon::Guests);
+}

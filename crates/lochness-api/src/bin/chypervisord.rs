@@ -1,0 +1,5 @@
+//! `chypervisord`: see the `lochness_api` crate.
+
+fn main() {
+    lochness_api::main(lochness_api::Daemon::Hypervisors);
+}
