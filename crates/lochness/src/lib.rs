@@ -82,7 +82,9 @@
 //!   guest on a hypervisor and undoing it, one transaction each);
 //! - [`heartbeat`] (liveness leases and the `lochness-heartbeat` loop) and [`agent`] (the
 //!   client of a hypervisor's agent);
-//! - [`job`]: job records, their transitions, and creating a job with its queue entry.
+//! - [`job`]: job records, their transitions, and creating a job with its queue entry;
+//! - [`queue`]: lease-bound claims on jobs and the watched picture of the queues that
+//!   placers and workers wake on.
 
 #![warn(missing_docs)]
 
@@ -102,13 +104,14 @@ pub mod job;
 pub mod keys;
 pub mod network;
 pub mod placement;
+pub mod queue;
 pub mod subnet;
 pub mod vlan;
 pub mod watch;
 
 pub use agent::{Agent, MistifyAgent};
 pub use codec::{canonicalize, Mac};
-pub use context::Context;
+pub use context::{Context, Guard};
 pub use error::{Error, Result};
 pub use flavor::{Flavor, Resources};
 pub use fwgroup::{FwGroup, FwRule};
@@ -122,6 +125,7 @@ pub use placement::{
     candidate_has_resources, candidate_has_subnet, candidate_is_alive, candidate_randomize,
     CandidateFunction, ClusterView, DEFAULT_CANDIDATE_FUNCTIONS,
 };
+pub use queue::{Claim, Claimer, Lease, QueueEntry, QueueState, QueueView};
 pub use subnet::{AllocIndex, Subnet};
 pub use vlan::{Vlan, VlanGroup};
 pub use watch::{ChangeKind, EntityKind, WatchEvent, Watcher};
