@@ -313,11 +313,11 @@ async fn keep_alive(ctx: &Context, id: i64, ttl: Duration, granted: Instant) {
         let answer = async {
             let (keeper, stream) = match &mut channel {
                 Some(c) => c,
-                // Opening the channel sends the first keep-alive.
+                // Opening the channel sends the first keep-alive and reads its answer
+                // (an error when the lease is gone): the lease has its full TTL again.
                 None => {
-                    let opened = ctx.client().lease_keep_alive(id).await?;
-                    let (_, stream) = channel.insert(opened);
-                    return Ok::<_, etcd_client::Error>(Some(stream_ttl(stream).await?));
+                    channel = Some(ctx.client().lease_keep_alive(id).await?);
+                    return Ok::<_, etcd_client::Error>(Some(ttl_seconds(ttl)));
                 }
             };
             keeper.keep_alive().await?;

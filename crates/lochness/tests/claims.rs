@@ -18,7 +18,10 @@ async fn until(view: &mut QueueView, cond: impl Fn(&lochness::QueueState) -> boo
         if cond(&view.state()) {
             return true;
         }
-        if tokio::time::timeout_at(deadline, view.changed()).await.is_err() {
+        if tokio::time::timeout_at(deadline, view.changed())
+            .await
+            .is_err()
+        {
             return false;
         }
     }
@@ -38,8 +41,15 @@ async fn one_claimer_per_job_and_writes_check_the_claim() {
     let a = Claimer::start(&ctx, "test-a", TTL).await.unwrap();
     let b = Claimer::start(&ctx, "test-b", TTL).await.unwrap();
     assert!(a.name().starts_with("test-a@"));
-    let mut claim = a.claim(&reboot.id, Queue::Work).await.unwrap().expect("claimed");
-    assert!(b.claim(&reboot.id, Queue::Work).await.unwrap().is_none(), "claimed twice");
+    let mut claim = a
+        .claim(&reboot.id, Queue::Work)
+        .await
+        .unwrap()
+        .expect("claimed");
+    assert!(
+        b.claim(&reboot.id, Queue::Work).await.unwrap().is_none(),
+        "claimed twice"
+    );
     assert!(
         a.claim(&reboot.id, Queue::Create).await.unwrap().is_none(),
         "not in that queue"
@@ -58,7 +68,10 @@ async fn one_claimer_per_job_and_writes_check_the_claim() {
         })
         .await
         .unwrap();
-    assert_eq!(ctx.job(&reboot.id).await.unwrap().status, JobStatus::Working);
+    assert_eq!(
+        ctx.job(&reboot.id).await.unwrap().status,
+        JobStatus::Working
+    );
 
     // The claim key is deleted behind our back (a lease that expired, say): the next
     // write fails and writes nothing.
@@ -68,10 +81,17 @@ async fn one_claimer_per_job_and_writes_check_the_claim() {
         .unwrap();
     let err = claim.save(Transition::Finished).await.unwrap_err();
     assert!(matches!(err, Error::ClaimLost(_)), "{err}");
-    assert_eq!(ctx.job(&reboot.id).await.unwrap().status, JobStatus::Working);
+    assert_eq!(
+        ctx.job(&reboot.id).await.unwrap().status,
+        JobStatus::Working
+    );
 
     // b takes it over and finishes: record, queue entry and claim in one go.
-    let claim = b.claim(&reboot.id, Queue::Work).await.unwrap().expect("b claims");
+    let claim = b
+        .claim(&reboot.id, Queue::Work)
+        .await
+        .unwrap()
+        .expect("b claims");
     assert_eq!(claim.job().remote, "agent-job", "resumed from the record");
     let done = claim.finish(Transition::Finished).await.unwrap();
     assert_eq!(done.status, JobStatus::Done);
@@ -141,12 +161,17 @@ async fn the_view_follows_the_queues_and_the_hand_over_keeps_the_place_in_line()
     // A start queued right after the create waits for it.
     let start = ctx.queue_job(&guest.id, JobAction::Start).await.unwrap();
     assert!(
-        until(&mut view, |s| s.depth(Queue::Work) == 1 && s.depth(Queue::Create) == 1).await
+        until(&mut view, |s| s.depth(Queue::Work) == 1
+            && s.depth(Queue::Create) == 1)
+        .await
     );
     let ids = |list: Vec<lochness::QueueEntry>| -> Vec<String> {
         list.into_iter().map(|e| e.job).collect()
     };
-    assert_eq!(ids(view.eligible(Queue::Create)), [select.id.clone()]);
+    assert_eq!(
+        ids(view.eligible(Queue::Create)),
+        std::slice::from_ref(&select.id)
+    );
     assert!(view.eligible(Queue::Work).is_empty(), "the start waits");
 
     let placer = Claimer::start(&ctx, "cplacerd", TTL).await.unwrap();
@@ -162,7 +187,10 @@ async fn the_view_follows_the_queues_and_the_hand_over_keeps_the_place_in_line()
 
     // The placement and the hand-over in one transaction.
     let (guard, next) = claim.hand_over().unwrap();
-    assert_eq!((next.action, next.status), (JobAction::Fetch, JobStatus::New));
+    assert_eq!(
+        (next.action, next.status),
+        (JobAction::Fetch, JobStatus::New)
+    );
     let mut g = ctx.guest(&guest.id).await.unwrap();
     hv.add_guest_with(&mut g, &guard).await.unwrap();
     assert_eq!(g.hypervisor, hv.id);
@@ -171,14 +199,26 @@ async fn the_view_follows_the_queues_and_the_hand_over_keeps_the_place_in_line()
         (stored.action, stored.status, stored.started_at),
         (JobAction::Fetch, JobStatus::New, None)
     );
-    assert!(common::keys(&ctx, "lochness/queue/create/").await.is_empty());
+    assert!(common::keys(&ctx, "lochness/queue/create/")
+        .await
+        .is_empty());
     assert!(common::keys(&ctx, "lochness/claims/").await.is_empty());
     // The fetch is next for the guest, ahead of the start queued before the move.
-    assert!(until(&mut view, |s| s.depth(Queue::Work) == 2 && s.holder(&select.id).is_none()).await);
-    assert_eq!(ids(view.eligible(Queue::Work)), [select.id.clone()]);
+    assert!(
+        until(&mut view, |s| s.depth(Queue::Work) == 2
+            && s.holder(&select.id).is_none())
+        .await
+    );
+    assert_eq!(
+        ids(view.eligible(Queue::Work)),
+        std::slice::from_ref(&select.id)
+    );
     // A fresh view reads the same order from the job's creation.
     let fresh = QueueView::start(&ctx).await.unwrap();
-    assert_eq!(ids(fresh.eligible(Queue::Work)), [select.id.clone()]);
+    assert_eq!(
+        ids(fresh.eligible(Queue::Work)),
+        std::slice::from_ref(&select.id)
+    );
     assert_eq!(
         fresh.state().entry(&select.id).map(|e| e.order),
         view.state().entry(&select.id).map(|e| e.order)
