@@ -13,6 +13,7 @@ test:
 deb:
 	MISTIFY_SKIP=etcd,zfs,stack,replay,supervisor-tls,schemathesis scripts/install-deps.sh
 	cargo build --release --workspace --bins --locked
+	scripts/cli-assets.sh "$${CARGO_TARGET_DIR:-target}/release"
 	cargo deb -p mistify-supervisor --no-build --output target/debian/
 
 ## make fuzz: each cargo-fuzz target in fuzz/ for FUZZ_SECONDS (60) s (nightly, cargo-fuzz installed when missing)

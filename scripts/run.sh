@@ -2,8 +2,10 @@
 # `make run`: the whole dev hypervisor stack under mistify-supervisord, in the
 # foreground. The manifests are config/services/dev; ports and names come from
 # config/dev.env (each overridable from the environment). Ctrl-C stops every service
-# in reverse dependency order: the agent, the sub-agents, then the pool is exported and
-# zfs-fuse is stopped if (and only if) the stack started it.
+# in reverse dependency order: the agent, the sub-agents, then the pool's filesystems
+# are unmounted and the pool is exported (scripts/dev-pool.sh), and zfs-fuse is stopped
+# if (and only if) the stack started it. A pool that is still imported afterwards is
+# reported with what holds it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -60,6 +62,11 @@ rc=$?
 while kill -0 "$supervisor" 2>/dev/null; do wait "$supervisor"; rc=$?; done
 set -e
 if zpool list "$MISTIFY_POOL" >/dev/null 2>&1; then
-  echo "make run: pool $MISTIFY_POOL is still imported (zpool export $MISTIFY_POOL)" >&2
+  {
+    echo "make run: pool $MISTIFY_POOL is still imported; what holds it:"
+    MISTIFY_POOL=$MISTIFY_POOL MISTIFY_DATA=$MISTIFY_DATA scripts/dev-pool.sh holders
+    echo "make run: when nothing holds it any more: scripts/dev-pool.sh down (never zpool export -f: on zfs-fuse it can wedge every mount)"
+  } >&2
+  [ "$rc" -ne 0 ] || rc=1
 fi
 exit "$rc"

@@ -57,8 +57,10 @@ build() {
   cargo build --workspace --bins --examples --locked
   cargo test --workspace --locked --no-run
   if [[ ",${MISTIFY_SKIP:-}," != *",package,"* ]]; then
-    # The package of these debug binaries, for the package test (target/debian-test/).
+    # The package of these debug binaries, for the package test (target/debian-test/),
+    # with the CLIs' man pages and completions made by those binaries.
     rm -rf "${CARGO_TARGET_DIR:-target}/debian-test"
+    scripts/cli-assets.sh "${CARGO_TARGET_DIR:-target}/debug"
     cargo deb -p mistify-supervisor --no-build --fast --profile dev \
       --output "${CARGO_TARGET_DIR:-target}/debian-test/" >/dev/null
   fi

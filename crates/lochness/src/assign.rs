@@ -1,8 +1,18 @@
 //! Placing a guest on a hypervisor and undoing it, each in one etcd transaction:
-//! [`Hypervisor::add_guest`] reserves an address, the flavor's resources and the link
-//! and saves the placed guest; [`Hypervisor::remove_guest`] and [`Guest::destroy`] give
-//! them back (the original wrote these keys one after the other, without rollback; see
+//! [`Hypervisor::add_guest`] reserves an address, adds the flavor's resources to the
+//! hypervisor's `allocated` key, links the guest and saves the placed guest;
+//! [`Hypervisor::remove_guest`] and [`Guest::destroy`] give them back (the original wrote
+//! these keys one after the other, without rollback, and never accounted resources; see
 //! docs/compat.md, section "lochness").
+//!
+//! Resources: a guest fits when its flavor is within both `total_resources − allocated`
+//! and the reported `available_resources` ([`Hypervisor::fits`]). The transactions
+//! compare the `allocated` key's revision, never the hypervisor's metadata, which they
+//! neither write nor compare beyond its presence: heartbeats and operators' edits of the
+//! metadata do not make placements retry (the total and reported figures checked are
+//! those of the caller's copy, or of the fresh read made after a lost race). When
+//! `allocated` does not exist yet (a store written by the Go library), it is first built
+//! from the guests linked to the hypervisor and their flavors.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -13,7 +23,7 @@ use crate::context::{backoff, revision, txn_get, Context, Guard, Kv, MAX_ATTEMPT
 use crate::error::{Error, Result};
 use crate::flavor::{Flavor, FlavorCache, Resources};
 use crate::guest::Guest;
-use crate::hypervisor::Hypervisor;
+use crate::hypervisor::{ensure_allocated, Hypervisor};
 use crate::keys;
 use crate::subnet::{AllocCache, AllocIndex, AllocState, Subnet};
 
@@ -37,15 +47,17 @@ struct PlacementReads {
 
 const R_NETWORK: usize = 0;
 const R_HYPERVISOR: usize = 1;
-const R_GUEST: usize = 2;
-const R_FLAVOR: usize = 3;
-const R_SUBNETS: usize = 4;
+const R_ALLOCATED: usize = 2;
+const R_GUEST: usize = 3;
+const R_FLAVOR: usize = 4;
+const R_SUBNETS: usize = 5;
 
 impl PlacementReads {
     fn new(ctx: &Context, h: &str, g: &Guest, sids: &[(String, String)]) -> PlacementReads {
         let mut ops = vec![
             ctx.op_get_prefix(&keys::network_prefix(&g.network)),
             ctx.op_get(&keys::hypervisor_metadata(h)),
+            ctx.op_get(&keys::hypervisor_allocated(h)),
             ctx.op_get(&keys::guest_metadata(&g.id)),
             ctx.op_get(&keys::flavor_metadata(&g.flavor)),
         ];
@@ -62,11 +74,15 @@ impl PlacementReads {
 impl Hypervisor {
     /// Places `guest` here in one transaction: reserves the lowest free address in a
     /// subnet of the guest's network that this hypervisor has (updating the subnet's
-    /// allocation index), links the guest to the hypervisor, and saves the guest with its
-    /// hypervisor, subnet, IP and bridge (created if it was never saved). Either every key
-    /// changes or none does; lost races on the shared index are retried with fresh state
-    /// (bounded). A guest changed by someone else since it was read is a
-    /// [`Error::Conflict`].
+    /// allocation index), adds the guest's flavor to this hypervisor's `allocated` figure,
+    /// links the guest to the hypervisor, and saves the guest with its hypervisor,
+    /// subnet, IP and bridge (created if it was never saved). Either every key changes or
+    /// none does; lost races on the shared index or on `allocated` are retried with fresh
+    /// state (bounded). A guest changed by someone else since it was read is a
+    /// [`Error::Conflict`]; a flavor that does not fit ([`Hypervisor::fits`]: within both
+    /// `total_resources − allocated` and `available_resources`) is
+    /// [`Error::InsufficientResources`]. The hypervisor's metadata is not written (it must
+    /// exist).
     pub async fn add_guest(&mut self, guest: &mut Guest) -> Result<()> {
         self.add_guest_with(guest, &Guard::default()).await
     }
@@ -106,10 +122,13 @@ impl Hypervisor {
             let mut matching = false;
             match &resp {
                 None => {
-                    let available = self.stored_metadata()?.available_resources;
-                    let fits = flavors
-                        .get(&guest.flavor)
-                        .is_some_and(|need| available.covers(&need));
+                    // Only with a known `allocated` figure (the compare on its revision
+                    // catches a stale one); otherwise read it (building it if needed).
+                    let host = self.stored_metadata()?;
+                    let fits = host.allocated_state().is_some()
+                        && flavors
+                            .get(&guest.flavor)
+                            .is_some_and(|need| host.fits(&need));
                     for (i, (sid, bridge)) in sids.iter().enumerate() {
                         if !fits {
                             break;
@@ -159,7 +178,20 @@ impl Hypervisor {
                         &[(keys::METADATA.to_string(), hkv)],
                     )?;
                     self.take_stored(&fresh);
-                    if !self.available_resources.covers(&need) {
+                    match txn_get(&ctx, r, R_ALLOCATED).into_iter().next() {
+                        Some(kv) => self.apply_allocated(Some(&kv.value), kv.mod_revision),
+                        None => self.set_allocated(None, 0),
+                    }
+                    if self.allocated_state().is_none() {
+                        // A store that predates the key: build it from the linked guests.
+                        match ensure_allocated(&ctx, &self.id).await? {
+                            Some((figure, rev)) => self.set_allocated(Some(figure), rev),
+                            None => {
+                                return Err(Error::NotFound(keys::hypervisor_metadata(&self.id)))
+                            }
+                        }
+                    }
+                    if !self.fits(&need) {
                         return Err(Error::InsufficientResources(self.id.clone()));
                     }
                     let stored_rev = txn_get(&ctx, r, R_GUEST)
@@ -238,16 +270,18 @@ impl Hypervisor {
                 resp = None;
                 continue;
             };
-            let mut host = self.stored_metadata()?;
-            if !host.available_resources.covers(&need) {
+            let host = self.stored_metadata()?;
+            let Some((allocated, allocated_rev)) =
+                host.allocated_state().filter(|_| host.fits(&need))
+            else {
                 resp = Some(
                     ctx.txn(Txn::new().and_then(reads.ops.clone()))
                         .await?
                         .op_responses(),
                 );
                 continue;
-            }
-            host.available_resources = host.available_resources.saturating_sub(&need);
+            };
+            let allocated = allocated.saturating_add(&need);
             let mut placed = guest.clone();
             placed.hypervisor = self.id.clone();
             placed.subnet = sid.clone();
@@ -255,19 +289,20 @@ impl Hypervisor {
             placed.bridge = bridge.clone();
             let (mut cmps, mut ops) = state.reserve_ops(&ctx, ip, &guest.id);
             let gkey = keys::guest_metadata(&guest.id);
-            let hkey = keys::hypervisor_metadata(&self.id);
+            let akey = keys::hypervisor_allocated(&self.id);
             let link = keys::hypervisor_guest(&self.id, &guest.id);
             cmps.extend([
                 ctx.cmp_present(&keys::network_subnet(&guest.network, sid)),
                 ctx.cmp_value(&keys::hypervisor_subnet(&self.id, sid), &bridge),
-                ctx.cmp_rev(&hkey, self.revision()),
+                ctx.cmp_present(&keys::hypervisor_metadata(&self.id)),
+                ctx.cmp_rev(&akey, allocated_rev),
                 ctx.cmp_present(&keys::flavor_metadata(&guest.flavor)),
                 ctx.cmp_rev(&gkey, guest.revision()),
                 ctx.cmp_absent(&link),
             ]);
             ops.push(ctx.op_put(&link, guest.id.as_str()));
             ops.push(ctx.op_put(&gkey, placed.to_json()));
-            ops.push(ctx.op_put(&hkey, host.to_json()));
+            ops.push(ctx.op_put(&akey, allocated.to_json()));
             cmps.extend(guard.compares.iter().cloned());
             ops.extend(guard.ops.iter().cloned());
             let mut fail = reads.ops.clone();
@@ -283,9 +318,7 @@ impl Hypervisor {
                 allocs.put(next);
                 placed.set_revision(rev);
                 *guest = placed;
-                host.set_revision(rev);
-                host.save_stored();
-                self.take_stored(&host);
+                self.set_allocated(Some(allocated), rev);
                 self.push_guest(&guest.id);
                 return Ok(());
             }
@@ -311,24 +344,31 @@ impl Hypervisor {
     }
 
     /// Removes `guest` from this hypervisor in one transaction: releases the guest's own
-    /// address (only if the reservation is still the guest's), updates the index, deletes
-    /// the link and clears the guest's placement fields (compare-and-swap on the guest).
+    /// address (only if the reservation is still the guest's), updates the index,
+    /// subtracts the guest's flavor from `allocated` (floored at zero), deletes the link
+    /// and clears the guest's placement fields (compare-and-swap on the guest).
     pub async fn remove_guest(&mut self, guest: &mut Guest) -> Result<()> {
         if guest.hypervisor != self.id {
             return Err(Error::Refused("guest does not belong to hypervisor".into()));
         }
-        if let Some(host) = unplace(&self.context().clone(), guest, false).await? {
-            self.take_stored(&host);
+        if let Some((figure, rev)) = unplace(&self.context().clone(), guest, false).await? {
+            self.set_allocated(Some(figure), rev);
         }
         self.drop_guest(&guest.id);
         Ok(())
     }
 }
 
-/// Undoes a placement (and deletes the guest when `destroy`), atomically.
-/// Returns the hypervisor's metadata as written, when it was updated.
-async fn unplace(ctx: &Context, guest: &mut Guest, destroy: bool) -> Result<Option<Hypervisor>> {
+/// Undoes a placement (and deletes the guest when `destroy`), atomically. Returns the
+/// hypervisor's `allocated` figure and its revision as written, when it was updated.
+async fn unplace(
+    ctx: &Context,
+    guest: &mut Guest,
+    destroy: bool,
+) -> Result<Option<(Resources, i64)>> {
     let gkey = keys::guest_metadata(&guest.id);
+    let placed = !guest.hypervisor.is_empty();
+    let akey = keys::hypervisor_allocated(&guest.hypervisor);
     let addr = match (&guest.ip, guest.subnet.is_empty()) {
         (Some(IpAddr::V4(ip)), false) => Some((
             keys::subnet_address(&guest.subnet, *ip),
@@ -338,11 +378,10 @@ async fn unplace(ctx: &Context, guest: &mut Guest, destroy: bool) -> Result<Opti
         _ => None,
     };
     for attempt in 0..MAX_ATTEMPTS {
-        let hkey = keys::hypervisor_metadata(&guest.hypervisor);
-        let placed = !guest.hypervisor.is_empty();
         let mut reads = vec![
             ctx.op_get(&gkey),
-            ctx.op_get(&hkey),
+            ctx.op_get(&akey),
+            ctx.op_get(&keys::hypervisor_metadata(&guest.hypervisor)),
             ctx.op_get(&keys::flavor_metadata(&guest.flavor)),
         ];
         if let Some((a, alloc, _)) = &addr {
@@ -359,38 +398,53 @@ async fn unplace(ctx: &Context, guest: &mut Guest, destroy: bool) -> Result<Opti
         }
         let mut cmps: Vec<Compare> = vec![ctx.cmp_rev(&gkey, guest.revision())];
         let mut ops: Vec<TxnOp> = Vec::new();
-        // Give the flavor's resources back to the hypervisor (capped at its total).
-        let mut host_update = None;
+        // Give the flavor's resources back: subtract them from `allocated`.
+        let mut allocated = None;
         if placed {
             ops.push(ctx.op_delete(&keys::hypervisor_guest(&guest.hypervisor, &guest.id)));
-            let flavor = txn_get(ctx, &r, 2).into_iter().next().and_then(|kv| {
-                Flavor::from_stored(ctx, &guest.flavor, &kv.value, kv.mod_revision).ok()
-            });
-            if let (Some(hkv), Some(flavor)) = (txn_get(ctx, &r, 1).into_iter().next(), flavor) {
-                let rev = hkv.mod_revision;
-                let mut host = Hypervisor::from_keys(
-                    ctx,
-                    &guest.hypervisor,
-                    &[(keys::METADATA.to_string(), hkv)],
-                )?;
-                let t = host.total_resources;
-                let a = host.available_resources.saturating_add(&flavor.resources);
-                host.available_resources = Resources {
-                    memory: a.memory.min(t.memory),
-                    disk: a.disk.min(t.disk),
-                    cpu: a.cpu.min(t.cpu),
-                };
-                cmps.push(ctx.cmp_rev(&hkey, rev));
-                ops.push(ctx.op_put(&hkey, host.to_json()));
-                host_update = Some(host);
+            let akv = txn_get(ctx, &r, 1).into_iter().next();
+            let figure = akv
+                .as_ref()
+                .and_then(|kv| Resources::from_json(&kv.value).ok());
+            match (akv, figure) {
+                (Some(kv), Some(figure)) => {
+                    let need = match txn_get(ctx, &r, 3).into_iter().next().map(|kv| {
+                        Flavor::from_stored(ctx, &guest.flavor, &kv.value, kv.mod_revision)
+                    }) {
+                        Some(Ok(flavor)) => flavor.resources,
+                        other => {
+                            tracing::warn!(
+                                guest = %guest.id,
+                                flavor = %guest.flavor,
+                                error = ?other.and_then(|r| r.err()).map(|e| e.to_string()),
+                                "the guest's flavor is unreadable or gone: nothing is subtracted from allocated"
+                            );
+                            Resources::default()
+                        }
+                    };
+                    let next = figure.saturating_sub(&need);
+                    cmps.push(ctx.cmp_rev(&akey, kv.mod_revision));
+                    ops.push(ctx.op_put(&akey, next.to_json()));
+                    allocated = Some(next);
+                }
+                (_, _) if !txn_get(ctx, &r, 2).is_empty() => {
+                    // Absent or unreadable (a store that predates it): build it from the
+                    // linked guests, this one included, then subtract.
+                    ensure_allocated(ctx, &guest.hypervisor).await?;
+                    continue;
+                }
+                (akv, _) => {
+                    // The hypervisor is gone: there is nothing left to account.
+                    cmps.push(ctx.cmp_rev(&akey, akv.map_or(0, |kv| kv.mod_revision)));
+                }
             }
         }
         if let Some((a, alloc, ip)) = &addr {
-            if let Some(held) = txn_get(ctx, &r, 3).into_iter().next() {
+            if let Some(held) = txn_get(ctx, &r, 4).into_iter().next() {
                 if held.text() == guest.id {
                     cmps.push(ctx.cmp_rev(a, held.mod_revision));
                     ops.push(ctx.op_delete(a));
-                    match txn_get(ctx, &r, 4).into_iter().next() {
+                    match txn_get(ctx, &r, 5).into_iter().next() {
                         Some(kv) => {
                             cmps.push(ctx.cmp_rev(alloc, kv.mod_revision));
                             match AllocIndex::parse(&kv.text()) {
@@ -421,11 +475,7 @@ async fn unplace(ctx: &Context, guest: &mut Guest, destroy: bool) -> Result<Opti
             let rev = revision(&resp);
             cleared.set_revision(if destroy { 0 } else { rev });
             *guest = cleared;
-            return Ok(host_update.map(|mut h| {
-                h.set_revision(rev);
-                h.save_stored();
-                h
-            }));
+            return Ok(allocated.map(|a| (a, rev)));
         }
         backoff(attempt).await;
     }

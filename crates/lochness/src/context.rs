@@ -267,8 +267,7 @@ impl Context {
                     ops.push(self.op_delete(&other));
                 }
             }
-            let unchanged = Compare::mod_revision(self.abs(prefix), CompareOp::Less, read_rev + 1)
-                .with_prefix();
+            let unchanged = self.cmp_prefix_unchanged(prefix, read_rev);
             if self
                 .commit(Txn::new().when(vec![unchanged]).and_then(ops))
                 .await?
@@ -351,6 +350,12 @@ impl Context {
     /// Compare: no key under the prefix exists.
     pub(crate) fn cmp_prefix_empty(&self, rel_prefix: &str) -> Compare {
         Compare::create_revision(self.abs(rel_prefix), CompareOp::Equal, 0).with_prefix()
+    }
+
+    /// Compare: no key under the prefix was created or changed after revision `rev` (a
+    /// key deleted since is not seen: etcd compares only the keys that exist).
+    pub(crate) fn cmp_prefix_unchanged(&self, rel_prefix: &str, rev: i64) -> Compare {
+        Compare::mod_revision(self.abs(rel_prefix), CompareOp::Less, rev + 1).with_prefix()
     }
 
     /// Compare: the key holds `value`.

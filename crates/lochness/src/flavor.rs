@@ -46,6 +46,19 @@ impl Resources {
         }
     }
 
+    /// The JSON form, `{"memory":M,"disk":D,"cpu":C}` (as in a hypervisor's
+    /// `total_resources`, and the value of its `allocated` key).
+    pub fn to_json(&self) -> String {
+        crate::codec::to_json(self)
+    }
+
+    /// Parses the JSON form; absent members are zero.
+    pub fn from_json(data: &[u8]) -> Result<Resources> {
+        let mut r = Resources::default();
+        r.apply(&Obj::parse(data)?)?;
+        Ok(r)
+    }
+
     /// Field by field: present fields overwrite (`null` keeps the current value).
     pub(crate) fn apply(&mut self, o: &Obj) -> Result<()> {
         if let Some(v) = o.u64("memory")? {

@@ -2,6 +2,21 @@
 //! (subnet → bridge), the guests placed on it, its configuration, its liveness (the
 //! heartbeat key, kept by [`crate::heartbeat`]) and the resource figures placement works
 //! with. Placing guests on it is in [`crate::assign`].
+//!
+//! Three figures describe its resources ([`Context::hypervisor_resources`] reads them
+//! together):
+//! - `total_resources` and `available_resources`, in the metadata JSON: what the host
+//!   offers and what it has left after its guests' flavors, as its heartbeat
+//!   ([`Hypervisor::update_resources`]) or an operator last wrote them;
+//! - [`Hypervisor::allocated`], the key `lochness/hypervisors/<id>/allocated`: the sum
+//!   of the flavors of the guests placed on it, kept exact by placement (added in the
+//!   transaction that places a guest, subtracted in the one that removes it) and built
+//!   from the guests linked to the hypervisor the first time it is needed.
+//!
+//! A guest fits ([`Hypervisor::fits`]) when its flavor is within both
+//! `total_resources − allocated` ([`Hypervisor::free`]) and `available_resources`.
+//! Placement never writes the metadata, so heartbeats and operators' edits do not
+//! contend with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -11,7 +26,7 @@ use etcd_client::{Txn, TxnOp};
 use serde::Serialize;
 
 use crate::codec::{canonicalize, new_id, ser_ip, ser_mac, Mac, Obj};
-use crate::context::{backoff, build_trees, txn_get, Context, Kv, MAX_ATTEMPTS};
+use crate::context::{backoff, build_trees, revision, txn_get, Context, Kv, MAX_ATTEMPTS};
 use crate::error::{Error, Result};
 use crate::flavor::{Flavor, Resources};
 use crate::guest::Guest;
@@ -42,7 +57,9 @@ pub struct Hypervisor {
     pub mac: Option<Mac>,
     /// What the host offers to guests.
     pub total_resources: Resources,
-    /// What is left after the guests' flavors.
+    /// What the host has left after its guests' flavors, as its heartbeat
+    /// ([`Hypervisor::update_resources`]) or an operator last wrote it. Placement reads
+    /// it but never writes it; what placement has promised is [`Hypervisor::allocated`].
     pub available_resources: Resources,
     #[serde(skip)]
     subnets: BTreeMap<String, String>,
@@ -52,6 +69,12 @@ pub struct Hypervisor {
     config: BTreeMap<String, String>,
     #[serde(skip)]
     alive: bool,
+    /// The `allocated` key as last read: `None` when absent or unreadable.
+    #[serde(skip)]
+    allocated: Option<Resources>,
+    /// The `mod_revision` of the `allocated` key as last read (0 = absent).
+    #[serde(skip)]
+    allocated_rev: i64,
     #[serde(skip)]
     mod_revision: i64,
     /// The metadata JSON as last read or written (what `mod_revision` refers to).
@@ -83,6 +106,8 @@ impl Hypervisor {
             guests: Vec::new(),
             config: BTreeMap::new(),
             alive: false,
+            allocated: None,
+            allocated_rev: 0,
             mod_revision: 0,
             stored: Arc::from(&[][..]),
         }
@@ -158,6 +183,28 @@ impl Hypervisor {
         self.alive
     }
 
+    /// What placement has promised here: the sum of the flavors of the guests placed on
+    /// this hypervisor (the `allocated` key), as of the last load plus this copy's own
+    /// placements. Zero when the key is absent (a store written by the Go library: it is
+    /// built from the linked guests the first time a guest is placed here or removed;
+    /// [`Context::hypervisor_resources`] computes it meanwhile).
+    pub fn allocated(&self) -> Resources {
+        self.allocated.unwrap_or_default()
+    }
+
+    /// What placement may still promise: `total_resources − allocated`, each figure
+    /// floored at zero.
+    pub fn free(&self) -> Resources {
+        self.total_resources.saturating_sub(&self.allocated())
+    }
+
+    /// Placement's rule: a guest needing `need` fits when `need` is within both
+    /// [`Hypervisor::free`] (exact) and `available_resources` (the reported figure, as
+    /// the Go placer checked).
+    pub fn fits(&self, need: &Resources) -> bool {
+        self.free().covers(need) && self.available_resources.covers(need)
+    }
+
     /// Validates and writes the hypervisor with compare-and-swap on its revision.
     pub async fn save(&mut self) -> Result<()> {
         self.validate()?;
@@ -183,6 +230,8 @@ impl Hypervisor {
                 found = true;
             } else if tail == keys::HEARTBEAT {
                 h.alive = true;
+            } else if tail == keys::ALLOCATED {
+                h.apply_allocated(Some(&kv.value), kv.mod_revision);
             } else if let Some(s) = tail.strip_prefix(keys::SUBNETS_DIR) {
                 h.subnets.insert(s.to_string(), kv.text());
             } else if let Some(g) = tail.strip_prefix(keys::GUESTS_DIR) {
@@ -267,7 +316,7 @@ impl Hypervisor {
     }
 
     /// Deletes the hypervisor and everything under its key (links, configuration,
-    /// heartbeat) in one transaction guarded by its revision. Refused while guests are
+    /// heartbeat, `allocated`) in one transaction guarded by its revision. Refused while guests are
     /// placed on it (checked against etcd, not only this copy).
     pub async fn destroy(&mut self) -> Result<()> {
         if !self.guests.is_empty() {
@@ -312,8 +361,10 @@ impl Hypervisor {
     }
 
     /// Recomputes total and available resources from the host and the guests' flavors
-    /// and saves them, re-reading and retrying when the hypervisor was changed
-    /// concurrently. See [`crate::host::host_resources`] for the host side.
+    /// and saves them in the metadata, re-reading and retrying when the metadata was
+    /// changed concurrently (an operator's edit: placement never writes it, and this
+    /// never touches placement's `allocated` key). See [`crate::host::host_resources`]
+    /// for the host side.
     pub async fn update_resources(&mut self) -> Result<()> {
         let dir = self
             .config
@@ -383,12 +434,36 @@ impl Hypervisor {
         self.alive = alive;
     }
 
-    pub(crate) fn set_revision(&mut self, rev: i64) {
-        self.mod_revision = rev;
+    /// The `allocated` figure and its revision, when this copy read a usable key.
+    pub(crate) fn allocated_state(&self) -> Option<(Resources, i64)> {
+        self.allocated
+            .filter(|_| self.allocated_rev != 0)
+            .map(|r| (r, self.allocated_rev))
+    }
+
+    /// Records the `allocated` key as read or written (`None`: absent or unreadable;
+    /// `rev` 0: absent).
+    pub(crate) fn set_allocated(&mut self, figure: Option<Resources>, rev: i64) {
+        self.allocated = figure;
+        self.allocated_rev = rev;
+    }
+
+    /// Records the `allocated` key from its stored value (`None`: deleted).
+    pub(crate) fn apply_allocated(&mut self, value: Option<&[u8]>, rev: i64) {
+        match value {
+            None => self.set_allocated(None, 0),
+            Some(v) => match Resources::from_json(v) {
+                Ok(r) => self.set_allocated(Some(r), rev),
+                Err(e) => {
+                    tracing::warn!(hypervisor = %self.id, error = %e, "unreadable allocated figure");
+                    self.set_allocated(None, rev);
+                }
+            },
+        }
     }
 
     /// The metadata as stored at [`Hypervisor::revision`] (this copy when never stored),
-    /// without this copy's unsaved changes.
+    /// without this copy's unsaved changes, with this copy's `allocated` figure.
     pub(crate) fn stored_metadata(&self) -> Result<Hypervisor> {
         if self.stored.is_empty() {
             return Ok(self.clone());
@@ -398,12 +473,8 @@ impl Hypervisor {
         h.id = self.id.clone();
         h.mod_revision = self.mod_revision;
         h.stored = self.stored.clone();
+        h.set_allocated(self.allocated, self.allocated_rev);
         Ok(h)
-    }
-
-    /// Marks this copy's JSON as what is stored (after a transaction wrote it).
-    pub(crate) fn save_stored(&mut self) {
-        self.stored = Arc::from(self.to_json().as_bytes());
     }
 
     /// Takes the stored metadata (revision, resources, stored JSON) of `fresh`, keeping
@@ -419,13 +490,15 @@ impl Hypervisor {
         self.subnets.insert(subnet.to_string(), bridge.to_string());
     }
 
-    /// Takes the links, configuration and liveness of `old` (a copy whose metadata was
-    /// replaced by a watch event).
+    /// Takes the links, configuration, liveness and `allocated` figure of `old` (a copy
+    /// whose metadata was replaced by a watch event).
     pub(crate) fn absorb_links(&mut self, old: Hypervisor) {
         self.subnets = old.subnets;
         self.guests = old.guests;
         self.config = old.config;
         self.alive = old.alive;
+        self.allocated = old.allocated;
+        self.allocated_rev = old.allocated_rev;
     }
 }
 
@@ -440,6 +513,25 @@ impl Context {
         let mut h = Hypervisor::blank(self, canonicalize(id)?);
         h.refresh().await?;
         Ok(h)
+    }
+
+    /// The resource figures of hypervisor `id`, for operators: total, available (as
+    /// reported), allocated (what placement has promised) and free (total − allocated).
+    /// When the `allocated` key does not exist yet (a store written by the Go library)
+    /// the figure is computed from the guests linked to the hypervisor, without writing
+    /// it.
+    pub async fn hypervisor_resources(&self, id: &str) -> Result<HypervisorResources> {
+        let h = self.hypervisor(id).await?;
+        let allocated = match h.allocated_state() {
+            Some((figure, _)) => figure,
+            None => guests_usage(self, h.guests()).await?,
+        };
+        Ok(HypervisorResources {
+            total: h.total_resources,
+            available: h.available_resources,
+            allocated,
+            free: h.total_resources.saturating_sub(&allocated),
+        })
     }
 
     /// Every hypervisor, fully loaded, from one ranged read. Broken entries (no or
@@ -472,15 +564,88 @@ impl Context {
     }
 }
 
+/// The resource figures of one hypervisor ([`Context::hypervisor_resources`]); as JSON
+/// `{"total":{…},"available":{…},"allocated":{…},"free":{…}}`, each a
+/// `{"memory","disk","cpu"}` object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct HypervisorResources {
+    /// What the host offers (`total_resources`).
+    pub total: Resources,
+    /// What the host reported left (`available_resources`, written by its heartbeat).
+    pub available: Resources,
+    /// What placement has promised: the sum of the flavors of its guests.
+    pub allocated: Resources,
+    /// What placement may still promise: `total − allocated`, floored at zero.
+    pub free: Resources,
+}
+
+/// The `allocated` figure of hypervisor `id` with its `mod_revision`, building the key
+/// when it is absent or unreadable (a store written by the Go library or an older
+/// version): the sum of the flavors of the guests linked under the hypervisor, written
+/// only if no link was added or changed since they were read, the key is still as it was
+/// seen and the hypervisor still exists. `None` when the hypervisor's metadata does not
+/// exist.
+pub(crate) async fn ensure_allocated(ctx: &Context, id: &str) -> Result<Option<(Resources, i64)>> {
+    let links = keys::hypervisor_guests_prefix(id);
+    let akey = keys::hypervisor_allocated(id);
+    let hmeta = keys::hypervisor_metadata(id);
+    for attempt in 0..MAX_ATTEMPTS {
+        let resp = ctx
+            .txn(Txn::new().and_then(vec![
+                ctx.op_get_prefix(&links),
+                ctx.op_get(&akey),
+                ctx.op_get(&hmeta),
+            ]))
+            .await?;
+        let read_rev = revision(&resp);
+        let r = resp.op_responses();
+        if txn_get(ctx, &r, 2).is_empty() {
+            return Ok(None);
+        }
+        let seen = txn_get(ctx, &r, 1).into_iter().next();
+        if let Some(kv) = &seen {
+            match Resources::from_json(&kv.value) {
+                Ok(figure) => return Ok(Some((figure, kv.mod_revision))),
+                Err(e) => {
+                    tracing::warn!(key = %akey, error = %e, "unreadable allocated figure, rebuilding it")
+                }
+            }
+        }
+        let guests: Vec<String> = txn_get(ctx, &r, 0)
+            .into_iter()
+            .filter_map(|kv| kv.key.strip_prefix(&links).map(str::to_string))
+            .collect();
+        let sum = guests_usage(ctx, &guests).await?;
+        let txn = Txn::new()
+            .when(vec![
+                ctx.cmp_rev(&akey, seen.as_ref().map_or(0, |kv| kv.mod_revision)),
+                ctx.cmp_prefix_unchanged(&links, read_rev),
+                ctx.cmp_present(&hmeta),
+            ])
+            .and_then(vec![ctx.op_put(&akey, sum.to_json())]);
+        let out = ctx.txn(txn).await?;
+        if out.succeeded() {
+            tracing::info!(hypervisor = %id, guests = guests.len(), allocated = ?sum, "built the allocated figure from the linked guests");
+            return Ok(Some((sum, revision(&out))));
+        }
+        backoff(attempt).await;
+    }
+    Err(Error::TooManyConflicts {
+        what: format!("build the allocated figure of hypervisor {id}"),
+        attempts: MAX_ATTEMPTS,
+    })
+}
+
 pub(crate) fn hypervisors_from(ctx: &Context, kvs: Vec<Kv>) -> Vec<Hypervisor> {
     build_trees(keys::HYPERVISORS, kvs, |id, items| {
         Hypervisor::from_keys(ctx, id, items)
     })
 }
 
-/// Sum of the flavors of `guests` (two reads: the guests, then their flavors). Guests or
-/// flavors that no longer exist count as nothing.
-async fn guests_usage(ctx: &Context, guests: &[String]) -> Result<Resources> {
+/// Sum of the flavors of `guests` (batched reads of at most 100 keys each, within etcd's
+/// limit of operations per transaction: the guests, then their flavors). A guest or
+/// flavor that does not exist (or does not decode) counts as nothing, with a warning.
+pub(crate) async fn guests_usage(ctx: &Context, guests: &[String]) -> Result<Resources> {
     let mut used = Resources::default();
     if guests.is_empty() {
         return Ok(used);
@@ -493,9 +658,14 @@ async fn guests_usage(ctx: &Context, guests: &[String]) -> Result<Resources> {
             .collect();
         let r = ctx.txn(Txn::new().and_then(ops)).await?.op_responses();
         for (i, id) in chunk.iter().enumerate() {
-            for kv in txn_get(ctx, &r, i) {
-                if let Ok(g) = Guest::from_stored(ctx, id, &kv.value, kv.mod_revision) {
-                    flavors.push(g.flavor);
+            let Some(kv) = txn_get(ctx, &r, i).into_iter().next() else {
+                tracing::warn!(guest = %id, "a linked guest does not exist, counted as nothing");
+                continue;
+            };
+            match Guest::from_stored(ctx, id, &kv.value, kv.mod_revision) {
+                Ok(g) => flavors.push(g.flavor),
+                Err(e) => {
+                    tracing::warn!(guest = %id, error = %e, "undecodable guest, counted as nothing")
                 }
             }
         }
@@ -514,9 +684,16 @@ async fn guests_usage(ctx: &Context, guests: &[String]) -> Result<Resources> {
             .collect();
         let r = ctx.txn(Txn::new().and_then(ops)).await?.op_responses();
         for (i, id) in chunk.iter().enumerate() {
-            if let Some(kv) = txn_get(ctx, &r, i).into_iter().next() {
-                if let Ok(f) = Flavor::from_stored(ctx, id, &kv.value, kv.mod_revision) {
+            let Some(kv) = txn_get(ctx, &r, i).into_iter().next() else {
+                tracing::warn!(flavor = %id, "the flavor of a guest does not exist, counted as nothing");
+                continue;
+            };
+            match Flavor::from_stored(ctx, id, &kv.value, kv.mod_revision) {
+                Ok(f) => {
                     per.insert(id.clone(), f.resources);
+                }
+                Err(e) => {
+                    tracing::warn!(flavor = %id, error = %e, "undecodable flavor, counted as nothing")
                 }
             }
         }

@@ -1,7 +1,8 @@
 //! The key layout: every key the library reads or writes, relative to the [`Context`]
 //! prefix. This is the one module that builds key strings. The layout is the Go
 //! original's (see docs/compat.md, section "lochness"), so existing tools keep reading
-//! it:
+//! it; the two keys marked (ours) are beside it, under names the Go library never reads,
+//! and are built on first use when missing:
 //!
 //! ```text
 //! lochness/config/<key>                        global configuration (a key may contain `/`)
@@ -10,9 +11,10 @@
 //! lochness/hypervisors/<id>/config/<key>       per-hypervisor configuration
 //! lochness/hypervisors/<id>/subnets/<subnet>   link to a subnet; value: the bridge name
 //! lochness/hypervisors/<id>/guests/<guest>     a guest placed here; value: the guest id
+//! lochness/hypervisors/<id>/allocated          (ours) sum of the flavors of its guests
 //! lochness/subnets/<id>/metadata               subnet JSON
 //! lochness/subnets/<id>/addresses/<ip>         an address reservation; value: the owner
-//! lochness/subnets/<id>/alloc                  allocation index (runs of reserved addresses)
+//! lochness/subnets/<id>/alloc                  (ours) allocation index (runs of reserved addresses)
 //! lochness/networks/<id>/metadata              network JSON
 //! lochness/networks/<id>/subnets/<subnet>      link to a subnet (empty value)
 //! lochness/flavors/<id>/metadata               flavor JSON
@@ -29,8 +31,8 @@
 //! ```
 //!
 //! Every key under an entity is `<family><id>/<entry>`: the family prefixes below, then
-//! the entries ([`METADATA`], [`HEARTBEAT`], [`ALLOC`]) and directories ([`CONFIG_DIR`],
-//! [`SUBNETS_DIR`], …) of the tree.
+//! the entries ([`METADATA`], [`HEARTBEAT`], [`ALLOCATED`], [`ALLOC`]) and directories
+//! ([`CONFIG_DIR`], [`SUBNETS_DIR`], …) of the tree.
 //!
 //! [`Context`]: crate::Context
 
@@ -71,6 +73,10 @@ pub const CLAIMS: &str = "lochness/claims/";
 pub const METADATA: &str = "metadata";
 /// The liveness key of a hypervisor.
 pub const HEARTBEAT: &str = "heartbeat";
+/// What placement has promised of a hypervisor: the sum of the flavors of the guests
+/// placed on it (`{"memory":M,"disk":D,"cpu":C}`). Not in the original layout; the Go
+/// library ignores it.
+pub const ALLOCATED: &str = "allocated";
 /// The allocation index of a subnet.
 pub const ALLOC: &str = "alloc";
 /// Per-hypervisor configuration keys.
@@ -120,6 +126,11 @@ pub fn hypervisor_metadata(id: &str) -> String {
 /// The heartbeat of hypervisor `id`.
 pub fn hypervisor_heartbeat(id: &str) -> String {
     format!("{HYPERVISORS}{id}/{HEARTBEAT}")
+}
+
+/// What placement has promised of hypervisor `id` (see [`ALLOCATED`]).
+pub fn hypervisor_allocated(id: &str) -> String {
+    format!("{HYPERVISORS}{id}/{ALLOCATED}")
 }
 
 /// Configuration key `key` of hypervisor `id`.
@@ -265,6 +276,7 @@ mod tests {
         assert_eq!(hypervisor_prefix(h), "lochness/hypervisors/h1/");
         assert_eq!(hypervisor_metadata(h), "lochness/hypervisors/h1/metadata");
         assert_eq!(hypervisor_heartbeat(h), "lochness/hypervisors/h1/heartbeat");
+        assert_eq!(hypervisor_allocated(h), "lochness/hypervisors/h1/allocated");
         assert_eq!(
             hypervisor_config(h, "x"),
             "lochness/hypervisors/h1/config/x"

@@ -17,6 +17,13 @@
 //! - IPv4 addresses are handed out from a per-subnet index (`lochness/subnets/<id>/alloc`)
 //!   updated in the same transaction as the per-address keys; network, broadcast and
 //!   gateway addresses are never handed out;
+//! - resources are accounted: each hypervisor's `lochness/hypervisors/<id>/allocated`
+//!   key holds the sum of the flavors of its guests, updated in the transactions that
+//!   place and remove guests; a guest fits when its flavor is within both
+//!   `total_resources − allocated` and the reported `available_resources`
+//!   ([`Hypervisor::fits`], [`Context::hypervisor_resources`]). Placement never writes
+//!   the hypervisor's metadata, which heartbeats and operators own. Both our keys are
+//!   built on first use in a store written by the Go library;
 //! - listings are one ranged read; heartbeats are leases ([`Context::heartbeat`]);
 //!   placement works on a [`ClusterView`] a placer can keep current with a
 //!   [`Context::watch`].
@@ -60,7 +67,7 @@
 //! guest.flavor = flavor.id.clone();
 //! guest.network = network.id.clone();
 //! let mut host = guest.candidates(&DEFAULT_CANDIDATE_FUNCTIONS).await?.remove(0);
-//! host.add_guest(&mut guest).await?; // address, link and guest: one transaction
+//! host.add_guest(&mut guest).await?; // address, resources, link and guest: one transaction
 //! assert_eq!(guest.ip.map(|ip| ip.to_string()).as_deref(), Some("192.168.100.10"));
 //! # Ok(())
 //! # }
@@ -118,7 +125,7 @@ pub use fwgroup::{FwGroup, FwRule};
 pub use guest::Guest;
 pub use heartbeat::Heartbeat;
 pub use host::{hypervisor_id, set_hypervisor_id};
-pub use hypervisor::Hypervisor;
+pub use hypervisor::{Hypervisor, HypervisorResources};
 pub use job::{Job, JobAction, JobStatus, Queue, Transition};
 pub use network::Network;
 pub use placement::{

@@ -2,10 +2,17 @@
 //! starts from every hypervisor of a [`ClusterView`] and applies [`CandidateFunction`]s in
 //! order (by default: alive, has a subnet of the guest's network with a free address, has
 //! the flavor's resources, then shuffled). The view is an in-memory picture of
-//! hypervisors, networks, subnets and flavors that a placer loads with one read and can
-//! keep current from a watch ([`ClusterView::apply`]). It may be stale; the transaction
-//! of [`Hypervisor::add_guest`] compares what matters and retries or fails (see
+//! hypervisors (with liveness, subnet links and `allocated` figures), networks, subnets
+//! and flavors that a placer loads with one read and can keep current from a watch
+//! ([`ClusterView::apply`]). It may be stale; the transaction of
+//! [`Hypervisor::add_guest`] compares what matters and retries or fails (see
 //! docs/compat.md, section "lochness").
+//!
+//! "Has the resources" is [`Hypervisor::fits`]: the flavor within both
+//! `total_resources − allocated` (what placement has promised, exact) and
+//! `available_resources` (what the heartbeat last reported). A hypervisor whose
+//! `allocated` key does not exist yet (a store written by the Go library) counts as
+//! having nothing allocated here; placing on it builds the key and checks again.
 
 use std::collections::BTreeMap;
 
@@ -36,7 +43,7 @@ pub const DEFAULT_CANDIDATE_FUNCTIONS: [CandidateFunction; 4] = [
 /// What placement needs to know about the cluster, as of [`ClusterView::revision`].
 #[derive(Debug, Clone, Default)]
 pub struct ClusterView {
-    /// Hypervisors by id, with links and liveness.
+    /// Hypervisors by id, with links, liveness and `allocated` figures.
     pub hypervisors: BTreeMap<String, Hypervisor>,
     /// Network id → its subnet ids.
     pub networks: BTreeMap<String, Vec<String>>,
@@ -150,6 +157,8 @@ impl ClusterView {
             };
             if tail == keys::HEARTBEAT {
                 h.set_alive(value.is_some());
+            } else if tail == keys::ALLOCATED {
+                h.apply_allocated(value, mod_revision);
             } else if let Some(s) = tail.strip_prefix(keys::SUBNETS_DIR) {
                 match value {
                     Some(v) => h.insert_subnet(s, &String::from_utf8_lossy(v)),
@@ -281,7 +290,8 @@ pub fn candidate_has_subnet<'a>(
         .collect())
 }
 
-/// Keeps the hypervisors whose available resources cover the guest's flavor.
+/// Keeps the hypervisors the guest's flavor fits on ([`Hypervisor::fits`]: within both
+/// `total_resources − allocated` and `available_resources`).
 pub fn candidate_has_resources<'a>(
     g: &Guest,
     view: &'a ClusterView,
@@ -291,10 +301,7 @@ pub fn candidate_has_resources<'a>(
         .flavors
         .get(&g.flavor)
         .ok_or_else(|| Error::NotFound(keys::flavor_metadata(&g.flavor)))?;
-    Ok(list
-        .into_iter()
-        .filter(|h| h.available_resources.covers(need))
-        .collect())
+    Ok(list.into_iter().filter(|h| h.fits(need)).collect())
 }
 
 /// Shuffles the list uniformly.

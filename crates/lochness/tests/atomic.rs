@@ -69,6 +69,7 @@ async fn add_and_remove_guest_write_every_key() {
     };
     let mut w = world(ctx.clone()).await;
     let mut g = common::guest(&ctx, &w.flavor, &w.net);
+    let metadata_rev = w.hv.revision();
     w.hv.add_guest(&mut g).await.unwrap();
     // Network (.0) and gateway (.1) are never handed out: the range starts at .1.
     assert_eq!(g.ip.unwrap().to_string(), "192.168.100.2");
@@ -79,18 +80,33 @@ async fn add_and_remove_guest_write_every_key() {
         (w.hv.id.as_str(), w.subnet.id.as_str())
     );
     assert_eq!(stored.ip, g.ip);
-    // The flavor's resources are reserved on the hypervisor in the same transaction.
-    let stored_hv = ctx.hypervisor(&w.hv.id).await.unwrap();
+    // The flavor's resources are added to the hypervisor's `allocated` key in the same
+    // transaction; its metadata (the reported figures) is not written.
+    let flavor_res = Resources {
+        memory: 128,
+        disk: 1024,
+        cpu: 1,
+    };
     assert_eq!(
-        stored_hv.available_resources,
+        common::raw(&ctx, &format!("lochness/hypervisors/{}/allocated", w.hv.id))
+            .await
+            .as_deref(),
+        Some(r#"{"memory":128,"disk":1024,"cpu":1}"#)
+    );
+    let stored_hv = ctx.hypervisor(&w.hv.id).await.unwrap();
+    assert_eq!(stored_hv.allocated(), flavor_res);
+    assert_eq!(w.hv.allocated(), flavor_res);
+    assert_eq!(
+        stored_hv.free(),
         Resources {
             memory: 16384 - 128,
             disk: 1048576 - 1024,
             cpu: 31
         }
     );
-    assert_eq!(w.hv.available_resources, stored_hv.available_resources);
-    assert_eq!(w.hv.revision(), stored_hv.revision());
+    assert_eq!(stored_hv.available_resources, stored_hv.total_resources);
+    assert_eq!(stored_hv.revision(), metadata_rev, "metadata not written");
+    assert_eq!(w.hv.revision(), metadata_rev);
     assert_eq!(
         common::raw(
             &ctx,
@@ -136,14 +152,12 @@ async fn add_and_remove_guest_write_every_key() {
     ));
 
     w.hv.remove_guest(&mut g).await.unwrap();
-    assert_eq!(
-        ctx.hypervisor(&w.hv.id).await.unwrap().available_resources,
-        Resources {
-            memory: 16384,
-            disk: 1048576,
-            cpu: 32
-        }
-    );
+    let stored_hv = ctx.hypervisor(&w.hv.id).await.unwrap();
+    assert_eq!(stored_hv.allocated(), Resources::default());
+    assert_eq!(w.hv.allocated(), Resources::default());
+    assert_eq!(stored_hv.free(), stored_hv.total_resources);
+    assert_eq!(stored_hv.available_resources, stored_hv.total_resources);
+    assert_eq!(stored_hv.revision(), metadata_rev, "metadata not written");
     let stored = ctx.guest(&g.id).await.unwrap();
     assert!(
         stored.hypervisor.is_empty()
@@ -541,18 +555,28 @@ async fn a_full_hypervisor_is_refused() {
     )
     .await;
     h.add_subnet(&s, "br0").await.unwrap();
+    // A copy loaded before the first placement still thinks there is room.
+    let mut stale = ctx.hypervisor(&h.id).await.unwrap();
     let mut first = common::guest(&ctx, &flavor, &net);
     h.add_guest(&mut first).await.unwrap();
-    // A stale copy still thinks there is room: the transaction's compare catches it.
-    let mut stale = ctx.hypervisor(&h.id).await.unwrap();
-    stale.available_resources.memory = 6000;
     let mut second = common::guest(&ctx, &flavor, &net);
     assert!(matches!(
         h.add_guest(&mut second).await,
         Err(Error::InsufficientResources(_))
     ));
+    assert!(stale.fits(&flavor.resources), "the stale copy sees room");
     assert!(matches!(
         stale.add_guest(&mut second).await,
+        Err(Error::InsufficientResources(_))
+    ));
+    // The reported figure still says there is room (placement never decrements it; an
+    // operator's edit of the metadata changes nothing): total − allocated refuses.
+    let mut edited = ctx.hypervisor(&h.id).await.unwrap();
+    assert_eq!(edited.available_resources.memory, 6000, "never decremented");
+    edited.metadata.insert("edited".into(), "yes".into());
+    edited.save().await.unwrap();
+    assert!(matches!(
+        edited.add_guest(&mut second).await,
         Err(Error::InsufficientResources(_))
     ));
     assert!(
@@ -561,14 +585,10 @@ async fn a_full_hypervisor_is_refused() {
             .is_none()
     );
     assert_eq!(addresses(&ctx, &s.id).await.len(), 1);
-    assert_eq!(
-        ctx.hypervisor(&h.id)
-            .await
-            .unwrap()
-            .available_resources
-            .memory,
-        6000 - 4096
-    );
+    let stored = ctx.hypervisor(&h.id).await.unwrap();
+    assert_eq!(stored.allocated().memory, 4096);
+    assert_eq!(stored.free().memory, 6000 - 4096);
+    assert_eq!(stored.available_resources.memory, 6000);
 }
 
 #[tokio::test]

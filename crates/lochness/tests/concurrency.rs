@@ -130,14 +130,16 @@ async fn sixteen_placers_two_thousand_guests() {
     // Hypervisor links match the guests' hypervisor fields exactly.
     let mut links = BTreeMap::new();
     for h in ctx.hypervisors().await.unwrap() {
-        // Placement reserved each guest's flavor on its hypervisor, exactly once.
+        // Placement added each guest's flavor to its hypervisor's `allocated`, exactly
+        // once, and left the reported figures alone.
         let n = h.guests().len() as u64;
         let want = Resources {
-            memory: (1 << 20) - 512 * n,
-            disk: (1 << 30) - 4096 * n,
-            cpu: 1024 - n as u32,
+            memory: 512 * n,
+            disk: 4096 * n,
+            cpu: n as u32,
         };
-        assert_eq!(h.available_resources, want, "{}", h.id);
+        assert_eq!(h.allocated(), want, "{}", h.id);
+        assert_eq!(h.available_resources, h.total_resources, "{}", h.id);
         for g in h.guests() {
             assert!(
                 links.insert(g.clone(), h.id.clone()).is_none(),

@@ -158,6 +158,40 @@ async fn view_follows_applied_changes() {
             .len(),
         1
     );
+    // What placement promised leaves too little of the total: filtered out, although
+    // the reported figure has room; deleted again, the hypervisor is back.
+    let alloc_key = format!("lochness/hypervisors/{}/allocated", h.id);
+    view.apply(
+        &ctx,
+        &alloc_key,
+        Some(br#"{"memory":900,"disk":0,"cpu":0}"#),
+        view.revision + 1,
+    );
+    assert_eq!(view.hypervisors[&h.id].allocated().memory, 900);
+    assert_eq!(view.hypervisors[&h.id].free().memory, 124);
+    assert!(matches!(
+        g.candidates_in(&view, &[candidate_has_resources]),
+        Err(Error::NoSuitableHypervisors)
+    ));
+    // A change of the metadata keeps the figure.
+    let mut edited = ctx.hypervisor(&h.id).await.unwrap();
+    edited.metadata.insert("k".into(), "v".into());
+    edited.save().await.unwrap();
+    view.apply(
+        &ctx,
+        &format!("lochness/hypervisors/{}/metadata", h.id),
+        Some(edited.to_json().as_bytes()),
+        edited.revision(),
+    );
+    assert_eq!(view.hypervisors[&h.id].allocated().memory, 900);
+    view.apply(&ctx, &alloc_key, None, view.revision + 1);
+    assert_eq!(view.hypervisors[&h.id].allocated(), Resources::default());
+    assert_eq!(
+        g.candidates_in(&view, &DEFAULT_CANDIDATE_FUNCTIONS)
+            .unwrap()
+            .len(),
+        1
+    );
     view.apply(
         &ctx,
         &format!("lochness/subnets/{}/alloc", s.id),

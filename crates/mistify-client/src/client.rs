@@ -12,6 +12,10 @@
 //! whitespace or a control character, is refused with [`ClientError::InvalidInput`].
 //! Accepted ids are percent-encoded as one path segment each.
 //!
+//! [`Client::with_strict_fields`] asks the agent to refuse a request body with keys it does
+//! not know (`?fieldValidation=Strict`) instead of accepting it with a `Warning` header per
+//! key; [`Client::on_warning`] is told of every `Warning` header an answer carries.
+//!
 //! Any 2xx status counts as success (the Go agent answers its asynchronous snapshot calls
 //! with 200 and a `null` body, the Rust agent with 202). Everything else becomes
 //! [`ClientError::Api`], carrying the agent's JSON error body when it sent one.
@@ -214,6 +218,52 @@ pub struct Client {
     headers: reqwest::header::HeaderMap,
     /// For `https://` agents: the CA to trust and the client certificate, if any.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Whether requests with a JSON body carry `?fieldValidation=Strict`.
+    strict_fields: bool,
+    /// Told of each `Warning` header of an answer.
+    on_warning: Option<WarningHook>,
+}
+
+/// The callback of [`Client::on_warning`].
+#[derive(Clone)]
+struct WarningHook(Arc<dyn Fn(&str) + Send + Sync>);
+
+impl fmt::Debug for WarningHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WarningHook(..)")
+    }
+}
+
+/// The text of a `Warning` header value (RFC 7234: `code agent "text" ["date"]`), the
+/// quoted text unescaped, e.g. `unknown field "x"` for
+/// `299 - "unknown field \"x\""`; a value not of that form is returned trimmed.
+pub fn warning_text(value: &str) -> String {
+    let value = value.trim();
+    let quoted = value
+        .split_once(' ')
+        .and_then(|(code, rest)| {
+            (code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit())).then_some(rest)
+        })
+        .and_then(|rest| rest.trim_start().split_once(' '))
+        .map(|(_agent, rest)| rest.trim_start())
+        .filter(|rest| rest.starts_with('"'));
+    let Some(quoted) = quoted else {
+        return value.to_string();
+    };
+    let mut text = String::new();
+    let mut chars = quoted[1..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(escaped) => text.push(escaped),
+                None => return value.to_string(),
+            },
+            '"' => return text,
+            c => text.push(c),
+        }
+    }
+    // No closing quote.
+    value.to_string()
 }
 
 /// PEM files for an `https://` agent (see [`Client::with_tls`]).
@@ -433,7 +483,35 @@ impl Client {
             timeout: DEFAULT_TIMEOUT,
             headers: reqwest::header::HeaderMap::new(),
             tls: None,
+            strict_fields: false,
+            on_warning: None,
         })
+    }
+
+    /// The same client asking the agent to refuse request bodies with keys it does not
+    /// know: every request that sends a JSON body carries `?fieldValidation=Strict`, and
+    /// such a body is answered 400 naming each key (by default the agent accepts it and
+    /// answers a `Warning` header per unknown key).
+    pub fn with_strict_fields(mut self) -> Client {
+        self.strict_fields = true;
+        self
+    }
+
+    /// The same client calling `hook` with the value of each `Warning` header of every
+    /// answer (2xx or not), e.g. `299 - "unknown field \"x\""`; [`warning_text`] gives
+    /// its text.
+    pub fn on_warning(mut self, hook: impl Fn(&str) + Send + Sync + 'static) -> Client {
+        self.on_warning = Some(WarningHook(Arc::new(hook)));
+        self
+    }
+
+    /// Passes the `Warning` headers of an answer to the hook, if any.
+    fn report_warnings(&self, headers: &HeaderMap) {
+        if let Some(WarningHook(hook)) = &self.on_warning {
+            for value in headers.get_all(reqwest::header::WARNING) {
+                hook(&String::from_utf8_lossy(value.as_bytes()));
+            }
+        }
     }
 
     /// The same client trusting `files.ca` for the agent's certificate and presenting
@@ -538,6 +616,7 @@ impl Client {
             Err(e) => return Err(Self::transport_or_timeout(what, e, timeout)),
         };
         let status = response.status();
+        self.report_warnings(response.headers());
         let job_id = job_id_of(response.headers());
         let retry_after = retry_after_of(response.headers());
         let body = match response.bytes().await {
@@ -559,13 +638,18 @@ impl Client {
         self.call(Method::GET, url, None, self.timeout).await
     }
 
+    /// Sends `body` as JSON (with `?fieldValidation=Strict` when the client asks for it).
     async fn send_json<B: Serialize + ?Sized>(
         &self,
         method: Method,
-        url: Url,
+        mut url: Url,
         body: &B,
     ) -> Result<Reply, ClientError> {
         let body = encode(body)?;
+        if self.strict_fields {
+            url.query_pairs_mut()
+                .append_pair("fieldValidation", "Strict");
+        }
         self.call(method, url, Some(body), self.timeout).await
     }
 
@@ -727,6 +811,14 @@ impl Client {
     pub async fn get_guest(&self, id: &str) -> Result<Guest, ClientError> {
         check_segment("guest id", id)?;
         self.get(self.url(&["guests", id], &[])?).await?.json()
+    }
+
+    /// `GET /guests/{id}?refresh=true`: one guest, its state asked of the sub-agents first
+    /// (the agent's `status` action) and stored.
+    pub async fn get_guest_refreshed(&self, id: &str) -> Result<Guest, ClientError> {
+        check_segment("guest id", id)?;
+        let url = self.url(&["guests", id], &[("refresh", "true".to_string())])?;
+        self.get(url).await?.json()
     }
 
     /// `GET /guests/{id}/jobs[?limit=n]`: the latest jobs of a guest.
@@ -934,6 +1026,7 @@ impl Client {
             Ok(Ok(r)) => r,
         };
         let status = response.status();
+        self.report_warnings(response.headers());
         if !status.is_success() {
             let retry_after = retry_after_of(response.headers());
             let body = match tokio::time::timeout(after, response.bytes()).await {
@@ -1081,6 +1174,24 @@ mod tests {
             );
         }
         assert_eq!(Client::new("h:1").unwrap().timeout(), DEFAULT_TIMEOUT);
+    }
+
+    #[test]
+    fn warning_texts() {
+        assert_eq!(
+            warning_text(r#"299 - "unknown field \"x\"""#),
+            r#"unknown field "x""#
+        );
+        assert_eq!(
+            warning_text(r#"299 agent:8080 "deprecated" "Wed, 21 Oct 2015 07:28:00 GMT""#),
+            "deprecated"
+        );
+        assert_eq!(warning_text(" just text "), "just text");
+        assert_eq!(
+            warning_text(r#"299 - "unterminated"#),
+            r#"299 - "unterminated"#
+        );
+        assert_eq!(warning_text("29 - \"x\""), "29 - \"x\"");
     }
 
     #[test]

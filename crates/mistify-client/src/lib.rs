@@ -15,7 +15,9 @@
 
 pub mod client;
 
-pub use client::{Accepted, Client, ClientError, DownloadStream, MetadataPatch, TlsFiles};
+pub use client::{
+    warning_text, Accepted, Client, ClientError, DownloadStream, MetadataPatch, TlsFiles,
+};
 pub use mistify_types::rest::*;
 pub use mistify_types::{GuestAction, MetricsKind};
 /// The TLS client configuration [`TlsFiles::client_config`] loads.

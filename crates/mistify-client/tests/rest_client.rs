@@ -927,3 +927,70 @@ async fn download_headers_never_sent_times_out() {
         other => panic!("expected Timeout, got {other:?}"),
     }
 }
+
+// ----- field validation and warnings ------------------------------------------------
+
+#[tokio::test]
+async fn strict_fields_go_with_bodies_and_warnings_reach_the_hook() {
+    let server = serve(|seen: Seen| async move {
+        match seen.method.as_str() {
+            "POST" => json_reply(
+                202,
+                guest_json(G, "create"),
+                &[
+                    ("x-guest-job-id", "j1"),
+                    ("warning", r#"299 - "unknown field \"a\"""#),
+                    ("warning", r#"299 - "unknown field \"b\"""#),
+                ],
+            ),
+            _ => json_reply(
+                404,
+                json!({"message": "gone", "code": 404}),
+                &[("warning", r#"299 - "going away""#)],
+            ),
+        }
+    })
+    .await;
+    let warnings = Arc::new(Mutex::new(Vec::new()));
+    let sink = warnings.clone();
+    let client = server
+        .client()
+        .with_strict_fields()
+        .on_warning(move |w| sink.lock().unwrap().push(mistify_client::warning_text(w)));
+
+    client.create_guest(&Guest::default()).await.unwrap();
+    let rollback = SnapshotRequest::default();
+    client
+        .rollback_snapshot(G, None, "s1", &rollback)
+        .await
+        .unwrap();
+    // A request without a body carries no parameter; its error answer's warning counts.
+    client.get_guest(G).await.unwrap_err();
+    let uris: Vec<String> = server.requests().into_iter().map(|s| s.uri).collect();
+    assert_eq!(
+        uris,
+        [
+            "/guests?fieldValidation=Strict".to_string(),
+            format!("/guests/{G}/snapshots/s1/rollback?fieldValidation=Strict"),
+            format!("/guests/{G}"),
+        ]
+    );
+    assert_eq!(
+        *warnings.lock().unwrap(),
+        [
+            r#"unknown field "a""#,
+            r#"unknown field "b""#,
+            r#"unknown field "a""#,
+            r#"unknown field "b""#,
+            "going away",
+        ]
+    );
+
+    // Without the option: no parameter, and no hook to call.
+    server
+        .client()
+        .create_guest(&Guest::default())
+        .await
+        .unwrap();
+    assert_eq!(server.requests().last().unwrap().uri, "/guests");
+}

@@ -87,9 +87,12 @@ pub fn destroy_dataset(name: &str) -> Result<(), String> {
     )
 }
 
-/// `zpool destroy -f pool` under [`ZPOOL_LOCK`], tolerating zfs-fuse's transient "pool
-/// is busy": between tries its datasets are unmounted (deepest first), which is what
-/// holds a pool busy. Ok when the pool is gone (or was never imported).
+/// `zpool destroy pool` under [`ZPOOL_LOCK`], its filesystems unmounted first (deepest
+/// first), tolerating zfs-fuse's transient "pool is busy" (unmounting again between
+/// tries). Never `-f` (`zfs unmount -f`, `zpool destroy -f`): on zfs-fuse a forced
+/// unmount is a lazy one, and once the last file open on the detached mount is closed
+/// zfs-fuse loops for good in its FUSE destroy handler, every mount of the machine with
+/// it (reproduced here). Ok when the pool is gone (or was never imported).
 pub fn destroy_pool(pool: &str) -> Result<(), String> {
     if !quiet(Command::new("zpool").args(["list", pool])) {
         return Ok(());
@@ -103,15 +106,20 @@ pub fn destroy_pool(pool: &str) -> Result<(), String> {
         let names = out
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
+        let mounted = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         for name in names.lines().rev() {
-            let _ = quiet(zfs_locked().args(["unmount", "-f", name]));
+            let source = format!("{name} ");
+            if mounted.lines().any(|l| l.starts_with(&source)) {
+                let _ = quiet(zfs_locked().args(["unmount", name]));
+            }
         }
     };
+    unmount();
     retry_busy(
-        &format!("zpool destroy -f {pool}"),
+        &format!("zpool destroy {pool}"),
         || {
             let mut cmd = zpool_locked();
-            cmd.args(["destroy", "-f", pool]);
+            cmd.args(["destroy", pool]);
             cmd
         },
         unmount,
@@ -215,6 +223,8 @@ pub fn ensure_zfs_fuse() -> Result<(), String> {
 pub struct DevStack {
     child: Option<Child>,
     data: TempDir,
+    bin: PathBuf,
+    env: Vec<(String, String)>,
     /// `http://127.0.0.1:PORT` of the agent.
     pub agent: String,
     /// `http://127.0.0.1:PORT` of the supervisor's REST API.
@@ -253,57 +263,84 @@ impl DevStack {
         let (agent_port, sup_port) = (free_port(), free_port());
         let (zfs_port, libvirt_port, image_port) = (free_port(), free_port(), free_port());
         let pool = format!("mst{}x{}", std::process::id(), agent_port);
-        let agent = format!("127.0.0.1:{agent_port}");
-        let supervisor = format!("http://127.0.0.1:{sup_port}");
-        let log =
-            std::fs::File::create(data.path().join("supervisor.log")).map_err(|e| e.to_string())?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(bin.join("mistify-supervisord"))
-            .args(["--addr", &supervisor, "--dir"])
-            .arg(&sup)
-            .env("MISTIFY_BIN", bin)
-            .env("MISTIFY_SRC", workspace_root())
-            .env("MISTIFY_DATA", data.path())
-            .env("MISTIFY_POOL", &pool)
-            .env("MISTIFY_POOL_SIZE", "1G")
-            .env("MISTIFY_LOG_LEVEL", "info")
-            .env("AGENT_ADDRESS", &agent)
-            .env("ZFS_PORT", zfs_port.to_string())
-            .env("LIBVIRT_PORT", libvirt_port.to_string())
-            .env("IMAGE_PORT", image_port.to_string())
-            .env("LIBVIRT_URI", "test:///default")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|e| format!("cannot start mistify-supervisord: {e}"))?;
         let mut stack = DevStack {
-            child: Some(child),
+            child: None,
             data,
-            agent: format!("http://{agent}"),
-            supervisor,
+            bin: bin.to_path_buf(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            agent: format!("http://127.0.0.1:{agent_port}"),
+            supervisor: format!("http://127.0.0.1:{sup_port}"),
             pool,
             zfs_port,
             libvirt_port,
             image_port,
         };
+        stack.run_supervisor()?;
+        Ok(stack)
+    }
+
+    /// Starts the stopped stack again on its data directory, pool and ports, as a
+    /// second `make run` does; waits until the agent answers `/healthz`. The
+    /// supervisor's log goes on in the same file.
+    pub fn start_again(&mut self) -> Result<(), String> {
+        if self.child.is_some() {
+            return Err("the stack is running".into());
+        }
+        ensure_zfs_fuse()?;
+        self.run_supervisor()
+    }
+
+    /// Spawns the supervisor and waits for the agent (180 s).
+    fn run_supervisor(&mut self) -> Result<(), String> {
+        let sup = self.data.path().join("supervisor");
+        let agent = self.agent.trim_start_matches("http://").to_string();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join("supervisor.log"))
+            .map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(self.bin.join("mistify-supervisord"))
+            .args(["--addr", &self.supervisor, "--dir"])
+            .arg(&sup)
+            .env("MISTIFY_BIN", &self.bin)
+            .env("MISTIFY_SRC", workspace_root())
+            .env("MISTIFY_DATA", self.data.path())
+            .env("MISTIFY_POOL", &self.pool)
+            .env("MISTIFY_POOL_SIZE", "1G")
+            .env("MISTIFY_LOG_LEVEL", "info")
+            .env("AGENT_ADDRESS", &agent)
+            .env("ZFS_PORT", self.zfs_port.to_string())
+            .env("LIBVIRT_PORT", self.libvirt_port.to_string())
+            .env("IMAGE_PORT", self.image_port.to_string())
+            .env("LIBVIRT_URI", "test:///default")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| format!("cannot start mistify-supervisord: {e}"))?;
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
-            if http_ok(&format!("{}/healthz", stack.agent)) {
-                return Ok(stack);
+            if http_ok(&format!("{}/healthz", self.agent)) {
+                return Ok(());
             }
-            if let Some(Ok(Some(status))) = stack.child.as_mut().map(Child::try_wait) {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
                 return Err(format!(
                     "mistify-supervisord exited ({status}) before the agent was ready\n--- supervisor log, last 60 lines\n{}",
-                    crate::tail(&stack.log(), 60)
+                    crate::tail(&self.log(), 60)
                 ));
             }
             if Instant::now() > deadline {
                 return Err(format!(
                     "the agent was not ready after 180 s\n{}\n--- supervisor log, last 60 lines\n{}",
                     crate::diagnose(),
-                    crate::tail(&stack.log(), 60)
+                    crate::tail(&self.log(), 60)
                 ));
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -363,9 +400,18 @@ impl DevStack {
     /// SIGTERM to the supervisor, then waits up to `timeout` for it to stop every
     /// service and exit; its exit status (`None`: still running, then killed).
     pub fn stop(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.stop_with("TERM", timeout)
+    }
+
+    /// As [`DevStack::stop`] with SIGINT, what Ctrl-C of `make run` sends.
+    pub fn interrupt(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.stop_with("INT", timeout)
+    }
+
+    fn stop_with(&mut self, signal: &str, timeout: Duration) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
         let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args([&format!("-{signal}"), &child.id().to_string()])
             .status();
         let deadline = Instant::now() + timeout;
         loop {

@@ -326,9 +326,9 @@ fn host_processors() -> u32 {
 
 /// With a guest-disk directory that exists, `lochness-heartbeat` replaces a
 /// hypervisor's resources with this host's (80 % of memory and of the disk, every
-/// processor) minus its guests' flavors, and placement does not overcommit: two
-/// hypervisors on this host take exactly 2 × processors guests of one CPU, then no
-/// candidate is left. This is why the cluster test above keeps the registered figures.
+/// processor) minus its guests' flavors, and placement does not overcommit (its
+/// `allocated` figure against that total): two hypervisors on this host take exactly
+/// 2 × processors guests of one CPU, then no candidate is left. This is why the cluster test above keeps the registered figures.
 #[test]
 fn heartbeat_resources_cap_placement_at_the_hosts_processors() {
     if skipped("etcd") {
@@ -408,10 +408,23 @@ fn heartbeat_resources_cap_placement_at_the_hosts_processors() {
             2 * cpus,
             "guests placed on two {cpus}-CPU hypervisors"
         );
-        for id in &hv_ids {
+        for (i, id) in hv_ids.iter().enumerate() {
             let hv = ctx.hypervisor(id).await.expect("hypervisor");
             assert_eq!(hv.guests().len() as u32, cpus, "guests on {id}");
-            assert_eq!(hv.available_resources.cpu, 0, "CPUs left on {id}");
+            assert_eq!(hv.allocated().cpu, cpus, "CPUs promised on {id}");
+            assert_eq!(hv.free().cpu, 0, "CPUs left on {id}");
+            // Placement does not write the reported figure; the next beats do.
+            let reported = poll_until(Duration::from_secs(10), || async {
+                ctx.hypervisor(id)
+                    .await
+                    .is_ok_and(|h| h.available_resources.cpu == 0)
+            })
+            .await;
+            assert!(
+                reported,
+                "the heartbeat of {id} does not report its guests' CPUs:\n{}",
+                beats[i].output()
+            );
         }
         eprintln!("{placed} one-CPU guests fit on two hypervisors of this {cpus}-CPU host");
     });

@@ -204,6 +204,7 @@ async fn agent_killed_with_jobs_in_flight() {
             let created = client
                 .create_guest(&Guest {
                     memory: 256,
+                    cpu: 1,
                     ..Guest::default()
                 })
                 .await
@@ -398,7 +399,7 @@ async fn subagent_killed_under_the_supervisor() {
     let mut guests = Vec::new();
     for _ in 0..4 {
         let created = client
-            .create_guest(&Guest::default())
+            .create_guest(&small_vm())
             .await
             .expect("POST /guests");
         guests.push((created.body.id, created.job_id.expect("job id")));
@@ -674,7 +675,7 @@ async fn load_mixed_requests_across_1000_guests() {
         for chunk in 0..GUESTS.div_ceil(CLIENTS) {
             let batch = (chunk * CLIENTS..((chunk + 1) * CLIENTS).min(GUESTS)).map(|_| {
                 let client = client.clone();
-                tokio::spawn(async move { client.create_guest(&Guest::default()).await })
+                tokio::spawn(async move { client.create_guest(&small_vm()).await })
             });
             for task in futures::future::join_all(batch).await {
                 let created = task.expect("task").expect("POST /guests");
@@ -789,4 +790,13 @@ async fn load_mixed_requests_across_1000_guests() {
         rss_after * 10 <= rss_before * 11,
         "RSS grew from {rss_before} KiB to {rss_after} KiB"
     );
+}
+
+/// The smallest guest the agent accepts: a virtual machine needs memory and a CPU.
+fn small_vm() -> Guest {
+    Guest {
+        memory: 256,
+        cpu: 1,
+        ..Guest::default()
+    }
 }

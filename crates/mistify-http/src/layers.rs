@@ -210,6 +210,49 @@ pub fn healthz_route(service: &str, version: &str) -> Router {
     )
 }
 
+/// A readiness check for `/healthz`: `Err(reason)` when the daemon cannot serve yet.
+pub type HealthCheck = std::sync::Arc<
+    dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync,
+>;
+
+/// `GET /healthz` that asks `check` first: 200 `{"status":"ok","service","version"}`
+/// when it passes, else 503 `{"status":"unavailable","service","version","reason"}`
+/// (a supervisor's `ready: http:` probe keeps waiting on a 503).
+pub fn healthz_route_checked(service: &str, version: &str, check: HealthCheck) -> Router {
+    let (service, version) = (service.to_string(), version.to_string());
+    Router::new().route(
+        "/healthz",
+        axum::routing::get(move || {
+            let (service, version, check) = (service.clone(), version.clone(), check.clone());
+            async move {
+                let (status, body) = match check().await {
+                    Ok(()) => (
+                        StatusCode::OK,
+                        serde_json::json!({ "status": "ok", "service": service, "version": version }),
+                    ),
+                    Err(reason) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        serde_json::json!({
+                            "status": "unavailable",
+                            "service": service,
+                            "version": version,
+                            "reason": reason,
+                        }),
+                    ),
+                };
+                (
+                    status,
+                    [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    )],
+                    body.to_string(),
+                )
+            }
+        }),
+    )
+}
+
 /// The body of a logged request: one `tracing` event once it is done (or dropped) with
 /// the HTTP method, path, RPC method (if any), status, bytes sent and duration.
 struct LoggedBody {

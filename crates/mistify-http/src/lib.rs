@@ -13,7 +13,10 @@ pub mod layers;
 pub mod runtime;
 mod server;
 
-pub use layers::{common_layers, healthz_route, with_common_layers, App, RpcMethodName};
+pub use layers::{
+    common_layers, healthz_route, healthz_route_checked, with_common_layers, App, HealthCheck,
+    RpcMethodName,
+};
 pub use runtime::{init_tracing, shutdown_signal, LogFormat};
 pub use server::{
     caused_by, is_body_timeout, serve, serve_tls, tls_config, Limits, TlsError,

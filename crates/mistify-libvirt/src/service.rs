@@ -206,6 +206,67 @@ fn undefine(dom: &Domain) -> Result<()> {
     Ok(dom.undefine()?)
 }
 
+/// What `CreateGuest` checks and renders before anything is defined: disk names, disk
+/// types by source, text XML can carry, the network and domain documents.
+fn prepare(guest: &mut Guest, options: &Options) -> Result<(Vec<DiskKind>, Vec<xml::Network>)> {
+    render::check_guest_text(guest)?;
+    render::name_disks(guest);
+    let kinds = guest
+        .disks
+        .iter()
+        .map(|d| render::disk_kind(&d.device, &d.source))
+        .collect::<Result<Vec<_>>>()?;
+    let networks = match options.network_mode {
+        NetworkMode::Ovs => guest.nics.iter().map(render::network).collect(),
+        NetworkMode::Bridge => Vec::new(),
+    };
+    // Render once now so that XML problems surface before libvirt is touched.
+    for net in &networks {
+        net.to_xml()?;
+    }
+    render::domain(guest, options, None, &kinds).to_xml()?;
+    Ok((kinds, networks))
+}
+
+/// Whether a request's `action` lets a missing domain be re-defined: any but a create
+/// or a delete (`create`, `containerCreate`, `delete`, `containerDelete`, any case). A
+/// metrics request carries no action: it may.
+pub fn may_redefine(action: &str) -> bool {
+    let lower = action.to_ascii_lowercase();
+    let verb = lower.strip_prefix("container").unwrap_or(&lower);
+    verb != "create" && verb != "delete"
+}
+
+/// The guest's domain. When libvirt has none (code 42: the test driver forgets its
+/// domains with its process, a host lost a transient domain) and `redefine` holds the
+/// request's guest, the domain and its networks are defined from it exactly as
+/// `CreateGuest` does (shut off), and the call carries on; a guest that cannot be
+/// defined (e.g. a disk source that is gone) keeps libvirt's `Domain not found`, the
+/// reason logged.
+fn domain_of(conn: &Connect, id: &str, redefine: Option<&(Guest, Options)>) -> Result<Domain> {
+    let missing = match lookup(conn, id) {
+        Ok(dom) => return Ok(dom),
+        Err(e) if e.is_no_domain() => e,
+        Err(e) => return Err(e),
+    };
+    let Some((guest, options)) = redefine else {
+        return Err(missing);
+    };
+    let mut guest = guest.clone();
+    let defined = prepare(&mut guest, options)
+        .and_then(|(kinds, networks)| Libvirt::define(conn, &guest, options, &kinds, &networks));
+    match defined {
+        Ok(dom) => {
+            tracing::warn!(guest = %id, "libvirt had no domain for this guest: re-defined it from the request's guest (shut off), as CreateGuest does");
+            Ok(dom)
+        }
+        Err(why) => {
+            tracing::warn!(guest = %id, error = %why, "libvirt has no domain for this guest and it cannot be re-defined from the request");
+            Err(missing)
+        }
+    }
+}
+
 impl Libvirt {
     /// A sub-agent over `pool`, writing XML according to `options`.
     pub fn new(pool: Pool, options: Options) -> Libvirt {
@@ -226,23 +287,7 @@ impl Libvirt {
     /// get, before anything is defined: disk names, disk types by source, text XML can
     /// carry, the network and domain documents.
     fn prepare(&self, guest: &mut Guest) -> Result<(Vec<DiskKind>, Vec<xml::Network>)> {
-        render::check_guest_text(guest)?;
-        render::name_disks(guest);
-        let kinds = guest
-            .disks
-            .iter()
-            .map(|d| render::disk_kind(&d.device, &d.source))
-            .collect::<Result<Vec<_>>>()?;
-        let networks = match self.options.network_mode {
-            NetworkMode::Ovs => guest.nics.iter().map(render::network).collect(),
-            NetworkMode::Bridge => Vec::new(),
-        };
-        // Render once now so that XML problems surface before libvirt is touched.
-        for net in &networks {
-            net.to_xml()?;
-        }
-        render::domain(guest, &self.options, None, &kinds).to_xml()?;
-        Ok((kinds, networks))
+        prepare(guest, &self.options)
     }
 
     /// Defines (or redefines) the networks and the domain of `guest` on `conn`. Networks
@@ -362,14 +407,23 @@ impl Libvirt {
         })
     }
 
+    /// The request's guest and the XML options, when a missing domain may be re-defined
+    /// from them: an action that is neither a create nor a delete ([`may_redefine`]),
+    /// and a whole guest (memory and CPUs, as the agent sends it; a bare id is not one).
+    fn redefinition(&self, guest: &Guest, action: &str) -> Option<(Guest, Options)> {
+        (may_redefine(action) && guest.memory > 0 && guest.cpu > 0)
+            .then(|| (guest.clone(), self.options.clone()))
+    }
+
     async fn lifecycle(&self, req: GuestRequest, action: Action) -> Result<GuestResponse> {
         let mut guest = checked_guest(req.guest)?;
         tracing::debug!(guest = %guest.id, ?action, "lifecycle");
         let id = guest.id.clone();
+        let redefine = self.redefinition(&guest, &req.action);
         let (st, live) = self
             .pool
             .run(move |conn| {
-                let dom = lookup(conn, &id)?;
+                let dom = domain_of(conn, &id, redefine.as_ref())?;
                 let before = raw::state(&dom)?;
                 match action {
                     Action::Status => {}
@@ -493,10 +547,11 @@ impl Libvirt {
     /// libvirt is asked for one CPU per call (`virt` 0.5 corrupts memory otherwise).
     pub async fn cpu_metrics(&self, req: GuestMetricsRequest) -> Result<GuestMetricsResponse> {
         let guest = checked_guest(req.guest)?;
+        let redefine = self.redefinition(&guest, "");
         let cpu = self
             .pool
             .run(move |conn| {
-                let dom = lookup(conn, &guest.id)?;
+                let dom = domain_of(conn, &guest.id, redefine.as_ref())?;
                 let n = raw::cpu_count(&dom)?;
                 let mut out = Vec::with_capacity(n as usize);
                 for cpu in 0..n {
@@ -524,10 +579,11 @@ impl Libvirt {
     /// driver lacks the flags call (no times and flushes there).
     pub async fn disk_metrics(&self, req: GuestMetricsRequest) -> Result<GuestMetricsResponse> {
         let guest = checked_guest(req.guest)?;
+        let redefine = self.redefinition(&guest, "");
         let disk = self
             .pool
             .run(move |conn| {
-                let dom = lookup(conn, &guest.id)?;
+                let dom = domain_of(conn, &guest.id, redefine.as_ref())?;
                 let mut out = BTreeMap::new();
                 for d in &guest.disks {
                     let m = match raw::block_stats_flags(&dom, &d.device) {
@@ -559,39 +615,22 @@ impl Libvirt {
     }
 
     /// `Libvirt.NicMetrics`: per NIC, the counters of its host-side interface
-    /// (`nic.device`, else the target libvirt gave the NIC with that MAC, else the MAC).
-    /// Keyed by `nic.name`, or the device when the NIC has no name.
+    /// `nic.device` (libvirt also takes the MAC there), keyed by `nic.name`, or the device
+    /// when the NIC has no name. A NIC without a device is libvirt's refusal, as the Go
+    /// sub-agent passed it on: `[Code-8] [Domain-20] invalid argument: '' is not a known
+    /// interface` (`Run` fills the device from libvirt).
     pub async fn nic_metrics(&self, req: GuestMetricsRequest) -> Result<GuestMetricsResponse> {
         let guest = checked_guest(req.guest)?;
+        let redefine = self.redefinition(&guest, "");
         let nic = self
             .pool
             .run(move |conn| {
-                let dom = lookup(conn, &guest.id)?;
-                let needs_xml = guest.nics.iter().any(|n| n.device.is_empty());
-                let live = if needs_xml {
-                    Some(live_xml(&dom)?)
-                } else {
-                    None
-                };
+                let dom = domain_of(conn, &guest.id, redefine.as_ref())?;
                 let mut out = BTreeMap::new();
                 for n in &guest.nics {
-                    let mut device = n.device.clone();
-                    if device.is_empty() {
-                        if let Some(live) = &live {
-                            let mut g = Guest {
-                                nics: vec![n.clone()],
-                                ..Default::default()
-                            };
-                            update_nics(&mut g, live);
-                            device = g.nics[0].device.clone();
-                        }
-                    }
-                    if device.is_empty() {
-                        device = n.mac.clone();
-                    }
-                    let s = dom.interface_stats(&device)?;
+                    let s = dom.interface_stats(&n.device)?;
                     let key = if n.name.is_empty() {
-                        device.clone()
+                        n.device.clone()
                     } else {
                         n.name.clone()
                     };
@@ -654,6 +693,22 @@ mod tests {
         assert_eq!(state_name(5), "shutoff");
         assert_eq!(state_name(7), "suspended");
         assert_eq!(state_name(99), "");
+    }
+
+    #[test]
+    fn redefinition_is_for_actions_other_than_create_and_delete() {
+        for action in ["", "status", "start", "Status", "reboot", "containerStart"] {
+            assert!(may_redefine(action), "{action}");
+        }
+        for action in [
+            "create",
+            "delete",
+            "containerCreate",
+            "containerDelete",
+            "Delete",
+        ] {
+            assert!(!may_redefine(action), "{action}");
+        }
     }
 
     #[test]

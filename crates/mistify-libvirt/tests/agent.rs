@@ -83,3 +83,70 @@ async fn agent_drives_the_guest_lifecycle_through_rest() {
     complete(&client, accepted.job_id, "delete").await;
     assert!(client.get_guest(&id).await.is_err(), "guest still listed");
 }
+
+/// libvirt's test driver forgets its domains with the sub-agent's process: after a
+/// restart the agent's guests are found again, as the agent sends the whole guest with
+/// each call and the sub-agent re-defines a missing domain from it.
+#[tokio::test]
+async fn guests_survive_a_restart_of_the_sub_agent() {
+    if mistify_e2e::skipped("libvirt") {
+        return;
+    }
+    let mut stack = start_stack(&[]);
+    let base = stack.agent.url();
+    let client = AgentClient::new(&base).expect("client");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let guest = Guest {
+            memory: 128,
+            cpu: 1,
+            nics: vec![Nic {
+                network: "mistify0".into(),
+                vlans: Some(vec![1]),
+                ..Default::default()
+            }],
+            disks: vec![Disk {
+                size: 64,
+                source: "/dev/null".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let created = client.create_guest(&guest).await.expect("POST /guests");
+        complete(&client, created.job_id, "create").await;
+        ids.push(created.body.id);
+    }
+    // One started, one only created (its stored state is still `create`).
+    let started = client
+        .guest_action(&ids[0], GuestAction::Start)
+        .await
+        .expect("start");
+    complete(&client, started.job_id, "start").await;
+    assert_eq!(refreshed(&base, &ids[0]).await.state, "running");
+
+    stack.restart_libvirt();
+
+    // The running one is found shut off (what libvirt holds now) and starts again.
+    assert_eq!(refreshed(&base, &ids[0]).await.state, "shutoff");
+    for id in &ids {
+        let accepted = client
+            .guest_action(id, GuestAction::Start)
+            .await
+            .expect("start after the restart");
+        complete(&client, accepted.job_id, "start after the restart").await;
+        assert_eq!(refreshed(&base, id).await.state, "running");
+        let nic = client.nic_metrics(id).await.expect("nic metrics");
+        assert_eq!(nic.len(), 1, "{nic:?}");
+    }
+
+    stack.restart_libvirt();
+    // A delete of a forgotten domain completes (nothing is re-defined for it).
+    for id in &ids {
+        let accepted = client
+            .guest_action(id, GuestAction::Delete)
+            .await
+            .expect("delete");
+        complete(&client, accepted.job_id, "delete").await;
+        assert!(client.get_guest(id).await.is_err(), "guest still listed");
+    }
+}

@@ -25,7 +25,10 @@ use tokio::net::TcpListener;
 use crate::envelope::{self, codes, Dialect, RawRequest};
 use crate::RPC_PATH;
 use mistify_http::auth::{Gate, Refusal, Tokens};
-use mistify_http::{healthz_route, shutdown_signal, with_common_layers, Limits, RpcMethodName};
+use mistify_http::{
+    healthz_route, healthz_route_checked, shutdown_signal, with_common_layers, HealthCheck, Limits,
+    RpcMethodName,
+};
 use mistify_types::token::TokenFile;
 
 /// Default limit of a request body (16 MiB); larger bodies get 413.
@@ -73,6 +76,7 @@ pub struct Server {
     tokens: Option<Arc<Tokens>>,
     allow_remote: bool,
     limits: Limits,
+    health: Option<HealthCheck>,
 }
 
 struct Registry {
@@ -107,7 +111,20 @@ impl Server {
             tokens: None,
             allow_remote: false,
             limits: Limits::default(),
+            health: None,
         }
+    }
+
+    /// A readiness check `/healthz` asks first: `Err(reason)` answers 503 with
+    /// `{"status":"unavailable",…,"reason"}` (the sub-agent runs but cannot serve, e.g.
+    /// its pool is not mounted); without one `/healthz` always answers 200.
+    pub fn health_check<F, Fut>(mut self, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.health = Some(Arc::new(move || check().boxed()));
+        self
     }
 
     /// The HTTP server's limits (default [`Limits::default`]; see [`mistify_http::Limits`]).
@@ -245,7 +262,11 @@ impl Server {
             };
             app = mistify_http::auth::guarded(app, gate);
         }
-        with_common_layers(app.merge(healthz_route(&self.name, &self.version)))
+        let healthz = match self.health {
+            Some(check) => healthz_route_checked(&self.name, &self.version, check),
+            None => healthz_route(&self.name, &self.version),
+        };
+        with_common_layers(app.merge(healthz))
     }
 
     /// Binds `addr` (use port 0 for a free port) without serving yet.

@@ -489,3 +489,51 @@ async fn a_v1_only_server_ignores_the_jsonrpc_member_as_gorilla_did() {
     .await;
     assert_eq!(r.status, 400, "no batches in v1");
 }
+
+#[tokio::test]
+async fn healthz_answers_503_with_the_reason_while_the_check_fails() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let ready = Arc::new(AtomicBool::new(false));
+    let flag = ready.clone();
+    let server = Server::new("checked")
+        .version("1.2.3")
+        .health_check(move || {
+            let ready = flag.load(Ordering::SeqCst);
+            async move {
+                if ready {
+                    Ok(())
+                } else {
+                    Err("pool p is not imported".to_string())
+                }
+            }
+        })
+        .bind(([127, 0, 0, 1], 0).into())
+        .await
+        .expect("bind")
+        .spawn()
+        .expect("spawn");
+    let get = || async {
+        let reply = reqwest::get(format!("{}/healthz", server.url()))
+            .await
+            .expect("GET /healthz");
+        let status = reply.status().as_u16();
+        (status, reply.json::<Value>().await.expect("json"))
+    };
+    assert_eq!(
+        get().await,
+        (
+            503,
+            json!({"status": "unavailable", "service": "checked", "version": "1.2.3",
+                   "reason": "pool p is not imported"})
+        )
+    );
+    ready.store(true, Ordering::SeqCst);
+    assert_eq!(
+        get().await,
+        (
+            200,
+            json!({"status": "ok", "service": "checked", "version": "1.2.3"})
+        )
+    );
+}

@@ -11,6 +11,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Wrap};
 use ratatui::Frame;
+use std::cell::Cell;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -55,8 +56,12 @@ pub struct App {
     pub error: Option<String>,
     pub log_for: Option<String>,
     pub log: Vec<LogRecord>,
-    /// Lines scrolled back from the tail (0 = follow).
+    /// Screen rows scrolled back from the tail (0 = follow).
     pub log_back: usize,
+    /// How far back the log can scroll (known once it is drawn).
+    log_max_back: Cell<usize>,
+    /// An action that waits for its confirmation (`y`).
+    pub confirm: Option<(&'static str, String)>,
     pub search: Option<String>,
     searching: bool,
     user: String,
@@ -89,6 +94,8 @@ impl App {
             log_for: None,
             log: Vec::new(),
             log_back: 0,
+            log_max_back: Cell::new(usize::MAX),
+            confirm: None,
             search: None,
             searching: false,
             user: String::new(),
@@ -165,6 +172,14 @@ impl App {
         if self.screen == Screen::Login {
             return self.login_key(k);
         }
+        if let Some((what, name)) = self.confirm.take() {
+            // `y` confirms; any other key cancels.
+            if matches!(k.code, KeyCode::Char('y' | 'Y')) {
+                return Some(Command::Action(what, name));
+            }
+            self.message = Some((format!("{what} {name}: cancelled"), true));
+            return None;
+        }
         if self.searching {
             match k.code {
                 KeyCode::Enter | KeyCode::Esc => self.searching = false,
@@ -198,14 +213,10 @@ impl App {
             }
             KeyCode::Esc => self.selected = None,
             KeyCode::Char('h') | KeyCode::F(1) => self.screen = Screen::Help,
-            KeyCode::Up if self.screen == Screen::Log => self.log_back += 1,
-            KeyCode::Down if self.screen == Screen::Log => {
-                self.log_back = self.log_back.saturating_sub(1)
-            }
-            KeyCode::PageUp if self.screen == Screen::Log => self.log_back += 20,
-            KeyCode::PageDown if self.screen == Screen::Log => {
-                self.log_back = self.log_back.saturating_sub(20)
-            }
+            KeyCode::Up if self.screen == Screen::Log => self.scroll_log(1),
+            KeyCode::Down if self.screen == Screen::Log => self.scroll_log(-1),
+            KeyCode::PageUp if self.screen == Screen::Log => self.scroll_log(20),
+            KeyCode::PageDown if self.screen == Screen::Log => self.scroll_log(-20),
             KeyCode::End if self.screen == Screen::Log => self.log_back = 0,
             KeyCode::Char('/') if self.screen == Screen::Log => {
                 self.searching = true;
@@ -226,12 +237,20 @@ impl App {
                 return Some(Command::FollowLog(sel));
             }
             KeyCode::Char('e') => return sel.map(|n| Command::Action("enable", n)),
-            KeyCode::Char('d') => return sel.map(|n| Command::Action("disable", n)),
             KeyCode::Char('c') => return sel.map(|n| Command::Action("clear", n)),
-            KeyCode::Char('r') => return sel.map(|n| Command::Action("restart", n)),
+            // Disable and restart stop the service (and the dependents that need it):
+            // they ask first.
+            KeyCode::Char('d') => self.confirm = sel.map(|n| ("disable", n)),
+            KeyCode::Char('r') => self.confirm = sel.map(|n| ("restart", n)),
             _ => {}
         }
         None
+    }
+
+    /// Scrolls the log `rows` screen rows back (negative: towards the tail).
+    fn scroll_log(&mut self, rows: isize) {
+        let back = self.log_back.saturating_add_signed(rows);
+        self.log_back = back.min(self.log_max_back.get());
     }
 
     fn login_key(&mut self, k: KeyEvent) -> Option<Command> {
@@ -268,6 +287,9 @@ impl App {
     }
 
     fn keys(&self) -> Vec<(&'static str, &'static str)> {
+        if self.confirm.is_some() {
+            return vec![("Y", "Yes"), ("any other key", "No")];
+        }
         let mut k = vec![("Q", "Quit"), ("H", "Help")];
         match self.screen {
             Screen::Main | Screen::Info => {
@@ -367,6 +389,11 @@ impl App {
         let normal = Style::default().fg(Color::Black).bg(Color::Gray);
         if self.screen == Screen::Login {
             return ("Authentication Required".into(), bad);
+        }
+        if let Some((what, name)) = &self.confirm {
+            let mut verb = what.to_string();
+            verb[..1].make_ascii_uppercase();
+            return (format!("{verb} {name}? [y/N]"), warn);
         }
         if let Some(e) = &self.error {
             return (format!("Cannot load items: {e}"), bad);
@@ -469,13 +496,16 @@ impl App {
                     .is_none_or(|s| s.is_empty() || r.text.contains(s.as_str()))
             })
             .collect();
-        let height = area.height as usize;
-        let end = filtered.len().saturating_sub(self.log_back);
-        let start = end.saturating_sub(height);
-        let lines: Vec<Line> = filtered[start..end]
+        // Long lines wrap: every record is as many screen rows as it needs.
+        let rows: Vec<String> = filtered
             .iter()
-            .map(|r| Line::from(log_line(r)))
+            .flat_map(|r| wrap(&log_line(r), area.width as usize))
             .collect();
+        let height = area.height as usize;
+        self.log_max_back.set(rows.len().saturating_sub(height));
+        let end = rows.len().saturating_sub(self.log_back);
+        let start = end.saturating_sub(height);
+        let lines: Vec<Line> = rows[start..end].iter().map(Line::raw).collect();
         f.render_widget(Paragraph::new(lines), area);
     }
 
@@ -502,18 +532,39 @@ impl App {
     }
 }
 
-const HELP: &str = "\
+/// The help screen (also in the manual page).
+pub const HELP: &str = "\
   Esc        back to the main screen / clear the selection
   Ctrl-C     quit            Q  quit (or back)
   Up/Down PgUp/PgDn Home/End   move the selection (scroll in the log)
   Enter, I   details of the selected service
-  L          log of the selected service (consolidated log without one)
-  E / D      enable / disable the selected service
-  R          restart the selected service
+  L          log of the selected service (consolidated log without one);
+             long lines wrap (continued rows are indented)
+  E          enable the selected service
+  D          disable the selected service (asks: y confirms, any other key cancels)
+  R          restart the selected service (asks: y confirms, any other key cancels)
   C          clear a fault or the throttled state
   /          search in the log; End follows the tail again
   H, F1      this help
 ";
+
+/// Cuts `line` into screen rows of at most `width` characters; the rows after the first
+/// are indented by two spaces. Control characters (a tab) show as a space.
+pub fn wrap(line: &str, width: usize) -> Vec<String> {
+    const INDENT: &str = "  ";
+    let chars: Vec<char> = line
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if width <= INDENT.len() || chars.len() <= width {
+        return vec![chars.into_iter().collect()];
+    }
+    let mut rows = vec![chars[..width].iter().collect::<String>()];
+    for chunk in chars[width..].chunks(width - INDENT.len()) {
+        rows.push(format!("{INDENT}{}", chunk.iter().collect::<String>()));
+    }
+    rows
+}
 
 /// Keeps `tx` fed with the full service list: one GET, then long polls on the global
 /// serial. Retries after 2 s on errors.

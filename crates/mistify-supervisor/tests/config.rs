@@ -78,7 +78,18 @@ fn dev_stack_manifests_load_and_expand() {
         zfs.ready,
         Readiness::Http("http://127.0.0.1:29999/healthz".into())
     );
-    assert_eq!(loaded.manifests[1].ready, Readiness::Notify);
+    let pool = &loaded.manifests[1];
+    assert_eq!(pool.ready, Readiness::Notify);
+    assert!(
+        pool.command[0].ends_with("/scripts/dev-pool.sh") && pool.command[1] == "up",
+        "{:?}",
+        pool.command
+    );
+    assert!(pool
+        .env
+        .contains(&("MISTIFY_POOL".to_string(), "devpool".to_string())));
+    // The export's retries (20 s by default) fit in its stop time.
+    assert!(pool.stop_time >= std::time::Duration::from_secs(30));
     assert!(loaded.manifests[6].keep_on_dependency_loss);
     assert_eq!(
         loaded.manifests[6].depends,

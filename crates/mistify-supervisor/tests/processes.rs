@@ -292,6 +292,26 @@ async fn conflicts_refuse_enable_with_409() {
         body,
         json!({"code": 409, "message": "Conflicting service enabled"})
     );
+    // Each refusal (start-up, then the POST) is logged in govisord's words, by the
+    // service (so in its log and the consolidated one), and nowhere else.
+    let refused = "[rival:x] Cannot enable rival:x: conflicts with holder:x";
+    let own = sup.log(Some("rival:x")).await;
+    assert_eq!(
+        own.iter().filter(|l| l.as_str() == refused).count(),
+        2,
+        "{own:#?}"
+    );
+    let all = sup.log(None).await;
+    assert_eq!(
+        all.iter().filter(|l| l.as_str() == refused).count(),
+        2,
+        "{all:#?}"
+    );
+    assert!(
+        !all.iter()
+            .any(|l| l.contains("Not enabling") || l.contains("Conflicting service")),
+        "{all:#?}"
+    );
     // Once the holder is disabled, the rival may run.
     sup.client
         .disable("holder:x")

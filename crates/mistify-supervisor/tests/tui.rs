@@ -165,3 +165,112 @@ fn unauthorized_switches_to_the_login_screen() {
     assert_eq!(cmd, Some(Command::Login("ops".into(), "pw".into())));
     assert_eq!(app.screen, Screen::Main);
 }
+
+/// A service as the daemon describes it, for tests without a daemon.
+fn service(name: &str, enabled: bool) -> mistify_supervisor::api::ServiceInfo {
+    serde_json::from_value(json!({
+        "name": name, "description": "", "enabled": enabled, "running": enabled,
+        "failed": false, "provides": [], "depends": [], "conflicts": [],
+        "status": "Healthy", "tstamp": "2024-05-01T10:00:00Z", "serial": "1",
+        "state": if enabled { "running" } else { "disabled" },
+    }))
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn restart_and_disable_ask_for_confirmation() {
+    let mut app = App::new("http://127.0.0.1:1");
+    app.apply(Update::Services(vec![service("web", true)]));
+    let mut term = Terminal::new(TestBackend::new(80, 8)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(app.on_key(key(KeyCode::Down)), None);
+    for (letter, what, verb) in [('r', "restart", "Restart"), ('D', "disable", "Disable")] {
+        // Asked, then confirmed with y.
+        assert_eq!(app.on_key(key(KeyCode::Char(letter))), None, "{what}");
+        term.draw(|f| app.draw(f)).unwrap_or_else(|e| panic!("{e}"));
+        let lines = screen(&term);
+        assert!(
+            lines[1].contains(&format!("{verb} web? [y/N]")),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[7].contains("[Y] Yes"), "{}", lines[7]);
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('y'))),
+            Some(Command::Action(what, "web".into()))
+        );
+        // Asked, then any other key cancels (and does nothing else).
+        assert_eq!(app.on_key(key(KeyCode::Char(letter))), None);
+        assert_eq!(app.on_key(key(KeyCode::Char('q'))), None);
+        assert!(!app.quit, "the cancelling key is not a command");
+        term.draw(|f| app.draw(f)).unwrap_or_else(|e| panic!("{e}"));
+        let lines = screen(&term);
+        assert!(
+            lines[1].contains(&format!("{what} web: cancelled")),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(app.on_key(key(KeyCode::Enter)), None);
+        assert_eq!(app.screen, Screen::Info, "keys work again");
+        app.on_key(key(KeyCode::Esc));
+    }
+    // Enable and clear act at once.
+    app.apply(Update::Services(vec![service("web", false)]));
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('e'))),
+        Some(Command::Action("enable", "web".into()))
+    );
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('c'))),
+        Some(Command::Action("clear", "web".into()))
+    );
+}
+
+#[test]
+fn long_log_lines_wrap_and_the_tail_stays_in_view() {
+    use mistify_supervisor::api::{Hex, LogRecord, Time};
+    let mut app = App::new("http://127.0.0.1:1");
+    app.on_key(key(KeyCode::Char('l')));
+    assert_eq!(app.screen, Screen::Log);
+    let long = format!(
+        "[svc] stdout> {{\"msg\":\"{}\",\"end\":\"TAIL\"}}",
+        "x".repeat(150)
+    );
+    let record = |id: u64, text: &str| LogRecord {
+        id: Hex(id),
+        time: Time::now(),
+        text: text.to_string(),
+    };
+    // 1 + 10 one-row records, then one of 4 rows (60 columns): 15 rows, 7 on screen.
+    let mut records = vec![record(1, "[svc] first")];
+    records.extend((1..=10).map(|i| record(1 + i, &format!("[svc] line {i}"))));
+    records.push(record(12, &long));
+    app.apply(Update::Log(None, records));
+    let mut term = Terminal::new(TestBackend::new(60, 10)).unwrap_or_else(|e| panic!("{e}"));
+    term.draw(|f| app.draw(f)).unwrap_or_else(|e| panic!("{e}"));
+    let lines = screen(&term);
+    let body = &lines[2..9];
+    // The tail: the whole long record, its continued rows indented, under line 10.
+    assert!(body[0].contains("[svc] line 8"), "{lines:#?}");
+    assert!(body[2].contains("[svc] line 10"), "{lines:#?}");
+    assert!(body[3].contains("stdout> {\"msg\""), "{lines:#?}");
+    assert!(body[4].starts_with("  xxx"), "{lines:#?}");
+    assert!(body[6].contains("\"end\":\"TAIL\"}"), "{lines:#?}");
+    // Scrolling back stops at the top (8 rows back); End follows the tail again.
+    for _ in 0..50 {
+        app.on_key(key(KeyCode::Up));
+    }
+    assert_eq!(app.log_back, 8);
+    term.draw(|f| app.draw(f)).unwrap_or_else(|e| panic!("{e}"));
+    let lines = screen(&term);
+    assert!(lines[2].contains("[svc] first"), "{lines:#?}");
+    assert!(lines[8].contains("[svc] line 6"), "{lines:#?}");
+    app.on_key(key(KeyCode::Down));
+    assert_eq!(app.log_back, 7);
+    app.on_key(key(KeyCode::End));
+    assert_eq!(app.log_back, 0);
+    assert_eq!(
+        mistify_supervisor_cli::tui::wrap("abcdefgh", 4),
+        ["abcd", "  ef", "  gh"]
+    );
+    assert_eq!(mistify_supervisor_cli::tui::wrap("a\tb", 10), ["a b"]);
+}

@@ -17,7 +17,9 @@ use tokio_util::io::ReaderStream;
 use crate::error::Error;
 use crate::store::Store;
 
-/// The RPC server of `store` (gorilla v1 replies, byte for byte), with the download route.
+/// The RPC server of `store` (gorilla v1 replies, byte for byte), with the download
+/// route; `/healthz` answers 503 with the reason while the pool is not imported or its
+/// filesystems are not mounted ([`Store::readiness`]).
 pub fn server(store: Arc<Store>) -> Server {
     macro_rules! m {
         ($server:expr, $name:expr, $req:ty, |$s:ident, $r:ident| $body:expr) => {{
@@ -28,9 +30,14 @@ pub fn server(store: Arc<Store>) -> Server {
             })
         }};
     }
+    let ready = store.clone();
     let mut s = Server::new("mistify-zfs")
         .v1_only()
-        .version(env!("CARGO_PKG_VERSION"));
+        .version(env!("CARGO_PKG_VERSION"))
+        .health_check(move || {
+            let store = ready.clone();
+            async move { store.readiness().await }
+        });
     s = m!(s, "ImageStore.ListImages", ImageRequest, |st, _r| st
         .list_images());
     s = m!(s, "ImageStore.GetImage", ImageRequest, |st, r| async move {

@@ -60,6 +60,10 @@ pub struct Flags {
     /// OpenZFS.
     #[arg(long)]
     pub mount_lock: Option<PathBuf>,
+    /// Seconds a destroy (guest disks, images, datasets) or a rollback keeps retrying
+    /// while zfs answers "busy", before it answers what holds the dataset.
+    #[arg(long, default_value_t = 30)]
+    pub busy_timeout: u64,
     /// Seconds the image server may stay silent during a download.
     #[arg(long, default_value_t = 60)]
     pub download_idle: u64,
@@ -96,27 +100,90 @@ impl Flags {
             receive_timeout: Duration::from_secs(self.receive_timeout.max(1)),
             download_idle: Duration::from_secs(self.download_idle.max(1)),
             mount_lock: self.mount_lock.clone(),
+            busy_for: Duration::from_secs(self.busy_timeout),
+            check_mounts: true,
         }
     }
 }
 
-/// Opens the store and serves until SIGTERM / Ctrl-C.
+/// How often the store is opened again while the pool is not ready.
+const OPEN_RETRY: Duration = Duration::from_secs(2);
+
+/// Opens the store and serves until SIGTERM / Ctrl-C. While the pool is not imported or
+/// its filesystems are not mounted, `/healthz` answers 503 with the reason (every other
+/// route 404) and the store is opened again every 2 s; a supervisor's `ready: http:`
+/// probe waits meanwhile.
 pub async fn run(flags: Flags) -> Result<(), String> {
+    use futures::FutureExt;
     init_tracing(level(&flags.log_level), flags.log_format)?;
     let token = flags
         .token_file
         .as_deref()
         .map(mistify_rpc::read_token_file)
         .transpose()?;
-    let store = Store::open(flags.config())
-        .await
-        .map_err(|e| format!("cannot open the store on pool {}: {e}", flags.zpool))?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], flags.port));
+    let shutdown = mistify_http::shutdown_signal().boxed().shared();
+    let reason = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut waiting: Option<mistify_rpc::RunningServer> = None;
+    let store = loop {
+        match Store::open(flags.config()).await {
+            Ok(store) => break store,
+            Err(crate::Error::NotReady(why)) => {
+                let changed = {
+                    let mut held = reason.lock().unwrap_or_else(|e| e.into_inner());
+                    let changed = *held != why;
+                    *held = why.clone();
+                    changed
+                };
+                if changed {
+                    tracing::warn!(reason = %why, "the pool is not ready: /healthz answers 503; trying again every {OPEN_RETRY:?}");
+                }
+                if waiting.is_none() {
+                    let r = reason.clone();
+                    let server = mistify_rpc::Server::new("mistify-zfs")
+                        .v1_only()
+                        .version(env!("CARGO_PKG_VERSION"))
+                        .health_check(move || {
+                            let why = r.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                            async move { Err(why) }
+                        });
+                    let bound = server
+                        .bind(addr)
+                        .await
+                        .map_err(|e| format!("cannot serve on port {}: {e}", flags.port))?;
+                    waiting = Some(bound.spawn().map_err(|e| e.to_string())?);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(OPEN_RETRY) => {}
+                    _ = shutdown.clone() => {
+                        if let Some(w) = waiting.take() {
+                            let _ = w.stop().await;
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot open the store on pool {}: {e}",
+                    flags.zpool
+                ))
+            }
+        }
+    };
+    if let Some(w) = waiting.take() {
+        tracing::info!("the pool is ready: serving");
+        let _ = w.stop().await;
+    }
     let mut server = crate::api::server(store);
     if let Some(token) = token {
         server = server.require_token(token);
     }
     server
-        .serve(flags.port)
+        .bind(addr)
+        .await
+        .map_err(|e| format!("cannot serve on port {}: {e}", flags.port))?
+        .run_until(shutdown)
         .await
         .map_err(|e| format!("cannot serve on port {}: {e}", flags.port))
 }

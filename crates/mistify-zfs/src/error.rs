@@ -39,9 +39,14 @@ pub enum Error {
     Store(#[from] RecordsError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    /// The pool or its datasets cannot serve as configured (not mounted, no zvols).
+    /// The pool or its datasets cannot serve as configured (no zvols, a dataset that is
+    /// not a disk).
     #[error("{0}")]
     Setup(String),
+    /// The pool is not imported, or the datasets the store uses are not mounted: the
+    /// store cannot serve yet (`/healthz` answers 503 with this text).
+    #[error("{0}")]
+    NotReady(String),
 }
 
 /// Failures of the embedded store of image records, causes kept.

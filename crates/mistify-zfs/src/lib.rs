@@ -3,6 +3,7 @@
 //!
 //! * [`names`] — local validation of every name before any zfs command runs.
 //! * [`zfs`] — the one command layer (OpenZFS or zfs-fuse, detected at start).
+//! * [`holders`] — what keeps a dataset busy: its mounts and the processes using them.
 //! * [`store`] — images, guest disks (`zvol` or `file` mode), volumes, snapshots.
 //! * [`fetch`] / [`records`] — image downloads and the embedded image records.
 //! * [`api`] — the `ImageStore.*` RPC methods and `/snapshots/download`.
@@ -25,6 +26,7 @@ pub mod api;
 pub mod cli;
 pub mod error;
 pub mod fetch;
+pub mod holders;
 pub mod image_server;
 pub mod names;
 pub mod records;

@@ -62,6 +62,12 @@ pub struct Config {
     /// The file whose `flock` the commands that mount or unmount hold. None: the
     /// default, [`crate::zfs::FUSE_MOUNT_LOCK`] on zfs-fuse and no lock on OpenZFS.
     pub mount_lock: Option<PathBuf>,
+    /// How long a destroy or rollback keeps retrying "busy" before it answers what
+    /// holds the dataset.
+    pub busy_for: Duration,
+    /// Whether the filesystems the store uses must be mounted (`/proc/self/mountinfo`)
+    /// to open and to be ready; off only for a fake `zfs` that mounts nothing.
+    pub check_mounts: bool,
 }
 
 impl Config {
@@ -78,6 +84,8 @@ impl Config {
             receive_timeout: Duration::from_secs(3600),
             download_idle: Duration::from_secs(60),
             mount_lock: None,
+            busy_for: crate::zfs::DEFAULT_BUSY_FOR,
+            check_mounts: true,
         }
     }
 }
@@ -99,6 +107,17 @@ pub struct Store {
     slots: Arc<Semaphore>,
     http: reqwest::Client,
     downloads: AtomicU64,
+    /// The last readiness answer and when it was found.
+    readiness: tokio::sync::Mutex<Option<(std::time::Instant, std::result::Result<(), String>)>>,
+}
+
+/// The pool is imported and zfs answers about it; else [`Error::NotReady`].
+async fn pool_answers(zfs: &Zfs, pool: &str) -> Result<()> {
+    match zfs.get(pool).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.not_found() => Err(Error::NotReady(format!("pool {pool} is not imported"))),
+        Err(e) => Err(Error::NotReady(format!("pool {pool}: {e}"))),
+    }
 }
 
 fn invalid(e: names::NameError) -> Error {
@@ -118,7 +137,9 @@ impl Store {
         Self::open_with(cfg, zfs).await
     }
 
-    /// As [`Store::open`] with a given command layer.
+    /// As [`Store::open`] with a given command layer. [`Error::NotReady`] when the pool
+    /// is not imported or `<pool>/images` / `<pool>/guests` are not mounted: nothing is
+    /// written then (a file made in an empty mountpoint would hide under the mount).
     pub async fn open_with(cfg: Config, zfs: Zfs) -> Result<Arc<Store>> {
         names::check_dataset(&cfg.pool).map_err(invalid)?;
         if cfg.pool.contains('/') || cfg.pool.contains('@') {
@@ -129,7 +150,8 @@ impl Store {
                 "zfs-fuse has no zvols: use --disk-mode file".into(),
             ));
         }
-        zfs.get(&cfg.pool).await?;
+        let zfs = zfs.with_busy_for(cfg.busy_for);
+        pool_answers(&zfs, &cfg.pool).await?;
         let mut images = None;
         for child in ["images", "guests"] {
             let name = format!("{}/{child}", cfg.pool);
@@ -141,13 +163,20 @@ impl Store {
                 }
                 Err(e) => return Err(e.into()),
             };
+            if cfg.check_mounts && crate::holders::mounts_of(&name, false).is_empty() {
+                return Err(Error::NotReady(format!(
+                    "{name} is not mounted (at {}): mount the pool's filesystems \
+                     (zfs mount {name})",
+                    ds.mountpoint.as_deref().unwrap_or("no mountpoint")
+                )));
+            }
             if child == "images" {
                 images = Some(ds);
             }
         }
         let mountpoint = images
             .and_then(|d| d.mountpoint)
-            .ok_or_else(|| Error::Setup(format!("{}/images is not mounted", cfg.pool)))?;
+            .ok_or_else(|| Error::NotReady(format!("{}/images is not mounted", cfg.pool)))?;
         let temp_dir = Path::new(&mountpoint).join(TEMP_DIR);
         tokio::fs::create_dir_all(&temp_dir).await?;
         let mut entries = tokio::fs::read_dir(&temp_dir).await?;
@@ -177,6 +206,7 @@ impl Store {
             inflight: Mutex::new(HashMap::new()),
             http,
             downloads: AtomicU64::new(0),
+            readiness: tokio::sync::Mutex::new(None),
         });
         if existed {
             store.fail_interrupted().await?;
@@ -188,6 +218,68 @@ impl Store {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Whether the store can serve: the pool is imported and every filesystem it uses
+    /// (`<pool>/images`, `<pool>/guests` and everything under them) is mounted; else
+    /// the reason. What `/healthz` asks (an answer is kept for one second).
+    pub async fn readiness(&self) -> std::result::Result<(), String> {
+        let mut last = self.readiness.lock().await;
+        if let Some((at, answer)) = &*last {
+            if at.elapsed() < Duration::from_secs(1) {
+                return answer.clone();
+            }
+        }
+        let answer = match tokio::time::timeout(Duration::from_secs(5), self.check_ready()).await {
+            Ok(answer) => answer,
+            Err(_) => Err(format!(
+                "zfs does not answer about pool {} within 5 s",
+                self.cfg.pool
+            )),
+        };
+        if let Err(reason) = &answer {
+            tracing::warn!(%reason, "not ready");
+        }
+        *last = Some((std::time::Instant::now(), answer.clone()));
+        answer
+    }
+
+    async fn check_ready(&self) -> std::result::Result<(), String> {
+        pool_answers(&self.zfs, &self.cfg.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !self.cfg.check_mounts {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mounted: std::collections::HashSet<String> = crate::holders::parse_mountinfo(&text)
+            .into_iter()
+            .map(|m| m.dataset)
+            .collect();
+        let mut missing = Vec::new();
+        for top in [self.images_dataset(), self.guests_dataset()] {
+            let all = self.zfs.list(&top).await.map_err(|e| e.to_string())?;
+            missing.extend(
+                all.into_iter()
+                    .filter(|d| d.kind == Kind::Filesystem && d.mountpoint.is_some())
+                    .filter(|d| !mounted.contains(&d.name))
+                    .map(|d| d.name),
+            );
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
+        let more = match missing.len() {
+            n if n > 5 => format!(" and {} more", n - 5),
+            _ => String::new(),
+        };
+        Err(format!(
+            "pool {} is imported but {} of its filesystems are not mounted: {}{more}",
+            self.cfg.pool,
+            missing.len(),
+            shown.join(", ")
+        ))
     }
 
     /// The command layer (tests read its counter).
@@ -425,8 +517,11 @@ impl Store {
         let task_id = id.to_string();
         let task_progress = progress.clone();
         let handle = tokio::spawn(async move {
-            // Wait until the entry is published (so the task cannot finish before it).
-            let _ = rx.await;
+            // Wait until the entry is published (so the task cannot finish before it);
+            // a dropped sender means the image was found imported meanwhile.
+            if rx.await.is_err() {
+                return Ok(());
+            }
             me.fetch_task(&task_id, source, &task_progress).await
         });
         let done: FetchResult = async move {
@@ -451,6 +546,22 @@ impl Store {
                     done: done.clone(),
                 },
             );
+        }
+        // A fetch that ended between the caller's look at the record and our entry has
+        // stored `complete` before leaving the map: importing again would collide with
+        // its dataset.
+        let imported = self
+            .records
+            .get(id)
+            .await
+            .map(|r| r.is_some_and(|info| info.status == STATUS_COMPLETE));
+        if !matches!(imported, Ok(false)) {
+            if let Ok(mut map) = self.inflight.lock() {
+                map.remove(id);
+            }
+            drop(tx);
+            imported?;
+            return Ok(done);
         }
         self.records
             .put(ImageInfo {

@@ -418,24 +418,41 @@ pub fn grep_logs(dir: &Path, needles: &[String]) -> String {
     out
 }
 
-/// The resources held on each hypervisor equal the flavors of the guests placed there:
-/// available = total − the guests' flavors.
-pub async fn check_resources(ctx: &Context, cluster: &Cluster) {
+/// Each hypervisor's `allocated` figure is exactly the flavors of the guests placed
+/// there (never over its total), `free` is total − allocated, and placement left the
+/// reported `available` figure alone. Returns the number of guests linked, summed.
+pub async fn check_resources(ctx: &Context, cluster: &Cluster) -> usize {
     let flavor = ctx.flavor(&cluster.flavor).await.expect("flavor").resources;
+    let mut placed = 0;
     for id in cluster.hypervisors.keys() {
         let hv = ctx.hypervisor(id).await.expect("hypervisor");
-        let n = hv.guests().len() as u64;
+        let n = hv.guests().len();
+        placed += n;
         let held = Resources {
-            memory: flavor.memory * n,
-            disk: flavor.disk * n,
+            memory: flavor.memory * n as u64,
+            disk: flavor.disk * n as u64,
             cpu: flavor.cpu * n as u32,
         };
+        let figures = ctx.hypervisor_resources(id).await.expect("resources");
         assert_eq!(
-            hv.available_resources,
-            hv.total_resources.saturating_sub(&held),
-            "resources of hypervisor {id} with {n} guests"
+            figures.allocated, held,
+            "allocated on hypervisor {id} with {n} guests"
+        );
+        assert!(
+            figures.total.covers(&figures.allocated),
+            "hypervisor {id} over its total: {figures:?}"
+        );
+        assert_eq!(
+            figures.free,
+            figures.total.saturating_sub(&held),
+            "{figures:?}"
+        );
+        assert_eq!(
+            figures.available, HV_RESOURCES,
+            "placement changed the reported figure"
         );
     }
+    placed
 }
 
 /// The tails of the daemons' logs, then every line of the logs in `dir` naming a job or

@@ -139,6 +139,44 @@ pub async fn metrics(
     svc.call(&format!("Libvirt.{method}"), &req).await
 }
 
+/// Whether libvirt holds a domain for `guest` (`Libvirt.Inspect`, which never re-defines
+/// one), and every libvirt network by name.
+pub async fn inspect(svc: &Service, guest: &Guest) -> (bool, Vec<String>) {
+    let req = GuestRequest {
+        guest: Some(guest.clone()),
+        ..Default::default()
+    };
+    let reply: serde_json::Value = svc.call("Libvirt.Inspect", &req).await.expect("Inspect");
+    let networks = reply["networks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        reply["domain_xml"].as_str().is_some_and(|x| !x.is_empty()),
+        networks,
+    )
+}
+
+/// Calls a guest method with `guest` and the request's `action` as given.
+pub async fn call_as(
+    svc: &Service,
+    method: &str,
+    action: &str,
+    guest: &Guest,
+) -> Result<Guest, RpcError> {
+    let req = GuestRequest {
+        guest: Some(guest.clone()),
+        action: action.into(),
+        ..Default::default()
+    };
+    let resp: GuestResponse = svc.call(&format!("Libvirt.{method}"), &req).await?;
+    Ok(resp.guest.unwrap_or_default())
+}
+
 /// The state `Status` reports.
 pub async fn status(svc: &Service, guest: &Guest) -> Result<String, RpcError> {
     Ok(call(svc, "Status", Some(guest)).await?.state)
@@ -148,10 +186,24 @@ pub async fn status(svc: &Service, guest: &Guest) -> Result<String, RpcError> {
 /// this sub-agent on the test driver.
 pub struct Stack {
     pub libvirt_port: u16,
+    libvirt_args: Vec<String>,
     _libvirt: Daemon,
     _storage: Daemon,
     pub agent: Daemon,
     _dir: std::path::PathBuf,
+}
+
+impl Stack {
+    /// Stops the sub-agent (SIGTERM) and starts a new process on the same port: the test
+    /// driver's domains and networks are gone.
+    pub fn restart_libvirt(&mut self) {
+        self._libvirt.terminate(std::time::Duration::from_secs(10));
+        self._libvirt = Daemon::start(
+            std::path::Path::new(env!("CARGO_BIN_EXE_mistify-libvirt")),
+            &self.libvirt_args,
+            self.libvirt_port,
+        );
+    }
 }
 
 impl Drop for Stack {
@@ -175,6 +227,7 @@ pub fn start_stack(libvirt_args: &[&str]) -> Stack {
         &args,
         lv_port,
     );
+    let libvirt_args = args;
     let st_port = free_port();
     let storage = Daemon::start(
         &mistify_e2e::example("test-rpc-service"),
@@ -226,6 +279,7 @@ pub fn start_stack(libvirt_args: &[&str]) -> Stack {
     );
     Stack {
         libvirt_port: lv_port,
+        libvirt_args,
         _libvirt: libvirt,
         _storage: storage,
         agent,

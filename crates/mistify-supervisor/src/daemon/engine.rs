@@ -519,11 +519,9 @@ impl Service {
     }
 
     fn on_conflict(&mut self, rival: &str, out: &mut Vec<Effect>, now: Now) {
+        // govisord's words (its service logger adds the `[name] ` prefix, as ours does).
         let name = &self.cfg.name;
-        self.log(
-            out,
-            format!("Not enabling {name}: conflicts with enabled {rival}"),
-        );
+        self.log(out, format!("Cannot enable {name}: conflicts with {rival}"));
         self.set_reason(out, CONFLICT, now);
     }
 

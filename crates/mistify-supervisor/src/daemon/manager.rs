@@ -443,8 +443,16 @@ impl Manager {
         for n in names {
             if let Err(e) = self.enable(&n) {
                 tracing::warn!(service = %n, "not enabled at start-up: {e}");
-                self.log(&format!("[{}] Not enabling {n}: {e}", self.name));
+                self.log_not_enabled(&n, &e);
             }
+        }
+    }
+
+    /// Logs why the daemon could not enable `name`. A conflict is already in the log, in
+    /// the service's own words (`Cannot enable …`), and govisord wrote nothing more.
+    fn log_not_enabled(&self, name: &str, e: &ManagerError) {
+        if *e != ManagerError::Conflict {
+            self.log(&format!("[{}] Not enabling {name}: {e}", self.name));
         }
     }
 
@@ -466,14 +474,27 @@ impl Manager {
     /// answers after its effect, as govisor's synchronous operations did.
     /// Only `name` and the services that depend on it (directly or not) are watched.
     pub async fn settle(&self, name: &str, timeout: Duration) {
+        self.settle_some(Some(name), timeout).await
+    }
+
+    /// As [`Manager::settle`], for every service.
+    pub async fn settle_all(&self, timeout: Duration) {
+        self.settle_some(None, timeout).await
+    }
+
+    async fn settle_some(&self, name: Option<&str>, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut rx = self.tick.subscribe();
         loop {
             rx.borrow_and_update();
             let busy = {
                 let g = self.lock();
-                let mut set: Vec<&Svc> = g.services.get(name).into_iter().collect();
-                let mut i = 0;
+                let mut set: Vec<&Svc> = match name {
+                    Some(name) => g.services.get(name).into_iter().collect(),
+                    None => g.services.values().collect(),
+                };
+                // With a name, its dependents (directly or not) too.
+                let mut i = if name.is_some() { 0 } else { set.len() };
                 while i < set.len() {
                     let parent = set[i];
                     for c in g.services.values() {
@@ -584,7 +605,7 @@ impl Manager {
             match self.add_manifest(m) {
                 Ok(()) if enable => {
                     if let Err(e) = self.enable(&name) {
-                        self.log(&format!("[{}] Not enabling {name}: {e}", self.name));
+                        self.log_not_enabled(&name, &e);
                     }
                 }
                 Ok(()) => {}
@@ -644,8 +665,9 @@ impl Manager {
     }
 
     /// Waits until `value()` differs from `old` or `timeout` passes (returns at once for
-    /// a zero timeout). `value` returns `None` when the watched thing is gone.
-    pub async fn watch<F>(&self, old: u64, timeout: Duration, value: F)
+    /// a zero timeout). `value` returns `None` when the watched thing is gone. Whether
+    /// it changed (or is gone).
+    pub async fn watch<F>(&self, old: u64, timeout: Duration, value: F) -> bool
     where
         F: Fn(&Manager) -> Option<u64>,
     {
@@ -664,11 +686,11 @@ impl Manager {
             rx.borrow_and_update();
             match value(self) {
                 Some(v) if v == old => {}
-                _ => return,
+                _ => return true,
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
-                _ => return,
+                _ => return false,
             }
         }
     }

@@ -5,7 +5,7 @@ use crate::manifest;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -229,14 +229,11 @@ async fn auth_layer(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> 
     if auth.check(req.headers().get(header::AUTHORIZATION)) {
         return next.run(req).await;
     }
-    let mut r = (StatusCode::UNAUTHORIZED, "Unauthorized\n").into_response();
+    // govisord: `http.Error(w, "Unauthorized", 401)` after setting the realm.
+    let mut r = crate::daemon::rest::text_error(StatusCode::UNAUTHORIZED, "Unauthorized");
     if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{}\"", auth.realm)) {
         r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
     r
 }
 

@@ -170,7 +170,7 @@ fn conflict_refuses_enable() {
     assert_eq!(
         fx,
         [
-            log("Not enabling a: conflicts with enabled b:x"),
+            log("Cannot enable a: conflicts with b:x"),
             reason("Disabled due to conflict")
         ]
     );
