@@ -1,7 +1,9 @@
-//! The daemons' Prometheus metrics (served at `GET /metrics` by [`crate::server`]):
-//! jobs by action and outcome, how long each step took, the queues' depth and the claims
-//! this process holds.
+//! The daemons' metrics (served at `GET /metrics` by [`crate::server`]): jobs by action
+//! and outcome, how long each step took, the queues' depth and the claims this process
+//! holds — as Prometheus text ([`Metrics::encode`]) or as one JSON object
+//! ([`Metrics::snapshot`]).
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -68,6 +70,8 @@ pub struct Metrics {
     steps: Family<ActionLabels, Histogram, fn() -> Histogram>,
     depth: Family<QueueLabels, Gauge>,
     claims: Gauge,
+    /// The same figures for the JSON answer (the families cannot be listed).
+    figures: Mutex<Figures>,
     /// Serialises encoding (the registry encodes under shared references already; this
     /// keeps one scrape's figures together).
     encoding: Mutex<()>,
@@ -89,6 +93,14 @@ fn queue_name(queue: Queue) -> &'static str {
         Queue::Create => "create",
         Queue::Work => "work",
     }
+}
+
+/// The figures of [`Metrics::snapshot`].
+#[derive(Debug, Default)]
+struct Figures {
+    jobs: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    depth: BTreeMap<&'static str, usize>,
+    claims: usize,
 }
 
 impl Default for Metrics {
@@ -133,6 +145,7 @@ impl Metrics {
             steps,
             depth,
             claims,
+            figures: Mutex::new(Figures::default()),
             encoding: Mutex::new(()),
         }
     }
@@ -150,6 +163,17 @@ impl Metrics {
                 action: action.as_str().to_string(),
             })
             .observe(took.as_secs_f64());
+        *self
+            .figures()
+            .jobs
+            .entry(action.as_str())
+            .or_default()
+            .entry(outcome.as_str())
+            .or_default() += 1;
+    }
+
+    fn figures(&self) -> std::sync::MutexGuard<'_, Figures> {
+        self.figures.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Sets the depth of `queue`.
@@ -159,11 +183,25 @@ impl Metrics {
                 queue: queue_name(queue).to_string(),
             })
             .set(i64::try_from(jobs).unwrap_or(i64::MAX));
+        self.figures().depth.insert(queue_name(queue), jobs);
     }
 
     /// Sets the number of claims held.
     pub fn set_claims(&self, held: usize) {
         self.claims.set(i64::try_from(held).unwrap_or(i64::MAX));
+        self.figures().claims = held;
+    }
+
+    /// The figures as one JSON object, for clients that do not ask for Prometheus text:
+    /// `{"jobs":{"<action>":{"<outcome>":n}},"queue_depth":{"create":n,"work":n},
+    /// "claims_held":n}`.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let f = self.figures();
+        serde_json::json!({
+            "jobs": f.jobs,
+            "queue_depth": f.depth,
+            "claims_held": f.claims,
+        })
     }
 
     /// The text exposition (OpenMetrics text, which Prometheus reads).
@@ -206,5 +244,13 @@ mod tests {
         assert!(text.contains(r#"lochness_queue_depth{queue="work"} 3"#));
         assert!(text.contains("lochness_claims_held 2"));
         assert!(text.ends_with("# EOF\n"));
+        assert_eq!(
+            m.snapshot(),
+            serde_json::json!({
+                "jobs": {"create": {"done": 2}, "select-hypervisor": {"unplaceable": 1}},
+                "queue_depth": {"work": 3},
+                "claims_held": 2,
+            })
+        );
     }
 }

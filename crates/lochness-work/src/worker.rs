@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use lochness::{Claim, Context, Error, Guest, MistifyAgent, Queue, Transition};
+use lochness::{Claim, Context, Error, Guest, JobAction, MistifyAgent, Queue, Transition};
 use mistify_client::{Client, ClientError, GuestAction};
 
 use crate::dispatch::Handler;
@@ -186,6 +186,17 @@ impl AgentOf {
                 Err(e) => return AgentEnd::Failed(e.reason()),
             }
         }
+    }
+}
+
+/// A failed step's reason names the stage that failed (`fetch: …`, `create: …`): the
+/// job's action when it failed.
+fn named(action: JobAction, step: Transition) -> Transition {
+    match step {
+        Transition::Failed { reason } => Transition::Failed {
+            reason: format!("{action}: {reason}"),
+        },
+        other => other,
     }
 }
 
@@ -448,6 +459,7 @@ impl Worker {
                     }
                 }
                 Ok(StepEnd::Finish(step)) => {
+                    let step = named(action, step);
                     let outcome = match &step {
                         Transition::Finished => Outcome::Done,
                         _ => Outcome::Failed,
@@ -492,5 +504,29 @@ impl Handler for Worker {
 
     fn work(&self, claim: Claim) -> impl Future<Output = ()> + Send {
         self.run(claim)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_name_their_stage() {
+        let failed = |reason: &str| Transition::Failed {
+            reason: reason.into(),
+        };
+        assert_eq!(
+            named(JobAction::Fetch, failed("no image")),
+            failed("fetch: no image")
+        );
+        assert_eq!(
+            named(JobAction::Reboot, failed("boom")),
+            failed("reboot: boom")
+        );
+        assert_eq!(
+            named(JobAction::Create, Transition::Finished),
+            Transition::Finished
+        );
     }
 }

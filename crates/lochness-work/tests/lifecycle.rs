@@ -104,7 +104,12 @@ async fn guests_are_placed_created_acted_on_and_deleted() {
         assert!(seen.contains(action.as_str()), "{action} not run: {seen:?}");
     }
 
-    // Delete: gone from the agent and from etcd, address and resources given back.
+    // Delete: gone from the agent and from etcd, address and allocation given back.
+    let flavor = ctx.flavor(&cluster.flavor).await.expect("flavor").resources;
+    let before = ctx
+        .hypervisor_resources(&second.hypervisor)
+        .await
+        .expect("resources");
     let delete = ctx
         .queue_job(&second.id, JobAction::Delete)
         .await
@@ -127,7 +132,12 @@ async fn guests_are_placed_created_acted_on_and_deleted() {
         .await
         .expect("hypervisor");
     assert!(!hv.guests().contains(&second.id));
-    common::check_resources(ctx, &cluster).await;
+    let after = ctx
+        .hypervisor_resources(&second.hypervisor)
+        .await
+        .expect("resources");
+    assert_eq!(after.allocated, before.allocated.saturating_sub(&flavor));
+    assert_eq!(common::check_resources(ctx, &cluster).await, 4);
 
     // A guest of an unknown flavor fails placement with the original's text, stays as it
     // was, and its delete needs no agent.
@@ -157,10 +167,14 @@ async fn guests_are_placed_created_acted_on_and_deleted() {
     assert!(common::keys(ctx, "lochness/queue/").await.is_empty());
     assert!(common::keys(ctx, "lochness/claims/").await.is_empty());
 
-    // Metrics and health.
+    // Metrics and health: Prometheus text for a scraper, JSON otherwise.
     let http = reqwest::Client::new();
     let answer = http
         .get(format!("{}/metrics", worker.url()))
+        .header(
+            "accept",
+            "application/openmetrics-text; version=1.0.0, text/plain;q=0.5",
+        )
         .send()
         .await
         .expect("metrics");
@@ -195,14 +209,18 @@ async fn guests_are_placed_created_acted_on_and_deleted() {
         "{text}"
     );
     assert!(text.contains("lochness_claims_held 0"), "{text}");
-    let text = http
+    let answer = http
         .get(format!("{}/metrics", placer.url()))
+        .header("accept", "text/plain")
         .send()
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
+        .expect("metrics");
+    let content_type = answer.headers()["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let text = answer.text().await.expect("body");
     assert!(
         text.contains(r#"lochness_jobs_total{action="select-hypervisor",outcome="placed"} 5"#),
         "{text}"
@@ -211,6 +229,26 @@ async fn guests_are_placed_created_acted_on_and_deleted() {
         text.contains(r#"lochness_jobs_total{action="select-hypervisor",outcome="unplaceable"} 1"#),
         "{text}"
     );
+    let answer = http
+        .get(format!("{}/metrics", placer.url()))
+        .send()
+        .await
+        .expect("metrics");
+    let content_type = answer.headers()["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let json: serde_json::Value = answer.json().await.expect("json");
+    assert_eq!(json["jobs"]["select-hypervisor"]["placed"], 5, "{json}");
+    assert_eq!(
+        json["jobs"]["select-hypervisor"]["unplaceable"], 1,
+        "{json}"
+    );
+    assert_eq!(json["claims_held"], 0, "{json}");
     let health = http
         .get(format!("{}/healthz", placer.url()))
         .send()
@@ -251,7 +289,7 @@ async fn an_agent_that_does_not_answer_fails_the_job_with_the_reason() {
     );
     assert!(
         job.error.starts_with(&format!(
-            "the agent at http://127.0.0.1:{dead} did not answer POST /images for 2s"
+            "fetch: the agent at http://127.0.0.1:{dead} did not answer POST /images for 2s"
         )),
         "{job:?}"
     );
@@ -267,4 +305,82 @@ async fn an_agent_that_does_not_answer_fails_the_job_with_the_reason() {
     assert!(common::keys(&cluster.ctx, "lochness/queue/")
         .await
         .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_agent_step_fails_the_job_and_leaves_the_guest_whole() {
+    if mistify_e2e::skipped("etcd") {
+        return;
+    }
+    let dir = common::tempdir("failing");
+    let etcd = Etcd::start(dir.path());
+    // An agent whose every create fails in its sub-agent.
+    let broken = Agent::start_with(dir.path(), "broken", 0, &[("create", "Test.NoSuchMethod")]);
+    let cluster = Cluster::new(&etcd.url, &[&broken]).await;
+    let ctx = &cluster.ctx;
+    let placer = Proc::start("cplacerd", dir.path(), &etcd.url, &[]);
+    let worker = Proc::start("cworkerd", dir.path(), &etcd.url, &[]);
+    let logs = |open: &[String]| common::story(&[&placer, &worker], dir.path(), open);
+    let (guest, job) = cluster.create_guest().await;
+    let failed = common::finished(ctx, std::slice::from_ref(&job.id), LONG, &logs).await;
+    let job = &failed[0];
+    assert_eq!(
+        (job.status, job.action),
+        (JobStatus::Error, JobAction::Create),
+        "{job:?}"
+    );
+    assert!(
+        job.error.starts_with("create: "),
+        "the stage is named: {job:?}"
+    );
+    assert!(
+        job.error.len() > "create: ".len(),
+        "with the agent's reason: {job:?}"
+    );
+    assert!(
+        job.started_at.is_some() && job.finished_at.is_some(),
+        "{job:?}"
+    );
+    // Placed whole (address, allocation, link), never half: deleting it gives all back.
+    let placed = ctx.guest(&guest.id).await.expect("guest");
+    let hv = cluster
+        .hypervisors
+        .keys()
+        .next()
+        .expect("hypervisor")
+        .clone();
+    assert_eq!(placed.hypervisor, hv);
+    let ip = placed.ip.expect("address").to_string();
+    let reserved = ctx
+        .subnet(&cluster.subnet)
+        .await
+        .expect("subnet")
+        .addresses();
+    assert_eq!(reserved.get(&ip), Some(&guest.id), "{reserved:?}");
+    assert_eq!(common::check_resources(ctx, &cluster).await, 1);
+    assert!(common::keys(ctx, "lochness/queue/").await.is_empty());
+    assert!(common::keys(ctx, "lochness/claims/").await.is_empty());
+
+    let delete = ctx
+        .queue_job(&guest.id, JobAction::Delete)
+        .await
+        .expect("delete");
+    let done = common::finished(ctx, std::slice::from_ref(&delete.id), LONG, &logs).await;
+    assert_eq!(
+        done[0].status,
+        JobStatus::Done,
+        "{:?}\n{}",
+        done[0],
+        logs(&[])
+    );
+    assert!(ctx.guest(&guest.id).await.unwrap_err().is_not_found());
+    assert!(ctx
+        .subnet(&cluster.subnet)
+        .await
+        .expect("subnet")
+        .addresses()
+        .is_empty());
+    assert_eq!(common::check_resources(ctx, &cluster).await, 0);
+    let figures = ctx.hypervisor_resources(&hv).await.expect("resources");
+    assert_eq!(figures.allocated, lochness::Resources::default());
 }

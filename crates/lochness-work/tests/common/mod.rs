@@ -73,6 +73,12 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(dir: &Path, name: &str, delay_ms: u64) -> Agent {
+        Agent::start_with(dir, name, delay_ms, &[])
+    }
+
+    /// [`Agent::start`] with some of the agent's actions pointed at other methods of the
+    /// test service (`("create", "Test.NoSuchMethod")`: every create fails).
+    pub fn start_with(dir: &Path, name: &str, delay_ms: u64, methods: &[(&str, &str)]) -> Agent {
         let rpc_port = free_port();
         let rpc = Daemon::start(
             &example("test-rpc-service"),
@@ -93,6 +99,9 @@ impl Agent {
             |method: &str| serde_json::json!({"stages": [{"service": "test", "method": method}]});
         config["actions"]["start"] = stage("Test.Run");
         config["actions"]["suspend"] = stage("Test.Shutdown");
+        for (action, method) in methods {
+            config["actions"][*action] = stage(method);
+        }
         let file = dir.join(format!("agent-{name}.json"));
         std::fs::write(&file, config.to_string()).expect("agent config");
         let port = free_port();
