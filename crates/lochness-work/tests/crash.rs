@@ -11,10 +11,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::{Agent, Cluster, Etcd, Proc};
-use lochness::{Job, JobAction, JobStatus};
+use lochness::{Job, JobAction, JobStatus, Resources};
 use rand::Rng;
 
 const LONG: Duration = Duration::from_secs(300);
+/// The agents and guests of the concurrency test.
+const AGENTS: usize = 5;
+const GUESTS: usize = 100;
 
 /// Guests created with their jobs: every third also gets a reboot, every fifth is then
 /// deleted; the ids of every job, and the guests that must be left.
@@ -54,7 +57,14 @@ impl Load {
 }
 
 /// What etcd and the agents hold must be what the finished jobs say.
-async fn check(cluster: &Cluster, agents: &[Agent], load: &Load, jobs: &[Job], logs: &str) {
+async fn check(
+    cluster: &Cluster,
+    agents: &[Agent],
+    load: &Load,
+    jobs: &[Job],
+    logs: &str,
+    dir: &std::path::Path,
+) {
     let ctx = &cluster.ctx;
     let failed: Vec<&Job> = jobs
         .iter()
@@ -139,7 +149,14 @@ async fn check(cluster: &Cluster, agents: &[Agent], load: &Load, jobs: &[Job], l
         "guests with two create jobs: {twice:?}\n{logs}"
     );
     for id in load.kept.iter().chain(&load.deleted) {
-        assert_eq!(creates.get(id), Some(&1), "create jobs of guest {id}");
+        if creates.get(id) != Some(&1) {
+            let theirs: Vec<&Job> = jobs.iter().filter(|j| &j.guest == id).collect();
+            panic!(
+                "guest {id} has {:?} create jobs on the agents; its jobs: {theirs:#?}\n{}",
+                creates.get(id),
+                common::grep_logs(dir, &[id.clone()])
+            );
+        }
     }
 }
 
@@ -150,27 +167,39 @@ async fn several_placers_and_workers_share_the_queues() {
     }
     let dir = common::tempdir("several");
     let etcd = Etcd::start(dir.path());
-    let agents: Vec<Agent> = (0..3)
+    let agents: Vec<Agent> = (0..AGENTS)
         .map(|i| Agent::start(dir.path(), &i.to_string(), 20))
         .collect();
-    let cluster = Cluster::new(&etcd.url, &agents.iter().collect::<Vec<_>>()).await;
+    // Room for 22 guests per hypervisor, 110 in all for 100 guests: placers racing for
+    // the last places must not overcommit one.
+    let cluster = Cluster::sized(
+        &etcd.url,
+        &agents.iter().collect::<Vec<_>>(),
+        Resources {
+            memory: 64 * 22,
+            disk: 16 * 22,
+            cpu: 22,
+        },
+    )
+    .await;
     let mut load = Load::new();
-    load.add(&cluster, 40).await;
-    let procs: Vec<Proc> = (0..3)
-        .flat_map(|_| {
-            [
-                Proc::start("cplacerd", dir.path(), &etcd.url, &["--concurrency", "4"]),
-                Proc::start("cworkerd", dir.path(), &etcd.url, &["--concurrency", "8"]),
-            ]
-        })
+    load.add(&cluster, GUESTS).await;
+    let mut procs: Vec<Proc> = (0..4)
+        .map(|_| Proc::start("cplacerd", dir.path(), &etcd.url, &["--concurrency", "4"]))
         .collect();
+    procs.extend(
+        (0..8).map(|_| Proc::start("cworkerd", dir.path(), &etcd.url, &["--concurrency", "8"])),
+    );
     let logs = |open: &[String]| common::story(&procs.iter().collect::<Vec<_>>(), dir.path(), open);
     let jobs = common::finished(&cluster.ctx, &load.jobs, LONG, &logs).await;
-    check(&cluster, &agents, &load, &jobs, &logs(&[])).await;
+    check(&cluster, &agents, &load, &jobs, &logs(&[]), dir.path()).await;
     // Each job step was counted once, by the one process that did it.
     let mut total: BTreeMap<String, u64> = BTreeMap::new();
     for p in &procs {
-        let text = reqwest::get(format!("{}/metrics", p.url()))
+        let text = reqwest::Client::new()
+            .get(format!("{}/metrics", p.url()))
+            .header("accept", "text/plain")
+            .send()
             .await
             .expect("metrics")
             .text()
@@ -192,9 +221,11 @@ async fn several_placers_and_workers_share_the_queues() {
             .copied()
             .unwrap_or(0)
     };
-    assert_eq!(count("select-hypervisor", "placed"), 40, "{total:?}");
-    assert_eq!(count("fetch", "fetched"), 40, "{total:?}");
-    assert_eq!(count("create", "done"), 40, "{total:?}");
+    let n = GUESTS as u64;
+    assert_eq!(count("select-hypervisor", "placed"), n, "{total:?}");
+    assert_eq!(count("fetch", "fetched"), n, "{total:?}");
+    assert_eq!(count("create", "done"), n, "{total:?}");
+    assert_eq!(count("reboot", "done"), n.div_ceil(3), "{total:?}");
     assert_eq!(
         count("delete", "done"),
         load.deleted.len() as u64,
@@ -256,7 +287,7 @@ async fn killed_placers_and_workers_lose_no_job_and_double_nothing() {
             );
         }
     };
-    check(&cluster, &agents, &load, &jobs, &logs(&[])).await;
+    check(&cluster, &agents, &load, &jobs, &logs(&[]), dir.path()).await;
     // SIGTERM: each stops cleanly and gives its lease back.
     for p in &mut procs {
         let status = p.terminate();

@@ -384,3 +384,36 @@ async fn a_failing_agent_step_fails_the_job_and_leaves_the_guest_whole() {
     let figures = ctx.hypervisor_resources(&hv).await.expect("resources");
     assert_eq!(figures.allocated, lochness::Resources::default());
 }
+
+#[test]
+fn help_names_the_flags_of_both_daemons() {
+    for (bin, program) in [
+        (env!("CARGO_BIN_EXE_cplacerd"), "cplacerd"),
+        (env!("CARGO_BIN_EXE_cworkerd"), "cworkerd"),
+    ] {
+        let out = std::process::Command::new(bin)
+            .arg("--help")
+            .output()
+            .expect("run --help");
+        assert!(out.status.success(), "{program} --help: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for flag in [
+            "--etcd",
+            "--log-level",
+            "--http",
+            "--lease-ttl",
+            "--concurrency",
+        ] {
+            assert!(
+                text.contains(flag),
+                "{program} --help lacks {flag}:\n{text}"
+            );
+        }
+        // A bad flag is refused before anything starts.
+        let out = std::process::Command::new(bin)
+            .args(["--concurrency", "0"])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{program}: {out:?}");
+    }
+}

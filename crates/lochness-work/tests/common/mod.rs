@@ -243,6 +243,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn new(etcd: &str, agents: &[&Agent]) -> Cluster {
+        Cluster::sized(etcd, agents, HV_RESOURCES).await
+    }
+
+    /// [`Cluster::new`] with hypervisors of `size` (total and reported available).
+    pub async fn sized(etcd: &str, agents: &[&Agent], size: Resources) -> Cluster {
         let ctx = Context::new(&[etcd], None).await.expect("context");
         let mut network = ctx.new_network();
         network.save().await.expect("network");
@@ -266,7 +271,7 @@ impl Cluster {
         flavor.save().await.expect("flavor");
         let mut hypervisors = BTreeMap::new();
         for agent in agents {
-            let id = add_hypervisor(&ctx, &subnet, agent.port()).await;
+            let id = add_hypervisor_sized(&ctx, &subnet, agent.port(), size).await;
             hypervisors.insert(id, agent.port());
         }
         Cluster {
@@ -301,11 +306,21 @@ impl Cluster {
 
 /// A live hypervisor on 127.0.0.1 with agent port `port` and `subnet` on `br0`; its id.
 pub async fn add_hypervisor(ctx: &Context, subnet: &lochness::Subnet, port: u16) -> String {
+    add_hypervisor_sized(ctx, subnet, port, HV_RESOURCES).await
+}
+
+/// [`add_hypervisor`] with `size` as its total and reported available resources.
+pub async fn add_hypervisor_sized(
+    ctx: &Context,
+    subnet: &lochness::Subnet,
+    port: u16,
+    size: Resources,
+) -> String {
     let mut hv = ctx.new_hypervisor();
     hv.ip = Some("127.0.0.1".parse().expect("ip"));
     hv.netmask = Some("255.0.0.0".parse().expect("mask"));
-    hv.total_resources = HV_RESOURCES;
-    hv.available_resources = HV_RESOURCES;
+    hv.total_resources = size;
+    hv.available_resources = size;
     hv.save().await.expect("hypervisor");
     hv.set_config("agentPort", &port.to_string())
         .await
@@ -457,7 +472,7 @@ pub async fn check_resources(ctx: &Context, cluster: &Cluster) -> usize {
             "{figures:?}"
         );
         assert_eq!(
-            figures.available, HV_RESOURCES,
+            figures.available, figures.total,
             "placement changed the reported figure"
         );
     }
