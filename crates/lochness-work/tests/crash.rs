@@ -154,7 +154,7 @@ async fn check(
             panic!(
                 "guest {id} has {:?} create jobs on the agents; its jobs: {theirs:#?}\n{}",
                 creates.get(id),
-                common::grep_logs(dir, &[id.clone()])
+                common::grep_logs(dir, std::slice::from_ref(id))
             );
         }
     }
