@@ -293,7 +293,10 @@ impl Worker {
                     tracing::info!(guest = %guest.id, %remote, ?work, "adopting the agent's job");
                     return Ok(Started::Remote(remote));
                 }
-                Resume::AlreadyDone => return Ok(Started::AlreadyDone),
+                Resume::AlreadyDone => {
+                    tracing::info!(guest = %guest.id, ?work, "the agent already did it");
+                    return Ok(Started::AlreadyDone);
+                }
                 Resume::Post => {}
             }
             let answer = match work {

@@ -151,8 +151,14 @@ async fn check(
     for id in load.kept.iter().chain(&load.deleted) {
         if creates.get(id) != Some(&1) {
             let theirs: Vec<&Job> = jobs.iter().filter(|j| &j.guest == id).collect();
+            let mut on_agents = String::new();
+            for agent in agents {
+                let listed = agent.client().list_guest_jobs(id, None).await;
+                on_agents.push_str(&format!("agent {}: {listed:#?}\n", agent.port()));
+            }
             panic!(
-                "guest {id} has {:?} create jobs on the agents; its jobs: {theirs:#?}\n{}",
+                "guest {id} has {:?} create jobs on the agents; its jobs: {theirs:#?}\n\
+                 on the agents: {on_agents}\n{}",
                 creates.get(id),
                 common::grep_logs(dir, std::slice::from_ref(id))
             );
