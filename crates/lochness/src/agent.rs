@@ -65,6 +65,8 @@ pub trait Agent: Send + Sync {
 pub struct MistifyAgent {
     ctx: Context,
     timeout: Duration,
+    /// The port of agents whose hypervisor has no `agentPort` configuration.
+    default_port: u16,
     token: Option<String>,
     /// `https://` with this configuration, loaded once by [`MistifyAgent::with_tls`]
     /// (agents started with `--tls-cert`); unusable files are reported by `client_for`.
@@ -131,6 +133,7 @@ impl MistifyAgent {
         MistifyAgent {
             ctx: ctx.clone(),
             timeout: AGENT_TIMEOUT,
+            default_port: DEFAULT_AGENT_PORT,
             token: None,
             tls: None,
         }
@@ -154,6 +157,15 @@ impl MistifyAgent {
         self
     }
 
+    /// The same client reaching agents on `port` when their hypervisor has no
+    /// `agentPort` configuration (8080 otherwise; a configured port always wins).
+    pub fn with_default_port(mut self, port: u16) -> MistifyAgent {
+        if port > 0 {
+            self.default_port = port;
+        }
+        self
+    }
+
     /// The same client with another per-call timeout.
     pub fn with_timeout(mut self, timeout: Duration) -> MistifyAgent {
         self.timeout = timeout;
@@ -174,8 +186,9 @@ impl MistifyAgent {
         Ok((guest, client))
     }
 
-    /// A REST client on `hv`'s agent: its IP and `agentPort` configuration (8080 when
-    /// unset or not a port number).
+    /// A REST client on `hv`'s agent: its IP and `agentPort` configuration (the default
+    /// port, 8080 unless [`MistifyAgent::with_default_port`] says otherwise, when unset or
+    /// not a port number).
     pub fn client_for(&self, hv: &Hypervisor) -> Result<Client> {
         let ip = match hv.ip {
             Some(IpAddr::V4(ip)) => ip,
@@ -191,7 +204,7 @@ impl MistifyAgent {
             .get("agentPort")
             .and_then(|p| p.parse::<u16>().ok())
             .filter(|p| *p > 0)
-            .unwrap_or(DEFAULT_AGENT_PORT);
+            .unwrap_or(self.default_port);
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut client = Client::new(&format!("{scheme}://{ip}:{port}"))
             .map(|c| c.with_timeout(self.timeout))
@@ -261,16 +274,22 @@ impl MistifyAgent {
         })
     }
 
-    /// Asks the agent to fetch the image of the guest's flavor; returns the job id.
-    pub async fn fetch_image(&self, guest_id: &str) -> Result<String> {
-        let (guest, client) = self.resolve(guest_id).await?;
+    /// The agent's request fetching the image of `guest`'s flavor, as the original sent
+    /// it: the flavor's image, the guest's type, no destination or source.
+    pub async fn image_request(&self, guest: &Guest) -> Result<ImageRequest> {
         let flavor = self.ctx.flavor(&guest.flavor).await?;
-        let request = ImageRequest {
+        Ok(ImageRequest {
             id: flavor.image.clone(),
             kind: guest.kind.clone(),
             dest: String::new(),
             source: String::new(),
-        };
+        })
+    }
+
+    /// Asks the agent to fetch the image of the guest's flavor; returns the job id.
+    pub async fn fetch_image(&self, guest_id: &str) -> Result<String> {
+        let (guest, client) = self.resolve(guest_id).await?;
+        let request = self.image_request(&guest).await?;
         job_id(busy_retry(|| client.fetch_image(&request)).await?)
     }
 }

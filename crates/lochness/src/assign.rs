@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use etcd_client::{Compare, Txn, TxnOp, TxnOpResponse};
 use rand::seq::SliceRandom;
 
-use crate::context::{backoff, revision, txn_get, Context, Kv, MAX_ATTEMPTS};
+use crate::context::{backoff, revision, txn_get, Context, Guard, Kv, MAX_ATTEMPTS};
 use crate::error::{Error, Result};
 use crate::flavor::{Flavor, FlavorCache, Resources};
 use crate::guest::Guest;
@@ -84,6 +84,14 @@ impl Hypervisor {
     /// [`Error::InsufficientResources`]. The hypervisor's metadata is not written (it must
     /// exist).
     pub async fn add_guest(&mut self, guest: &mut Guest) -> Result<()> {
+        self.add_guest_with(guest, &Guard::default()).await
+    }
+
+    /// [`Hypervisor::add_guest`] with `guard`'s compares and operations in the placement
+    /// transaction (a placer's hand-over of its job): the guest is placed only if they
+    /// hold, and then they are written with it. When they no longer hold, nothing is
+    /// written and the answer is [`Error::ClaimLost`].
+    pub async fn add_guest_with(&mut self, guest: &mut Guest, guard: &Guard) -> Result<()> {
         guest.validate()?;
         guest.canonicalize_refs()?;
         if !guest.hypervisor.is_empty() {
@@ -295,6 +303,8 @@ impl Hypervisor {
             ops.push(ctx.op_put(&link, guest.id.as_str()));
             ops.push(ctx.op_put(&gkey, placed.to_json()));
             ops.push(ctx.op_put(&akey, allocated.to_json()));
+            cmps.extend(guard.compares.iter().cloned());
+            ops.extend(guard.ops.iter().cloned());
             let mut fail = reads.ops.clone();
             fail.push(ctx.op_get(&keys::subnet_address(sid, Ipv4Addr::from(ip))));
             let out = ctx
@@ -311,6 +321,12 @@ impl Hypervisor {
                 self.set_allocated(Some(allocated), rev);
                 self.push_guest(&guest.id);
                 return Ok(());
+            }
+            if !guard.holds(&ctx).await? {
+                return Err(Error::ClaimLost(format!(
+                    "placing guest {}: the guard no longer holds",
+                    guest.id
+                )));
             }
             let r = out.op_responses();
             if !txn_get(&ctx, &r, reads.ops.len()).is_empty() {

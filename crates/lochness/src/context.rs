@@ -51,6 +51,32 @@ impl std::fmt::Debug for Context {
     }
 }
 
+/// Compares and operations that one module adds to another's transaction: the
+/// transaction commits only if the compares hold as well, and then also runs the
+/// operations (e.g. a placer's claim on its job, checked and released in the placement
+/// itself).
+#[derive(Debug, Clone, Default)]
+pub struct Guard {
+    /// What must hold, besides the transaction's own compares.
+    pub compares: Vec<Compare>,
+    /// What to write, besides the transaction's own operations.
+    pub ops: Vec<TxnOp>,
+}
+
+impl Guard {
+    /// Whether the compares still hold now (one read-only transaction); a guard with no
+    /// compares always holds.
+    pub async fn holds(&self, ctx: &Context) -> Result<bool> {
+        if self.compares.is_empty() {
+            return Ok(true);
+        }
+        Ok(ctx
+            .txn(Txn::new().when(self.compares.clone()))
+            .await?
+            .succeeded())
+    }
+}
+
 /// One key read from etcd, relative to the context prefix.
 #[derive(Debug, Clone)]
 pub struct Kv {

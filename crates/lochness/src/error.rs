@@ -51,6 +51,10 @@ pub enum Error {
     /// Candidate selection filtered every hypervisor out.
     #[error("no suitable hypervisors")]
     NoSuitableHypervisors,
+    /// The claim on a job is no longer this process's (its lease expired or the claim
+    /// was taken over): nothing was written.
+    #[error("claim lost: {0}")]
+    ClaimLost(String),
     /// A multi-key operation kept losing races and gave up after its retry bound.
     #[error("gave up after {attempts} conflicting attempts: {what}")]
     TooManyConflicts {

@@ -40,7 +40,8 @@ pub fn hypervisor_id() -> String {
         .clone()
 }
 
-fn hostname() -> String {
+/// The host's name (`/proc/sys/kernel/hostname`), `""` when unreadable.
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()

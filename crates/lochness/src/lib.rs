@@ -94,6 +94,8 @@
 //!   [`admin`] (an operator's edits checked before they are written: patches that cannot
 //!   touch placement, configuration and links set in one transaction, deletes refused
 //!   while something uses the entity).
+//! - [`queue`]: lease-bound claims on jobs and the watched picture of the queues that
+//!   placers and workers wake on.
 
 #![warn(missing_docs)]
 
@@ -115,13 +117,14 @@ pub mod keys;
 pub mod network;
 pub mod page;
 pub mod placement;
+pub mod queue;
 pub mod subnet;
 pub mod vlan;
 pub mod watch;
 
 pub use agent::{Agent, MistifyAgent};
 pub use codec::{canonicalize, Mac};
-pub use context::Context;
+pub use context::{Context, Guard};
 pub use error::{Error, Result};
 pub use flavor::{Flavor, Resources};
 pub use fwgroup::{FwGroup, FwRule};
@@ -136,6 +139,7 @@ pub use placement::{
     candidate_has_resources, candidate_has_subnet, candidate_is_alive, candidate_randomize,
     CandidateFunction, ClusterView, DEFAULT_CANDIDATE_FUNCTIONS,
 };
+pub use queue::{Claim, Claimer, Lease, QueueEntry, QueueState, QueueView};
 pub use subnet::{AllocIndex, Subnet};
 pub use vlan::{Vlan, VlanGroup};
 pub use watch::{ChangeKind, EntityKind, WatchEvent, Watcher};

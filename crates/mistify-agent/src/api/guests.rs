@@ -48,7 +48,7 @@ pub async fn create(
     let bytes = read_body(body).await?;
     let decoded = decode_checked::<Option<Guest>>(&bytes, true, mode)?;
     let guest = decoded.value.clone().unwrap_or_default();
-    let done = agent.create_guest(guest).await?;
+    let done = super::detached(async move { agent.create_guest(guest).await }).await?;
     Ok(decoded.warn(mode, accepted(&done.job, &done.body)))
 }
 
@@ -64,7 +64,8 @@ pub async fn action(
     let action: GuestAction = action
         .parse()
         .map_err(|_| AgentError::UnknownAction(action))?;
-    let done = agent.guest_action(&guest, action, false).await?;
+    let done =
+        super::detached(async move { agent.guest_action(&guest, action, false).await }).await?;
     Ok(accepted(&done.job, &*done.body))
 }
 
@@ -86,8 +87,10 @@ pub async fn delete(
             )))
         }
     };
-    let done = agent
-        .guest_action(&guest, GuestAction::Delete, force)
+    let done =
+        super::detached(
+            async move { agent.guest_action(&guest, GuestAction::Delete, force).await },
+        )
         .await?;
     Ok(accepted(&done.job, &*done.body))
 }

@@ -53,7 +53,7 @@ pub async fn fetch(
         return Err(AgentError::BadRequest("missing id".into()));
     }
     let image = id("image id", &request.id)?;
-    let done = agent.fetch_image(image, request).await?;
+    let done = super::detached(async move { agent.fetch_image(image, request).await }).await?;
     Ok(decoded.warn(mode, accepted(&done.job, &done.body)))
 }
 

@@ -35,6 +35,18 @@ pub const JOB_ID_HEADER: &str = "X-Guest-Job-ID";
 
 pub type AppState = Arc<Agent>;
 
+/// Runs `op` to its end even when the client goes away meanwhile: hyper drops the
+/// handler of a closed connection, and an operation cut between writing a guest and
+/// submitting its job (or between storing a job and handing it to its runner) would leave
+/// a guest without its create job, or a job queued forever.
+pub(crate) async fn detached<T: Send + 'static>(
+    op: impl std::future::Future<Output = Result<T, AgentError>> + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::spawn(op)
+        .await
+        .map_err(|e| AgentError::Internal(format!("the operation did not finish: {e}")))?
+}
+
 /// The agent's complete router with its middleware.
 pub fn router(agent: Arc<Agent>) -> Router {
     mistify_http::with_common_layers(routes(agent))
