@@ -234,6 +234,86 @@ pub struct DevStack {
     pub zfs_port: u16,
     pub libvirt_port: u16,
     pub image_port: u16,
+    /// The cluster around the stack, when started with [`DevStack::start_cluster`].
+    pub cluster: Option<DevCluster>,
+}
+
+/// What `make run` adds around the dev stack (config/services/cluster): etcd, the
+/// controllers, a second hypervisor stack on 127.0.0.2, registration and heartbeats.
+/// Ids of the registered objects are config/dev.env's defaults.
+#[derive(Debug, Clone)]
+pub struct DevCluster {
+    /// `http://127.0.0.1:PORT` of etcd's client URL.
+    pub etcd: String,
+    /// Base URLs of cguestd, chypervisord and cnetworkd.
+    pub guests: String,
+    pub hypervisors: String,
+    pub networks: String,
+    /// `http://127.0.0.2:PORT` of the second hypervisor's agent.
+    pub hv2_agent: String,
+    /// The second hypervisor's pool.
+    pub hv2_pool: String,
+    ports: Vec<(&'static str, String)>,
+}
+
+impl DevCluster {
+    /// The registered hypervisors' ids (config/dev.env).
+    pub const HV1: &'static str = "6c6f6368-6e65-4573-8000-000000000001";
+    pub const HV2: &'static str = "6c6f6368-6e65-4573-8000-000000000002";
+    /// The registered network, subnet, flavor and firewall group (config/dev.env).
+    pub const NETWORK: &'static str = "6c6f6368-6e65-4573-8000-6e6574000001";
+    pub const SUBNET: &'static str = "6c6f6368-6e65-4573-8000-737562000001";
+    pub const FLAVOR: &'static str = "6c6f6368-6e65-4573-8000-666c76000001";
+    pub const FWGROUP: &'static str = "6c6f6368-6e65-4573-8000-667767000001";
+    /// The registered subnet's range.
+    pub const CIDR: &'static str = "10.99.0.0/24";
+
+    fn new(pool: &str) -> DevCluster {
+        let mut ports = Vec::new();
+        let mut port = |name: &'static str| {
+            let p = free_port();
+            ports.push((name, p.to_string()));
+            p
+        };
+        let etcd = port("ETCD_PORT");
+        port("ETCD_PEER_PORT");
+        port("ETCD_METRICS_PORT");
+        let guests = port("GUESTS_PORT");
+        let hypervisors = port("HYPERVISORS_PORT");
+        let networks = port("NETWORKS_PORT");
+        port("PLACER_PORT");
+        port("WORKER_PORT");
+        port("HV2_ZFS_PORT");
+        port("HV2_LIBVIRT_PORT");
+        let hv2 = free_port();
+        let hv2_pool = format!("{pool}b");
+        ports.push(("HV2_AGENT_ADDRESS", format!("127.0.0.2:{hv2}")));
+        ports.push(("HV2_POOL", hv2_pool.clone()));
+        ports.push(("HEARTBEAT_TTL", "10s".into()));
+        DevCluster {
+            etcd: format!("http://127.0.0.1:{etcd}"),
+            guests: format!("http://127.0.0.1:{guests}"),
+            hypervisors: format!("http://127.0.0.1:{hypervisors}"),
+            networks: format!("http://127.0.0.1:{networks}"),
+            hv2_agent: format!("http://127.0.0.2:{hv2}"),
+            hv2_pool,
+            ports,
+        }
+    }
+
+    /// The environment of the cluster's manifests (and of scripts/dev-cluster.sh).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        self.ports.clone()
+    }
+
+    /// The environment the `lochness` CLI reads to find the three daemons.
+    pub fn cli_env(&self) -> [(&'static str, String); 3] {
+        [
+            ("LOCHNESS_GUESTS", self.guests.clone()),
+            ("LOCHNESS_HYPERVISORS", self.hypervisors.clone()),
+            ("LOCHNESS_NETWORKS", self.networks.clone()),
+        ]
+    }
 }
 
 impl DevStack {
@@ -251,18 +331,47 @@ impl DevStack {
         name: &str,
         env: &[(&str, &str)],
     ) -> Result<DevStack, String> {
+        Self::start_inner(bin, name, env, false)
+    }
+
+    /// The dev cluster of `make run` on free ports: the dev stack (hv1) plus
+    /// config/services/cluster (etcd, the controllers, hv2 on 127.0.0.2, registration,
+    /// heartbeats); waits until both agents answer and the registration has run.
+    pub fn start_cluster(bin: &Path, name: &str) -> Result<DevStack, String> {
+        Self::start_inner(bin, name, &[], true)
+    }
+
+    fn start_inner(
+        bin: &Path,
+        name: &str,
+        env: &[(&str, &str)],
+        cluster: bool,
+    ) -> Result<DevStack, String> {
         ensure_zfs_fuse()?;
         let data = TempDir::new(&format!("stack-{name}"));
         let sup = data.path().join("supervisor");
         std::fs::create_dir_all(&sup).map_err(|e| e.to_string())?;
-        std::os::unix::fs::symlink(
-            workspace_root().join("config").join("services").join("dev"),
-            sup.join("services"),
-        )
-        .map_err(|e| format!("cannot link the manifests: {e}"))?;
+        let manifests = workspace_root().join("config").join("services");
+        if cluster {
+            // As scripts/run.sh: one link per manifest of both directories.
+            let services = sup.join("services");
+            std::fs::create_dir_all(&services).map_err(|e| e.to_string())?;
+            for dir in ["dev", "cluster"] {
+                let entries = std::fs::read_dir(manifests.join(dir))
+                    .map_err(|e| format!("cannot read the {dir} manifests: {e}"))?;
+                for entry in entries.flatten() {
+                    std::os::unix::fs::symlink(entry.path(), services.join(entry.file_name()))
+                        .map_err(|e| format!("cannot link the manifests: {e}"))?;
+                }
+            }
+        } else {
+            std::os::unix::fs::symlink(manifests.join("dev"), sup.join("services"))
+                .map_err(|e| format!("cannot link the manifests: {e}"))?;
+        }
         let (agent_port, sup_port) = (free_port(), free_port());
         let (zfs_port, libvirt_port, image_port) = (free_port(), free_port(), free_port());
         let pool = format!("mst{}x{}", std::process::id(), agent_port);
+        let cluster = cluster.then(|| DevCluster::new(&pool));
         let mut stack = DevStack {
             child: None,
             data,
@@ -277,6 +386,7 @@ impl DevStack {
             zfs_port,
             libvirt_port,
             image_port,
+            cluster,
         };
         stack.run_supervisor()?;
         Ok(stack)
@@ -318,6 +428,7 @@ impl DevStack {
             .env("IMAGE_PORT", self.image_port.to_string())
             .env("LIBVIRT_URI", "test:///default")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(self.cluster.iter().flat_map(DevCluster::env))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -326,7 +437,7 @@ impl DevStack {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
-            if http_ok(&format!("{}/healthz", self.agent)) {
+            if http_ok(&format!("{}/healthz", self.agent)) && self.cluster_ready() {
                 return Ok(());
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
@@ -345,6 +456,20 @@ impl DevStack {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Without a cluster, true; with one, whether hv2's agent answers and the
+    /// registration has run (hv2 is known to chypervisord).
+    fn cluster_ready(&self) -> bool {
+        let Some(c) = &self.cluster else {
+            return true;
+        };
+        http_ok(&format!("{}/healthz", c.hv2_agent))
+            && http_ok(&format!(
+                "{}/hypervisors/{}",
+                c.hypervisors,
+                DevCluster::HV2
+            ))
     }
 
     /// The data directory (agent store, agent config, pool file, images).
@@ -430,6 +555,10 @@ impl DevStack {
     /// Whether the stack's pool is imported.
     pub fn pool_imported(&self) -> bool {
         quiet(Command::new("zpool").args(["list", &self.pool]))
+            || self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| quiet(Command::new("zpool").args(["list", &c.hv2_pool])))
     }
 
     /// The pool's file (exported pools stay on it until the data directory goes).
@@ -441,8 +570,11 @@ impl DevStack {
 impl Drop for DevStack {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(60));
-        if let Err(e) = destroy_pool(&self.pool) {
-            eprintln!("warning: the dev stack's pool is left: {e}");
+        let hv2 = self.cluster.as_ref().map(|c| c.hv2_pool.clone());
+        for pool in std::iter::once(self.pool.clone()).chain(hv2) {
+            if let Err(e) = destroy_pool(&pool) {
+                eprintln!("warning: the dev stack's pool {pool} is left: {e}");
+            }
         }
     }
 }
