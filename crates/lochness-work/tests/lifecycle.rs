@@ -139,20 +139,41 @@ async fn guests_are_placed_created_acted_on_and_deleted() {
     assert_eq!(after.allocated, before.allocated.saturating_sub(&flavor));
     assert_eq!(common::check_resources(ctx, &cluster).await, 4);
 
-    // A guest of an unknown flavor fails placement with the original's text, stays as it
-    // was, and its delete needs no agent.
+    // A guest of an unknown flavor is refused before anything is written; one whose
+    // flavor fits no hypervisor fails placement with the reason, stays as it was, and its
+    // delete needs no agent.
+    let mut unknown = ctx.new_guest();
+    unknown.flavor = "dddd0069-4444-4444-8444-000000000069".into();
+    unknown.network = cluster.network.clone();
+    let refused = ctx.create_guest_with_job(&mut unknown).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.is_not_found()),
+        "a guest of an unknown flavor: {refused:?}"
+    );
+    assert!(ctx.guest(&unknown.id).await.unwrap_err().is_not_found());
+    let mut huge = ctx.new_flavor();
+    huge.image = "289120e4-ed12-431d-8d18-48f8a94bb05a".into();
+    huge.resources = lochness::Resources {
+        memory: common::HV_RESOURCES.memory + 1,
+        disk: 1,
+        cpu: 1,
+    };
+    huge.save().await.expect("flavor");
     let mut lost = ctx.new_guest();
-    lost.flavor = "dddd0069-4444-4444-8444-000000000069".into();
+    lost.flavor = huge.id.clone();
     lost.network = cluster.network.clone();
     let job = ctx.create_guest_with_job(&mut lost).await.expect("guest");
     let failed = common::finished(ctx, std::slice::from_ref(&job.id), LONG, &logs).await;
     assert_eq!(
-        (failed[0].status, failed[0].error.as_str(), failed[0].action),
-        (
-            JobStatus::Error,
-            format!("unable to select candidate {} - key not found", lost.id).as_str(),
-            JobAction::SelectHypervisor
-        )
+        (failed[0].status, failed[0].action),
+        (JobStatus::Error, JobAction::SelectHypervisor),
+        "{:?}",
+        failed[0]
+    );
+    assert!(
+        failed[0].error.contains(&lost.id),
+        "the reason names the guest: {:?}",
+        failed[0].error
     );
     assert_eq!((failed[0].started_at, failed[0].finished_at), (None, None));
     let unplaced = ctx.guest(&lost.id).await.expect("guest");

@@ -25,12 +25,33 @@ fn example_manifests_load_and_expand() {
     let env = |k: &str| match k {
         "ZFS_PORT" => Some("29999".to_string()),
         "MISTIFY_BIN" => Some("/opt/mistify/bin".to_string()),
+        "HYPERVISOR_ID" => Some("6c6f6368-6e65-4573-8000-000000000001".to_string()),
         _ => None,
     };
     let loaded = load_set("prod", &env);
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
     let names: Vec<&str> = loaded.manifests.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["subagent:zfs", "subagent:libvirt", "agent"]);
+    assert_eq!(
+        names,
+        ["subagent:zfs", "subagent:libvirt", "agent", "heartbeat"]
+    );
+    let heartbeat = &loaded.manifests[3];
+    assert!(heartbeat
+        .command
+        .windows(2)
+        .any(|w| w == ["--hypervisor-id", "6c6f6368-6e65-4573-8000-000000000001"]));
+    // Without its id the heartbeat manifest is refused, naming the variable; the rest run.
+    let bare = |k: &str| env(k).filter(|_| k != "HYPERVISOR_ID");
+    let loaded = load_set("prod", &bare);
+    assert_eq!(loaded.manifests.len(), 3);
+    assert!(
+        loaded
+            .errors
+            .iter()
+            .any(|e| format!("{e:?}").contains("HYPERVISOR_ID")),
+        "{:?}",
+        loaded.errors
+    );
     let zfs = &loaded.manifests[0];
     assert_eq!(zfs.command[0], "/opt/mistify/bin/mistify-zfs");
     assert_eq!(
@@ -132,4 +153,63 @@ fn systemd_unit_verifies() {
         out.status.success() && !err.contains("mistify-supervisord.service:"),
         "{err}"
     );
+}
+
+#[test]
+fn cluster_and_controller_manifests_load_and_expand() {
+    let env = |k: &str| match k {
+        "GUESTS_PORT" => Some("28000".to_string()),
+        "ETCD_ENDPOINTS" => Some("http://10.0.0.1:2379,http://10.0.0.2:2379".to_string()),
+        _ => None,
+    };
+    let loaded = load_set("cluster", &env);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let names: Vec<&str> = loaded.manifests.iter().map(|m| m.name.as_str()).collect();
+    for name in [
+        "etcd:dev",
+        "cguestd:dev",
+        "chypervisord:dev",
+        "cnetworkd:dev",
+        "cplacerd:dev",
+        "cworkerd:dev",
+        "agent:hv2",
+        "register:dev",
+        "heartbeat:hv1",
+        "heartbeat:hv2",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    let guests = loaded
+        .manifests
+        .iter()
+        .find(|m| m.name == "cguestd:dev")
+        .expect("cguestd");
+    assert!(guests.command.windows(2).any(|w| w == ["--port", "28000"]));
+    assert_eq!(
+        guests.ready,
+        Readiness::Http("http://127.0.0.1:28000/healthz".into())
+    );
+    let loaded = load_set("controller", &env);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let names: Vec<&str> = loaded.manifests.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "cguestd",
+            "chypervisord",
+            "cnetworkd",
+            "cplacerd",
+            "cworkerd"
+        ]
+    );
+    for m in &loaded.manifests {
+        assert!(
+            m.command
+                .windows(2)
+                .any(|w| w == ["--etcd", "http://10.0.0.1:2379,http://10.0.0.2:2379"]),
+            "{}: {:?}",
+            m.name,
+            m.command
+        );
+    }
 }
