@@ -889,10 +889,34 @@ mod tests {
         }
     }
 
-    fn temp(name: &str) -> std::path::PathBuf {
+    /// A store path in a fresh directory of its own, removed when dropped.
+    struct Temp(std::path::PathBuf);
+
+    impl std::ops::Deref for Temp {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for Temp {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Temp {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    fn temp(name: &str) -> Temp {
         let dir = std::env::temp_dir().join(format!("mistify-store-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        dir.join("agent.redb")
+        Temp(dir.join("agent.redb"))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1000,7 +1024,8 @@ mod tests {
 
     #[test]
     fn the_cached_guest_list_follows_every_change() {
-        let s = Store::open(&temp("list"), 10).unwrap();
+        let path = temp("list");
+        let s = Store::open(&path, 10).unwrap();
         assert_eq!(&s.guests_json()[..], b"null\n");
         let mut g = Guest {
             id: "g1".into(),
@@ -1029,7 +1054,8 @@ mod tests {
 
     #[test]
     fn pruning_keeps_active_jobs() {
-        let s = Store::open(&temp("prune"), 3).unwrap();
+        let path = temp("prune");
+        let s = Store::open(&path, 3).unwrap();
         s.add_job(&job("active", "g", JobStatus::Running), None)
             .wait()
             .unwrap();
@@ -1060,7 +1086,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_write_leaves_its_group_and_the_others_commit() {
-        let s = Arc::new(Store::open(&temp("isolate"), 100).unwrap());
+        let path = temp("isolate");
+        let s = Arc::new(Store::open(&path, 100).unwrap());
         // A job record that is not JSON: changing it fails inside its transaction.
         let corrupt = s.write(
             |txn| {
