@@ -22,6 +22,7 @@ assets() {
 }
 
 assets mistify
+assets lochness
 # mistify-supervisor gets `man` and `completions` on another branch: until it has them,
 # its files are left out (the package test says so).
 if "$bin/mistify-supervisor" man >/dev/null 2>&1 \

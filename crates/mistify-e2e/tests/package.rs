@@ -12,17 +12,22 @@ use mistify_e2e::{profile_dir, skipped, TempDir};
 use mistify_supervisor::manifest::load_dir_with;
 
 /// The daemons, in `/usr/sbin`.
-const DAEMONS: [&str; 6] = [
+const DAEMONS: [&str; 11] = [
     "mistify-agent",
     "mistify-libvirt",
     "mistify-zfs",
     "mistify-image-server",
     "mistify-supervisord",
     "lochness-heartbeat",
+    "cguestd",
+    "chypervisord",
+    "cnetworkd",
+    "cplacerd",
+    "cworkerd",
 ];
 
 /// The operator CLIs, in `/usr/bin`.
-const CLIS: [&str; 2] = ["mistify", "mistify-supervisor"];
+const CLIS: [&str; 3] = ["mistify", "mistify-supervisor", "lochness"];
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd
@@ -124,6 +129,7 @@ fn the_package_installs_with_the_documented_layout() {
         assert!(!old.exists(), "{} is still shipped", old.display());
     }
     cli_assets(&root, "mistify");
+    cli_assets(&root, "lochness");
     // mistify-supervisor gains `man` and `completions` on another branch; until the
     // packaged binary has them, scripts/cli-assets.sh leaves its files out.
     let supervisor = root.join("usr/bin/mistify-supervisor");
