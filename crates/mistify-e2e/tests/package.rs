@@ -153,6 +153,8 @@ fn the_package_installs_with_the_documented_layout() {
         "etc/mistify/supervisor/services/30-mistify-agent.json",
         "usr/lib/systemd/system/mistify-supervisord.service",
         "usr/share/doc/mistify/operations.md",
+        "usr/share/doc/mistify/examples/40-lochness-heartbeat.json",
+        "usr/share/doc/mistify/examples/controller/10-cguestd.json",
         "usr/share/doc/mistify/copyright",
     ] {
         assert!(root.join(file).is_file(), "{file} is missing");
