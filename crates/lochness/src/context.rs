@@ -124,7 +124,22 @@ impl Context {
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
         }
-        Ok(Context::on(client, kv, prefix, None))
+        let ctx = Context::on(client, kv, prefix, None);
+        if eps.len() > 1 {
+            // As the client names them: a bare `host:port` is `http://host:port`.
+            let named = eps
+                .iter()
+                .map(|e| {
+                    if e.contains("://") {
+                        e.clone()
+                    } else {
+                        format!("http://{e}")
+                    }
+                })
+                .collect();
+            tokio::spawn(prune_endpoints(Arc::downgrade(&ctx.inner), named));
+        }
+        Ok(ctx)
     }
 
     fn on(
@@ -449,3 +464,59 @@ pub(crate) async fn backoff(attempt: u32) {
 
 /// How many transactions an atomic multi-key operation tries before giving up.
 pub const MAX_ATTEMPTS: u32 = 200;
+
+/// How often [`prune_endpoints`] probes the endpoints.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+
+/// Keeps the members that do not accept connections out of the client's balanced channel
+/// while another member does, and puts them back when they accept again. The channel
+/// itself never drops an endpoint: a request it sends to a dead member fails at once
+/// (`Unavailable`, "tcp connect error"), so with one member of three down about every
+/// third request of every daemon failed for as long as the member stayed down. Runs
+/// until the context's last clone is dropped.
+async fn prune_endpoints(inner: std::sync::Weak<Inner>, endpoints: Vec<String>) {
+    let mut out = vec![false; endpoints.len()];
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let mut up = Vec::with_capacity(endpoints.len());
+        for e in &endpoints {
+            up.push(accepts(e).await);
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let any_up = up.iter().any(|u| *u);
+        for (i, e) in endpoints.iter().enumerate() {
+            let result = match (out[i], up[i]) {
+                (false, false) if any_up => {
+                    tracing::warn!(endpoint = %e, "etcd member does not answer: not used until it does");
+                    inner.client.remove_endpoint(e).await
+                }
+                (true, true) => {
+                    tracing::info!(endpoint = %e, "etcd member answers again");
+                    inner.client.add_endpoint(e).await
+                }
+                _ => continue,
+            };
+            match result {
+                Ok(()) => out[i] = !out[i],
+                Err(err) => {
+                    tracing::warn!(endpoint = %e, error = %err, "cannot change the etcd endpoints")
+                }
+            }
+        }
+    }
+}
+
+/// Whether the host and port of endpoint `url` (`http://host:port`, `host:port`) accept
+/// a TCP connection within a second.
+async fn accepts(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    matches!(
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(authority)
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}

@@ -500,3 +500,196 @@ pub fn story(procs: &[&Proc], dir: &Path, open: &[String]) -> String {
         grep_logs(dir, &needles)
     )
 }
+
+/// A 3-member etcd cluster on loopback (each member killed on drop), its data and logs
+/// in `dir`.
+pub struct EtcdCluster {
+    members: Vec<Option<Child>>,
+    /// Each member's client URL.
+    pub urls: Vec<String>,
+}
+
+impl EtcdCluster {
+    pub fn start(dir: &Path) -> EtcdCluster {
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        let mut urls = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let log = std::fs::File::create(dir.join(format!("etcd-m{i}.log"))).expect("etcd log");
+            let child = Command::new("etcd")
+                .arg("--name")
+                .arg(format!("m{i}"))
+                .arg("--data-dir")
+                .arg(dir.join(format!("etcd-m{i}")))
+                .args(["--listen-client-urls", &url])
+                .args(["--advertise-client-urls", &url])
+                .args(["--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &initial])
+                .args(["--initial-cluster-state", "new"])
+                .args(["--initial-cluster-token", "lochness-faults"])
+                .args(["--log-level", "error", "--logger", "zap"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("cannot start etcd");
+            members.push(Some(child));
+            urls.push(url);
+        }
+        let cluster = EtcdCluster { members, urls };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for url in &cluster.urls {
+            loop {
+                let health = mistify_e2e::stack::http_get(&format!("{url}/health"));
+                if health.is_some_and(|(_, body)| body.contains("\"health\":\"true\"")) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd member {url} is not healthy"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        cluster
+    }
+
+    /// Every member's client URL, comma-separated (as `--etcd` takes them).
+    pub fn endpoints(&self) -> String {
+        self.urls.join(",")
+    }
+
+    /// The index of the member that is the leader now, as the live members see it
+    /// (`/v3/maintenance/status`: the member whose id is the leader's).
+    pub async fn leader(&self) -> Option<usize> {
+        let http = reqwest::Client::new();
+        for (i, url) in self.urls.iter().enumerate() {
+            if self.members[i].is_none() {
+                continue;
+            }
+            let Ok(resp) = http
+                .post(format!("{url}/v3/maintenance/status"))
+                .body("{}")
+                .send()
+                .await
+            else {
+                continue;
+            };
+            let Ok(status) = resp.json::<serde_json::Value>().await else {
+                continue;
+            };
+            let (member, leader) = (&status["header"]["member_id"], &status["leader"]);
+            if !leader.is_null() && member == leader {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// `kill -9` member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Every job record in etcd.
+pub async fn all_jobs(ctx: &Context) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for kv in ctx.get_prefix(lochness::keys::JOBS).await.expect("jobs") {
+        let id = kv.key.trim_start_matches(lochness::keys::JOBS);
+        jobs.push(ctx.job(id).await.expect("job"));
+    }
+    jobs
+}
+
+/// What etcd and the agents hold agrees, whatever jobs ran: each guest linked to the one
+/// hypervisor it names, the subnet's reservations exactly the guests' addresses (each
+/// once, to its guest), each hypervisor's `allocated` exactly its guests' flavors, and
+/// each agent holding exactly the guests placed on its hypervisor (so no guest has a
+/// domain on two agents, and no deleted guest is left on one). The guests, by id.
+pub async fn check_consistent(
+    cluster: &Cluster,
+    agents: &[&Agent],
+) -> BTreeMap<String, lochness::Guest> {
+    let ctx = &cluster.ctx;
+    let guests: BTreeMap<String, lochness::Guest> = ctx
+        .guests()
+        .await
+        .expect("guests")
+        .into_iter()
+        .map(|g| (g.id.clone(), g))
+        .collect();
+    let mut links: BTreeMap<String, String> = BTreeMap::new();
+    for id in cluster.hypervisors.keys() {
+        let hv = ctx.hypervisor(id).await.expect("hypervisor");
+        for g in hv.guests() {
+            assert!(
+                links.insert(g.clone(), id.clone()).is_none(),
+                "guest {g} is linked to two hypervisors"
+            );
+        }
+    }
+    let placed: BTreeMap<String, String> = guests
+        .values()
+        .filter(|g| !g.hypervisor.is_empty())
+        .map(|g| (g.id.clone(), g.hypervisor.clone()))
+        .collect();
+    assert_eq!(links, placed, "hypervisor links are the guests' placements");
+    let reserved = ctx
+        .subnet(&cluster.subnet)
+        .await
+        .expect("subnet")
+        .addresses();
+    let held: BTreeMap<String, String> = guests
+        .values()
+        .filter_map(|g| Some((g.ip?.to_string(), g.id.clone())))
+        .collect();
+    let with_ip = guests.values().filter(|g| g.ip.is_some()).count();
+    assert_eq!(held.len(), with_ip, "two guests hold one address");
+    assert_eq!(reserved, held, "the reservations are the guests' addresses");
+    check_resources(ctx, cluster).await;
+    let mut seen: BTreeMap<String, u16> = BTreeMap::new();
+    for agent in agents {
+        let port = agent.port();
+        let on_agent: std::collections::BTreeSet<String> = agent
+            .client()
+            .list_guests()
+            .await
+            .expect("guests")
+            .into_iter()
+            .map(|g| g.id)
+            .collect();
+        for g in &on_agent {
+            if let Some(other) = seen.insert(g.clone(), port) {
+                panic!("guest {g} has a domain on the agents on ports {other} and {port}");
+            }
+        }
+        let expected: std::collections::BTreeSet<String> = guests
+            .values()
+            .filter(|g| cluster.hypervisors.get(&g.hypervisor) == Some(&port))
+            .map(|g| g.id.clone())
+            .collect();
+        assert_eq!(on_agent, expected, "guests on the agent on port {port}");
+    }
+    guests
+}
