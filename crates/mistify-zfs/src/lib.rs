@@ -9,7 +9,7 @@
 //! * [`api`] — the `ImageStore.*` RPC methods and `/snapshots/download`.
 //! * [`image_server`] — `mistify-image-server` (serve a directory, make an image).
 //!
-//! Contract: `spec/storage-subagent.md`; operator doc: `docs/zfs.md`.
+//! Contract and operator doc: `docs/zfs.md`.
 //!
 //! ```no_run
 //! use mistify_zfs::store::{Config, DiskMode, Store};
