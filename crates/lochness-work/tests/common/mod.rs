@@ -55,6 +55,11 @@ impl Etcd {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    /// The etcd process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Etcd {
@@ -184,6 +189,11 @@ impl Proc {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn output(&self) -> String {
