@@ -74,6 +74,10 @@ fn merged(file: &str) -> (Value, Vec<(String, String)>) {
 }
 
 fn replay(file: &str, which: Which) {
+    replay_with(file, which, false);
+}
+
+fn replay_with(file: &str, which: Which, placer: bool) {
     let Some(mut cluster) = Cluster::new() else {
         return;
     };
@@ -89,6 +93,22 @@ fn replay(file: &str, which: Which) {
         String::from_utf8_lossy(&seed.stderr)
     );
     let base = cluster.start(which, &[]);
+    // The placer under test beside cguestd, on the same store (no worker, as recorded).
+    let _placer = placer.then(|| {
+        let port = mistify_e2e::free_port();
+        mistify_e2e::Daemon::start(
+            &mistify_e2e::binary("cplacerd"),
+            &[
+                "--etcd".into(),
+                cluster.etcd.url.clone(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--http".into(),
+                port.to_string(),
+            ],
+            port,
+        )
+    });
     let (fx, fixed) = merged(file);
     let dir = mistify_e2e::TempDir::new("lochness-replay");
     let path = dir.path().join(file);
@@ -137,4 +157,9 @@ fn chypervisord_replays_the_recorded_exchanges() {
 #[test]
 fn cnetworkd_replays_the_recorded_exchanges() {
     replay("lochness-cnetworkd.json", Which::Networks);
+}
+
+#[test]
+fn cplacerd_replays_the_recorded_exchanges() {
+    replay_with("lochness-cplacerd.json", Which::Guests, true);
 }
