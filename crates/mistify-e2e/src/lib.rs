@@ -18,6 +18,36 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// The `sh` blocks of README.md between `<!-- NAME:begin -->` and `<!-- NAME:end -->`,
+/// one string each, in order (the walk-throughs the tests run as written).
+pub fn readme_blocks(name: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README.md");
+    let begin = format!("<!-- {name}:begin -->");
+    let end = format!("<!-- {name}:end -->");
+    let start = readme
+        .find(&begin)
+        .unwrap_or_else(|| panic!("README.md has no {begin} marker"));
+    let stop = readme[start..]
+        .find(&end)
+        .map(|i| start + i)
+        .unwrap_or_else(|| panic!("README.md has no {end} marker after {begin}"));
+    let mut blocks = Vec::new();
+    let mut block = String::new();
+    let mut inside = false;
+    for line in readme[start..stop].lines() {
+        if inside && line.trim_start().starts_with("```") {
+            inside = false;
+            blocks.push(std::mem::take(&mut block));
+        } else if inside {
+            block.push_str(line);
+            block.push('\n');
+        } else if line.trim_start().starts_with("```sh") {
+            inside = true;
+        }
+    }
+    blocks
+}
+
 /// The workspace root (the directory of the top-level `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -9,28 +9,19 @@ use std::process::Command;
 use std::time::Duration;
 
 use mistify_e2e::stack::{http_get, still_running, DevCluster, DevStack};
-use mistify_e2e::{binary, skipped, workspace_root};
+use mistify_e2e::{binary, readme_blocks, skipped, tail};
 
 /// The `sh` block of the README between the cluster walk-through markers.
 fn cluster_walkthrough() -> String {
-    let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README.md");
-    let start = readme
-        .find("<!-- cluster-walkthrough:begin -->")
-        .expect("README.md has no cluster walk-through begin marker");
-    let end = readme
-        .find("<!-- cluster-walkthrough:end -->")
-        .expect("README.md has no cluster walk-through end marker");
-    let text = &readme[start..end];
-    let body = text
-        .split("```sh\n")
-        .nth(1)
-        .and_then(|b| b.split("```").next())
+    let body = readme_blocks("cluster-walkthrough")
+        .into_iter()
+        .next()
         .expect("the cluster walk-through has no sh block");
     assert!(
         body.contains("lochness guest create"),
         "the cluster walk-through creates no guest:\n{body}"
     );
-    body.to_string()
+    body
 }
 
 fn bin_dir() -> PathBuf {
@@ -67,13 +58,9 @@ fn run(stack: &DevStack, script: &str, what: &str) -> String {
         "{what} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}\n--- supervisor\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr),
-        crate_tail(&stack.log())
+        tail(&stack.log(), 120)
     );
     stdout
-}
-
-fn crate_tail(text: &str) -> String {
-    mistify_e2e::tail(text, 120)
 }
 
 /// GET `url` → parsed JSON (the test fails on anything but 200).
@@ -225,7 +212,7 @@ fn a_guest_lives_on_the_dev_cluster_and_the_readme_walkthrough_runs() {
     assert!(
         status.is_some_and(|s| s.success()),
         "the supervisor did not stop cleanly: {status:?}\n{}",
-        crate_tail(&stack.log())
+        tail(&stack.log(), 120)
     );
     assert!(!stack.pool_imported(), "a pool is still imported");
     let left = still_running(&procs);

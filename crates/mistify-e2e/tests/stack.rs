@@ -7,32 +7,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use mistify_e2e::stack::{still_running, DevStack};
-use mistify_e2e::{binary, skipped, workspace_root};
+use mistify_e2e::{binary, readme_blocks, skipped};
 
 /// The `sh` blocks of the README between the walk-through markers, one string each.
 fn walkthrough_blocks() -> Vec<String> {
-    let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README.md");
-    let start = readme
-        .find("<!-- walkthrough:begin -->")
-        .expect("README.md has no walk-through begin marker");
-    let end = readme
-        .find("<!-- walkthrough:end -->")
-        .expect("README.md has no walk-through end marker");
-    let mut blocks = Vec::new();
-    let mut block = String::new();
-    let mut inside = false;
-    for line in readme[start..end].lines() {
-        if inside && line.trim_start().starts_with("```") {
-            inside = false;
-            blocks.push(std::mem::take(&mut block));
-        } else if inside {
-            block.push_str(line);
-            block.push('\n');
-        } else if line.trim_start().starts_with("```sh") {
-            inside = true;
-        }
-    }
-    blocks
+    readme_blocks("walkthrough")
 }
 
 /// The whole walk-through: every block, in order.
