@@ -23,6 +23,7 @@ skipped schemathesis || { need[python3]="the schemathesis step (scripts/schemath
 skipped etcd    || { need[etcd-server]="lochness tests (a real etcd)"; need[etcd-client]="lochness tests (etcdctl)"; }
 skipped zfs     || need[zfs-fuse]="storage sub-agent tests (a real ZFS pool)"
 skipped supervisor-tls || need[openssl]="TLS tests of the supervisor, the agent and lochness (make test certificates)"
+skipped netns   || { need[kea-dhcp4-server]="DHCP tests (a real kea-dhcp4 in a network namespace)"; need[busybox]="DHCP tests (udhcpc, the DHCP client)"; need[isc-dhcp-server]="DHCP tests (dhcpd -t checks the ISC files)"; need[nftables]="firewall tests (nft)"; need[iproute2]="network namespace tests (ip netns)"; }
 skipped stack   || { need[curl]="the README walk-through (dev stack tests)"; need[procps]="the dev stack manifests (pgrep)"; }
 
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
@@ -80,6 +81,7 @@ skipped schemathesis || { check "python3" command -v python3; check "python3 -m 
 skipped etcd   || { check "etcd (etcd-server)" command -v etcd; check "etcdctl (etcd-client)" command -v etcdctl; }
 skipped zfs    || { check "zfs-fuse" test -x /usr/sbin/zfs-fuse -o -x /usr/bin/zfs-fuse; check "zfs/zpool commands (zfs-fuse)" command -v zpool; }
 skipped supervisor-tls || check "openssl" command -v openssl
+skipped netns  || { check "kea-dhcp4 (kea-dhcp4-server)" command -v kea-dhcp4; check "busybox udhcpc (busybox)" command -v busybox; check "dhcpd (isc-dhcp-server)" command -v dhcpd; check "nft (nftables)" command -v nft; check "ip (iproute2)" command -v ip; }
 skipped stack  || { check "curl" command -v curl; check "pgrep (procps)" command -v pgrep; }
 [ "$fail" = 0 ] || { echo "install-deps: prerequisites are missing (see above)" >&2; exit 1; }
 
