@@ -9,6 +9,7 @@
 //! test ends. [`free_port`] picks a free loopback port.
 
 pub mod etcd;
+pub mod netns;
 pub mod pki;
 pub mod recorded;
 pub mod stack;
