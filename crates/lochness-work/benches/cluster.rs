@@ -54,6 +54,14 @@ fn env_num(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// `--concurrency N` when the variable `name` is set (else the daemon's default).
+fn concurrency(name: &str) -> Vec<&'static str> {
+    match std::env::var(name).ok().filter(|v| !v.is_empty()) {
+        Some(n) => vec!["--concurrency", Box::leak(n.into_boxed_str())],
+        None => Vec::new(),
+    }
+}
+
 fn subdir(root: &Path, name: &str) -> PathBuf {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).expect("bench dir");
@@ -333,13 +341,48 @@ async fn throughput(dir: &Path) {
         .collect();
     let refs: Vec<&Agent> = agents.iter().collect();
     let cluster = Cluster::new(&etcd.url, &refs).await;
-    let _placers: Vec<Proc> = (0..placers)
-        .map(|_| Proc::start("cplacerd", dir, &etcd.url, &[]))
+    let placer_procs: Vec<Proc> = (0..placers)
+        .map(|_| {
+            Proc::start(
+                "cplacerd",
+                dir,
+                &etcd.url,
+                &concurrency("BENCH_PLACER_CONCURRENCY"),
+            )
+        })
         .collect();
-    let _workers: Vec<Proc> = (0..workers)
-        .map(|_| Proc::start("cworkerd", dir, &etcd.url, &[]))
+    let worker_procs: Vec<Proc> = (0..workers)
+        .map(|_| {
+            Proc::start(
+                "cworkerd",
+                dir,
+                &etcd.url,
+                &concurrency("BENCH_WORKER_CONCURRENCY"),
+            )
+        })
         .collect();
     let api = cguestd(&etcd.url);
+    // CPU seconds by kind of process, before and after the run.
+    let cpu_by_kind = || {
+        let sum = |pids: &[u32]| pids.iter().map(|p| cpu_secs(*p)).sum::<f64>();
+        let procs = |ps: &[Proc]| ps.iter().filter_map(Proc::pid).collect::<Vec<u32>>();
+        [
+            ("etcd", sum(&[etcd.pid()])),
+            ("cguestd", sum(&[api.pid()])),
+            ("cplacerd", sum(&procs(&placer_procs))),
+            ("cworkerd", sum(&procs(&worker_procs))),
+            (
+                "mistify-agent",
+                sum(&agents.iter().map(|a| a.agent.pid()).collect::<Vec<_>>()),
+            ),
+            (
+                "test-rpc-service",
+                sum(&agents.iter().map(|a| a.rpc.pid()).collect::<Vec<_>>()),
+            ),
+        ]
+    };
+    let cpu_before = cpu_by_kind();
+    let bench_cpu = cpu_secs(std::process::id());
     let client = client(&api);
     let jobs = JobWatch::start(&cluster.ctx).await;
     let body = guest_body(&cluster);
@@ -379,6 +422,21 @@ async fn throughput(dir: &Path) {
         done as f64 / elapsed.as_secs_f64(),
         on_agents.len(),
     );
+    let mut parts: Vec<String> = cpu_by_kind()
+        .iter()
+        .zip(cpu_before.iter())
+        .map(|((name, after), (_, before))| {
+            format!(
+                "{name} {:.1} ms",
+                (after - before) * 1000.0 / done.max(1) as f64
+            )
+        })
+        .collect();
+    parts.push(format!(
+        "the bench itself {:.1} ms",
+        (cpu_secs(std::process::id()) - bench_cpu) * 1000.0 / done.max(1) as f64
+    ));
+    println!("throughput: CPU per guest done: {}", parts.join(", "));
 }
 
 /// A new unplaced guest of `cluster`'s flavor and network (not saved).
@@ -581,7 +639,14 @@ async fn scale(dir: &Path) {
     let etcd_cpu = cpu_secs(etcd.pid());
     let start = Instant::now();
     let placers: Vec<Proc> = (0..n_placers)
-        .map(|_| Proc::start("cplacerd", dir, &etcd.url, &[]))
+        .map(|_| {
+            Proc::start(
+                "cplacerd",
+                dir,
+                &etcd.url,
+                &concurrency("BENCH_PLACER_CONCURRENCY"),
+            )
+        })
         .collect();
     let mut left: Vec<Instant> = Vec::with_capacity(n_jobs);
     while left.len() < n_jobs {

@@ -94,23 +94,30 @@ impl Placer {
         })
     }
 
-    /// Candidates for `guest` in `view`, cloned out of it.
-    fn candidates(view: &ClusterView, guest: &Guest) -> Result<Vec<Hypervisor>, Error> {
+    /// The ids of the candidates for `guest` in `view`, in the order to try them (the
+    /// hypervisors themselves are cloned out of the view only when tried: with a
+    /// thousand candidates, cloning them all cost more than the placement).
+    fn candidates(view: &ClusterView, guest: &Guest) -> Result<Vec<String>, Error> {
         Ok(guest
             .candidates_in(view, &DEFAULT_CANDIDATE_FUNCTIONS)?
             .into_iter()
-            .cloned()
+            .map(|h| h.id.clone())
             .collect())
     }
 
-    /// Tries the candidates of a view in order; `Ok(None)` when none took the guest.
+    /// Tries the candidates in order, each as `lookup` has it now (one that left the
+    /// view meanwhile is passed over); `Ok(None)` when none took the guest.
     async fn try_candidates(
         &self,
         claim: &Claim,
         guest: &mut Guest,
-        candidates: Vec<Hypervisor>,
+        candidates: Vec<String>,
+        lookup: impl Fn(&str) -> Option<Hypervisor>,
     ) -> Result<Option<String>, Placement> {
-        for mut host in candidates {
+        for id in candidates {
+            let Some(mut host) = lookup(&id) else {
+                continue;
+            };
             let (guard, _) = claim
                 .hand_over()
                 .map_err(|e| Placement::Refused(e.to_string()))?;
@@ -166,20 +173,33 @@ impl Placer {
         // behind a heartbeat, a new subnet or a freed address) decides.
         let mut why = NoPlace::NoSuitableHypervisors;
         for fresh in [false, true] {
-            let candidates = if fresh {
-                match ClusterView::load(&self.ctx).await {
-                    Ok(view) => Self::candidates(&view, &guest),
+            let tried = if fresh {
+                let view = match ClusterView::load(&self.ctx).await {
+                    Ok(view) => view,
                     Err(e) => return Placement::Retry(e),
+                };
+                match Self::candidates(&view, &guest) {
+                    Ok(list) => Ok(self
+                        .try_candidates(claim, &mut guest, list, |id| {
+                            view.hypervisors.get(id).cloned()
+                        })
+                        .await),
+                    Err(e) => Err(e),
                 }
             } else {
-                self.cluster.with(|view| Self::candidates(view, &guest))
+                match self.cluster.with(|view| Self::candidates(view, &guest)) {
+                    Ok(list) => Ok(self
+                        .try_candidates(claim, &mut guest, list, |id| {
+                            self.cluster.with(|view| view.hypervisors.get(id).cloned())
+                        })
+                        .await),
+                    Err(e) => Err(e),
+                }
             };
-            match candidates {
-                Ok(list) => match self.try_candidates(claim, &mut guest, list).await {
-                    Ok(Some(hypervisor)) => return Placement::Placed { hypervisor },
-                    Ok(None) => why = NoPlace::NoSuitableHypervisors,
-                    Err(p) => return p,
-                },
+            match tried {
+                Ok(Ok(Some(hypervisor))) => return Placement::Placed { hypervisor },
+                Ok(Ok(None)) => why = NoPlace::NoSuitableHypervisors,
+                Ok(Err(p)) => return p,
                 Err(e) => match NoPlace::of(&e, &guest) {
                     Some(reason) => why = reason,
                     None => return Placement::Retry(e),
