@@ -42,17 +42,15 @@ pub async fn run<H: Handler>(
     let mut failed = false;
     tokio::pin!(shutdown);
     loop {
-        let state = view.state();
-        metrics.set_depth(Queue::Create, state.depth(Queue::Create));
-        metrics.set_depth(Queue::Work, state.depth(Queue::Work));
+        let (create, work) = view.depths();
+        metrics.set_depth(Queue::Create, create);
+        metrics.set_depth(Queue::Work, work);
         let had_error = std::mem::take(&mut failed);
         if held.len() < concurrency && claimer.lease().is_some() {
-            for entry in state.eligible(queue) {
+            let room = concurrency - held.len();
+            for entry in view.eligible_up_to(queue, room, |job| held.contains(job)) {
                 if held.len() >= concurrency {
                     break;
-                }
-                if held.contains(&entry.job) {
-                    continue;
                 }
                 match claimer.claim(&entry.job, queue).await {
                     Ok(Some(claim)) => {

@@ -4,9 +4,11 @@
 //! `agentPort` configuration (8080 when unset), retrying while the agent answers 503 (see
 //! docs/compat.md, section "lochness").
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mistify_client::{Accepted, Client, ClientError, GuestAction, ImageRequest, JobStatus};
@@ -71,7 +73,15 @@ pub struct MistifyAgent {
     /// `https://` with this configuration, loaded once by [`MistifyAgent::with_tls`]
     /// (agents started with `--tls-cert`); unusable files are reported by `client_for`.
     tls: Option<std::result::Result<std::sync::Arc<mistify_client::TlsClientConfig>, String>>,
+    /// The REST clients made so far, by agent URL: one HTTP client (its connections and
+    /// the system's CA list, which takes milliseconds to load) per agent for the life of
+    /// this value, as reqwest means clients to be used. Cleared by every `with_*`.
+    clients: Arc<Mutex<HashMap<String, Client>>>,
 }
+
+/// Agents whose clients are kept at most; beyond, the cache starts over (a cluster's
+/// hypervisors are far fewer: this only bounds agents that moved address).
+const MAX_CLIENTS: usize = 4096;
 
 fn agent_err(e: ClientError) -> Error {
     match e {
@@ -136,6 +146,7 @@ impl MistifyAgent {
             default_port: DEFAULT_AGENT_PORT,
             token: None,
             tls: None,
+            clients: Arc::default(),
         }
     }
 
@@ -143,6 +154,7 @@ impl MistifyAgent {
     /// with `--token-file`).
     pub fn with_token(mut self, token: &str) -> MistifyAgent {
         self.token = Some(token.to_string());
+        self.clients = Arc::default();
         self
     }
 
@@ -154,6 +166,7 @@ impl MistifyAgent {
             ClientError::InvalidInput(m) => m,
             other => other.to_string(),
         }));
+        self.clients = Arc::default();
         self
     }
 
@@ -163,12 +176,14 @@ impl MistifyAgent {
         if port > 0 {
             self.default_port = port;
         }
+        self.clients = Arc::default();
         self
     }
 
     /// The same client with another per-call timeout.
     pub fn with_timeout(mut self, timeout: Duration) -> MistifyAgent {
         self.timeout = timeout;
+        self.clients = Arc::default();
         self
     }
 
@@ -206,7 +221,28 @@ impl MistifyAgent {
             .filter(|p| *p > 0)
             .unwrap_or(self.default_port);
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut client = Client::new(&format!("{scheme}://{ip}:{port}"))
+        let url = format!("{scheme}://{ip}:{port}");
+        let cached = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&url)
+            .cloned();
+        if let Some(client) = cached {
+            return Ok(client);
+        }
+        let client = self.new_client(&url)?;
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(url, client.clone());
+        Ok(client)
+    }
+
+    /// A new REST client on the agent at `url`, with this value's timeout, TLS and token.
+    fn new_client(&self, url: &str) -> Result<Client> {
+        let mut client = Client::new(url)
             .map(|c| c.with_timeout(self.timeout))
             .map_err(agent_err)?;
         match &self.tls {

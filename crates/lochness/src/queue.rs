@@ -642,6 +642,21 @@ impl QueueState {
     /// The jobs of `queue` that may be claimed now, oldest first: unclaimed, and each
     /// the oldest job of its guest across both queues.
     pub fn eligible(&self, queue: Queue) -> Vec<QueueEntry> {
+        self.eligible_up_to(queue, usize::MAX, |_| false)
+    }
+
+    /// The first `limit` of [`QueueState::eligible`] whose job `skip` does not name
+    /// (a daemon's loop asks for only as many as it can take, leaving out those it holds;
+    /// only those are copied out).
+    pub fn eligible_up_to(
+        &self,
+        queue: Queue,
+        limit: usize,
+        skip: impl Fn(&str) -> bool,
+    ) -> Vec<QueueEntry> {
+        if limit == 0 {
+            return Vec::new();
+        }
         let mut first: HashMap<&str, (i64, &str)> = HashMap::new();
         for e in self.entries.values() {
             let place = (e.order, e.job.as_str());
@@ -650,15 +665,15 @@ impl QueueState {
                 .and_modify(|f| *f = (*f).min(place))
                 .or_insert(place);
         }
-        let mut out: Vec<QueueEntry> = self
+        let mut out: Vec<&QueueEntry> = self
             .entries
             .values()
             .filter(|e| e.queue == queue && !self.claims.contains_key(&e.job))
             .filter(|e| first.get(e.guest.as_str()) == Some(&(e.order, e.job.as_str())))
-            .cloned()
+            .filter(|e| !skip(&e.job))
             .collect();
         out.sort_by(|a, b| (a.order, &a.job).cmp(&(b.order, &b.job)));
-        out
+        out.into_iter().take(limit).cloned().collect()
     }
 
     /// The entry of job `job`, if it waits in a queue.
@@ -747,6 +762,26 @@ impl QueueView {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .eligible(queue)
+    }
+
+    /// [`QueueState::eligible_up_to`] on the state now, without copying the rest of it.
+    pub fn eligible_up_to(
+        &self,
+        queue: Queue,
+        limit: usize,
+        skip: impl Fn(&str) -> bool,
+    ) -> Vec<QueueEntry> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .eligible_up_to(queue, limit, skip)
+    }
+
+    /// How many jobs wait in `queue/create` and in `queue/work` now.
+    pub fn depths(&self) -> (usize, usize) {
+        let state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        (state.depth(Queue::Create), state.depth(Queue::Work))
     }
 
     /// Waits until the state changed since this handle last returned from `changed` (or
@@ -866,6 +901,21 @@ mod tests {
         assert_eq!(jobs(s.eligible(Queue::Work)), ["j2", "j3", "j4"]);
         assert_eq!((s.depth(Queue::Work), s.depth(Queue::Create)), (3, 0));
         assert_eq!(s.revision(), 23);
+
+        // The first few, leaving out some: the same order as the whole list.
+        assert_eq!(
+            jobs(s.eligible_up_to(Queue::Work, 2, |_| false)),
+            ["j2", "j3"]
+        );
+        assert_eq!(
+            jobs(s.eligible_up_to(Queue::Work, 2, |j| j == "j2")),
+            ["j3", "j4"]
+        );
+        assert!(s.eligible_up_to(Queue::Work, 0, |_| false).is_empty());
+        assert_eq!(
+            s.eligible_up_to(Queue::Work, usize::MAX, |_| false),
+            s.eligible(Queue::Work)
+        );
     }
 
     #[test]
