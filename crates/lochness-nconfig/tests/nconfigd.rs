@@ -34,6 +34,8 @@ struct Env {
     etcd: Etcd,
     daemon: Option<Daemon>,
     ctx: lochness::Context,
+    /// What nconfigd was given as `--kv`.
+    kv: String,
 }
 
 impl Env {
@@ -42,6 +44,12 @@ impl Env {
             return None;
         }
         let etcd = Etcd::start("nconfigd-etcd");
+        let kv = etcd.url.clone();
+        Some(Env::start_on(etcd, &kv, code).await)
+    }
+
+    /// nconfigd with `--kv kv` (the etcd's own URL, or a proxy in front of it).
+    async fn start_on(etcd: Etcd, kv: &str, code: i32) -> Env {
         let dir = TempDir::new("nconfigd");
         write_script(dir.path());
         std::fs::write(dir.path().join("code"), code.to_string()).unwrap();
@@ -50,7 +58,7 @@ impl Env {
         let port = free_port();
         let args: Vec<String> = vec![
             "--kv".into(),
-            etcd.url.clone(),
+            kv.to_string(),
             "-a".into(),
             dir.path().display().to_string(),
             "-c".into(),
@@ -58,18 +66,19 @@ impl Env {
             "--metrics-port".into(),
             port.to_string(),
             "-l".into(),
-            "info".into(),
+            "warn".into(),
         ];
         let daemon = Daemon::start(&mistify_e2e::binary("nconfigd"), &args, port);
         let ctx = lochness::Context::new(&[etcd.url.as_str()], None)
             .await
             .unwrap();
-        Some(Env {
+        Env {
             dir,
             etcd,
             daemon: Some(daemon),
             ctx,
-        })
+            kv: kv.to_string(),
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -137,7 +146,7 @@ impl Env {
     }
 
     fn kv(&self, tags: &[&str]) -> String {
-        let mut line = format!("--kv {}", self.etcd.url);
+        let mut line = format!("--kv {}", self.kv);
         for t in tags {
             line.push_str(&format!(" -t {t}"));
         }
@@ -387,4 +396,124 @@ fn once_runs_once_with_the_address_of_flag_or_environment() {
     let status = once(dir.path(), &["-c", empty.to_str().unwrap()], &[]);
     assert_eq!(status.code(), Some(2));
     assert_eq!(args().len(), 5);
+}
+
+/// A TCP proxy in front of etcd whose connections can be cut (and new ones refused)
+/// and restored.
+struct Proxy {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: &str) -> Proxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let target = target.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(AtomicBool::new(true));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (o, c) = (open.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !o.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let target = target.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                c.lock().unwrap().push(conn);
+            }
+        });
+        Proxy {
+            port,
+            open,
+            conns,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}
+
+/// `etcdctl` against `url`: its standard output.
+fn etcdctl(url: &str, args: &[&str]) -> String {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("etcdctl");
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_lost_its_history_brings_a_full_run() {
+    if mistify_e2e::skipped("etcd") {
+        return;
+    }
+    let etcd = Etcd::start("nconfigd-etcd");
+    let proxy = Proxy::start(&etcd.url).await;
+    let env = Env::start_on(etcd, &proxy.url(), 0).await;
+    assert_eq!(env.wait_runs(1), [env.kv(&[])]);
+    env.wait_ended(1);
+    env.put("a/1").await;
+    assert_eq!(env.wait_runs(2)[1], env.kv(&["a"]));
+    env.wait_ended(2);
+    // Cut nconfigd off, change a watched key, compact the history past it.
+    proxy.cut();
+    env.put("b/1").await;
+    let status = etcdctl(&env.etcd.url, &["get", "lochness/config/b/1", "-w", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let revision = status["header"]["revision"].as_i64().unwrap();
+    etcdctl(&env.etcd.url, &["compact", &revision.to_string()]);
+    proxy.restore();
+    // The watches cannot resume (a quiet prefix's too: its start revision is gone):
+    // they start again, and one full run follows.
+    assert_eq!(env.wait_runs(3)[2], env.kv(&[]));
+    env.wait_ended(3);
+    let restarts: u64 = env
+        .metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("nconfigd_watch_restarts_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(restarts >= 1, "no watch restart counted");
+    // Watching goes on from there.
+    env.put("a/2").await;
+    assert_eq!(env.wait_runs(4)[3], env.kv(&["a"]));
+    env.wait_ended(4);
+    env.assert_no_overlap();
 }
