@@ -33,7 +33,13 @@ fn example_manifests_load_and_expand() {
     let names: Vec<&str> = loaded.manifests.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(
         names,
-        ["subagent:zfs", "subagent:libvirt", "agent", "heartbeat"]
+        [
+            "subagent:zfs",
+            "subagent:libvirt",
+            "agent",
+            "heartbeat",
+            "nconfigd"
+        ]
     );
     let heartbeat = &loaded.manifests[3];
     assert!(heartbeat
@@ -43,7 +49,7 @@ fn example_manifests_load_and_expand() {
     // Without its id the heartbeat manifest is refused, naming the variable; the rest run.
     let bare = |k: &str| env(k).filter(|_| k != "HYPERVISOR_ID");
     let loaded = load_set("prod", &bare);
-    assert_eq!(loaded.manifests.len(), 3);
+    assert_eq!(loaded.manifests.len(), 4);
     assert!(
         loaded
             .errors
@@ -199,7 +205,8 @@ fn cluster_and_controller_manifests_load_and_expand() {
             "chypervisord",
             "cnetworkd",
             "cplacerd",
-            "cworkerd"
+            "cworkerd",
+            "cbootstrapd"
         ]
     );
     for m in &loaded.manifests {
