@@ -12,7 +12,7 @@ use mistify_e2e::{profile_dir, skipped, TempDir};
 use mistify_supervisor::manifest::load_dir_with;
 
 /// The daemons, in `/usr/sbin`.
-const DAEMONS: [&str; 11] = [
+const DAEMONS: [&str; 13] = [
     "mistify-agent",
     "mistify-libvirt",
     "mistify-zfs",
@@ -24,6 +24,8 @@ const DAEMONS: [&str; 11] = [
     "cnetworkd",
     "cplacerd",
     "cworkerd",
+    "cbootstrapd",
+    "nconfigd",
 ];
 
 /// The operator CLIs, in `/usr/bin`.
