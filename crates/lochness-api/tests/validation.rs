@@ -682,6 +682,28 @@ async fn bad_firewall_rules_are_refused() {
         "0-65535",
     )
     .await;
+    refused(
+        ctx,
+        "PATCH",
+        &one,
+        Some(&rule("tcp", 9, 8, "accept")),
+        400,
+        "portStart 9 is greater than portEnd 8",
+    )
+    .await;
+    // A rule naming a group that does not exist, on a PATCH.
+    let unknown = "0000aaaa-0000-4000-8000-00000000abcd";
+    refused(
+        ctx,
+        "PATCH",
+        &one,
+        Some(&format!(
+            r#"{{"rules":[{{"group":"{unknown}","portStart":22,"portEnd":22,"protocol":"udp","action":"accept"}}]}}"#
+        )),
+        400,
+        &format!("firewall group {unknown} does not exist"),
+    )
+    .await;
 }
 
 #[tokio::test]
