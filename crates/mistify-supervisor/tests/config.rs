@@ -33,14 +33,26 @@ fn example_manifests_load_and_expand() {
     let names: Vec<&str> = loaded.manifests.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(
         names,
-        ["subagent:zfs", "subagent:libvirt", "agent", "heartbeat"]
+        [
+            "subagent:zfs",
+            "subagent:libvirt",
+            "agent",
+            "heartbeat",
+            "nfirewalld"
+        ]
     );
     let heartbeat = &loaded.manifests[3];
     assert!(heartbeat
         .command
         .windows(2)
         .any(|w| w == ["--hypervisor-id", "6c6f6368-6e65-4573-8000-000000000001"]));
-    // Without its id the heartbeat manifest is refused, naming the variable; the rest run.
+    let firewall = &loaded.manifests[4];
+    assert!(firewall
+        .command
+        .windows(2)
+        .any(|w| w == ["--id", "6c6f6368-6e65-4573-8000-000000000001"]));
+    // Without its id the heartbeat and firewall manifests are refused, naming the
+    // variable; the rest run.
     let bare = |k: &str| env(k).filter(|_| k != "HYPERVISOR_ID");
     let loaded = load_set("prod", &bare);
     assert_eq!(loaded.manifests.len(), 3);
