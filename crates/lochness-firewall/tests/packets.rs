@@ -759,3 +759,76 @@ async fn a_refused_ruleset_leaves_the_previous_one() {
     .unwrap();
     assert_eq!(applier.bridge_filtering().await, Ok(false));
 }
+
+/// With `bridge-nf-call-iptables` at 0 where the rules would apply, bridged traffic would
+/// bypass them: nfirewalld refuses to start and says why; `--allow-unbridged` starts it.
+#[tokio::test]
+async fn refuses_to_start_when_bridged_traffic_would_bypass_the_rules() {
+    if mistify_e2e::skipped("netns") || mistify_e2e::skipped("etcd") {
+        return;
+    }
+    let dir = TempDir::new("lochness-fw-unbridged");
+    let mut lab = NetLab::new("fwu");
+    let ns = lab.netns("hv");
+    lab.exec(
+        &ns,
+        "sh",
+        &[
+            "-c",
+            "echo 0 > /proc/sys/net/bridge/bridge-nf-call-iptables",
+        ],
+    )
+    .unwrap();
+    let etcd = Etcd::start("lochness-fw-etcd");
+    let ctx = Context::new(&[etcd.url.as_str()], None).await.unwrap();
+    let mut hv = ctx.new_hypervisor();
+    hv.save().await.unwrap();
+    let file = dir.path().join("mistify.nft");
+    let port = free_port();
+    let args = |extra: &[&str]| -> Vec<String> {
+        let port = port.to_string();
+        let mut v: Vec<String> = [
+            "-k",
+            &etcd.url,
+            "-i",
+            &hv.id,
+            "-f",
+            file.to_str().unwrap(),
+            "--netns",
+            &ns,
+            "--http",
+            &port,
+            "--bind",
+            "127.0.0.1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let out = Command::new(mistify_e2e::binary("nfirewalld"))
+        .args(args(&[]))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bridge-nf-call-iptables is 0"), "{stderr}");
+    assert!(!file.exists(), "nothing was written");
+    // Told to run anyway, it loads its table (and reports the bypass in its metrics).
+    let fw = Firewall::start(
+        &args(&["--allow-unbridged"]),
+        dir.path().join("nfirewalld.log"),
+        port,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fw.healthy().await {
+        assert!(Instant::now() < deadline, "no ruleset: {}", fw.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fw.metric("nfirewalld_bridge_filtering").await, 0.0);
+    assert!(lab
+        .exec(&ns, "nft", &["list", "table", "inet", "mistify"])
+        .is_ok());
+}
