@@ -607,6 +607,20 @@ async fn guest_firewall_with_real_packets() {
         assert!(Instant::now() < deadline, "skipped rules stay counted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // B's stored rule whose source is not a CIDR is repaired through the API as well.
+    let b_url = format!("{}/fwgroups/{}", networks_api.url(), b.id);
+    let (status, body) = send(
+        "PATCH",
+        &b_url,
+        &format!(r#"{{"rules":[{}]}}"#, rule("tcp", 8005, 8005, "")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while fw.metric("nfirewalld_skipped_rules").await != 0.0 {
+        assert!(Instant::now() < deadline, "B's repaired rule stays skipped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A ruleset nft refuses: the previous one stays in force, exactly.
     let in_force = lab.nft(&["list", "table", "inet", "mistify"]).unwrap();

@@ -172,6 +172,24 @@ impl FwGroup {
 }
 
 impl Context {
+    /// Firewall group `id` with a user's PATCH body put over its stored JSON before it is
+    /// decoded (as [`FwGroup::apply_patch`]), so a body that replaces `rules` repairs a
+    /// stored group whose rules cannot be decoded (a `source` that is not a CIDR, written
+    /// by another tool), which [`Context::fwgroup`] refuses to load. Save it with
+    /// [`FwGroup::save_checked`] (compared on the stored revision).
+    pub async fn patched_fwgroup(&self, id: &str, data: &[u8]) -> Result<FwGroup> {
+        let id = canonicalize(id)?;
+        let key = keys::fwgroup_metadata(&id);
+        let kv = self.get(&key).await?.ok_or(Error::NotFound(key))?;
+        let merged = overlay(&kv.text(), data)?;
+        let mut probe = self.new_fwgroup();
+        probe.decode_json(&merged)?;
+        same_id(&probe.id, &id, "invalid ID")?;
+        FwGroup::from_stored(self, &id, &merged, kv.mod_revision)
+    }
+}
+
+impl Context {
     /// Sets configuration keys of hypervisor `id` in one transaction (an empty value
     /// deletes the key) and returns the whole configuration afterwards. Every key is
     /// checked first: an empty one is [`Error::Invalid`] and nothing is written.
