@@ -46,6 +46,19 @@ pub enum ApplyError {
     Load(String),
 }
 
+/// Writes a new file readable by root only (mode 0600, as the original's rules file).
+async fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await?;
+    f.write_all(text.as_bytes()).await?;
+    f.sync_all().await
+}
+
 /// What [`Applier::apply`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -193,7 +206,7 @@ impl Applier {
             path: path.to_path_buf(),
             source,
         };
-        tokio::fs::write(&temp, text)
+        write_private(&temp, text)
             .await
             .map_err(|e| file_error(&temp, e))?;
         let result = self.load(&temp).await;

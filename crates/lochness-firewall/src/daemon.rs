@@ -64,10 +64,10 @@ pub async fn render_and_apply(
     applier: &mut Applier,
     metrics: &Metrics,
 ) -> bool {
-    let (snap, mut skipped, mut notes) = view.snapshot();
+    let (snap, mut notes) = view.snapshot();
     let rendered = render(&settings.table, &snap);
     metrics.renders.inc();
-    skipped.extend(rendered.skipped);
+    let skipped = rendered.skipped;
     notes.extend(rendered.notes);
     for s in &skipped {
         tracing::warn!(group = %s.group, rule = s.rule, reason = %s.reason, "firewall rule skipped: {s}");

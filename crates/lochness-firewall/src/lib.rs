@@ -22,7 +22,7 @@
 //!     id,
 //!     br#"{"rules":[{"portStart":22,"portEnd":22,"protocol":"tcp","action":"accept"}]}"#,
 //! );
-//! assert!(skipped.is_empty());
+//! assert!(skipped.is_empty()); // (every stored rule is valid)
 //! let snap = Snapshot {
 //!     hypervisor: "hv".into(),
 //!     guests: vec![lochness_firewall::model::GuestAddr {
@@ -32,6 +32,7 @@
 //!     }],
 //!     groups: [(id.to_string(), group)].into(),
 //!     members: Default::default(),
+//!     skipped,
 //! };
 //! let text = render("mistify", &snap).text;
 //! assert!(text.contains("10.0.0.5 : jump g_aaaaaaaa-0000-4000-8000-000000000001"));

@@ -30,6 +30,9 @@ pub struct Snapshot {
     pub groups: BTreeMap<String, Group>,
     /// The addresses of the cluster's guests by firewall group id.
     pub members: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    /// Rules of the groups left out while decoding them ([`crate::model::decode_group`]);
+    /// those of the groups used here are reported with the ruleset.
+    pub skipped: Vec<Skipped>,
 }
 
 /// A rendered ruleset.
@@ -37,7 +40,8 @@ pub struct Snapshot {
 pub struct Rendered {
     /// The nft file.
     pub text: String,
-    /// Rules left out of this ruleset (a group they refer to does not exist).
+    /// Rules of the groups used here left out of this ruleset (invalid as stored, or a
+    /// group they refer to does not exist).
     pub skipped: Vec<Skipped>,
     /// Guests whose traffic is dropped because their group is unknown or missing, and
     /// guests left out (a second guest with the same address).
@@ -129,6 +133,12 @@ pub fn render(table: &str, snap: &Snapshot) -> Rendered {
         };
         targets.insert(*ip, chain);
     }
+    skipped.extend(
+        snap.skipped
+            .iter()
+            .filter(|s| used.contains(s.group.as_str()))
+            .cloned(),
+    );
     // The rules of the used groups; the member sets they need.
     let mut chains: Vec<(String, Vec<String>)> = Vec::new();
     let mut sets: BTreeSet<&str> = BTreeSet::new();
@@ -265,6 +275,11 @@ mod tests {
                     BTreeSet::from(["10.78.0.50".parse().unwrap(), "10.78.0.12".parse().unwrap()]),
                 ),
             ]),
+            skipped: vec![Skipped {
+                group: A.into(),
+                rule: 9,
+                reason: "stored badly".into(),
+            }],
         }
     }
 
@@ -296,9 +311,10 @@ table inet mistify {{
 }}
 "
         );
-        // g0 sorts before g1 and takes 10.78.0.11: group A is not used here, and B's
-        // (empty) rules need no member set.
+        // g0 sorts before g1 and takes 10.78.0.11: group A is not used here (its skipped
+        // rule is not reported), and B's (empty) rules need no member set.
         assert_eq!(r.text, expected);
+        assert!(r.skipped.is_empty());
         assert_eq!(
             r.notes,
             [
@@ -341,11 +357,18 @@ table inet mistify {{
         assert!(r.text.contains("\t\t\t10.78.0.11 : jump g_"), "{}", r.text);
         assert_eq!(
             r.skipped,
-            [Skipped {
-                group: A.into(),
-                rule: 4,
-                reason: format!("group {GONE} does not exist"),
-            }]
+            [
+                Skipped {
+                    group: A.into(),
+                    rule: 9,
+                    reason: "stored badly".into(),
+                },
+                Skipped {
+                    group: A.into(),
+                    rule: 4,
+                    reason: format!("group {GONE} does not exist"),
+                }
+            ]
         );
         // The same data in another order renders the same text.
         let mut shuffled = snap.clone();

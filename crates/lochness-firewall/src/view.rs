@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use lochness::{keys, ChangeKind, Context, WatchEvent};
 use serde_json::Value;
 
-use crate::model::{decode_group, GuestAddr, Skipped};
+use crate::model::{decode_group, GuestAddr};
 use crate::render::Snapshot;
 
 /// What the firewall reads of a guest.
@@ -111,9 +111,9 @@ impl View {
         relevant
     }
 
-    /// What the renderer needs, with the rules left out while decoding and the notes on
-    /// guests that cannot be filtered.
-    pub fn snapshot(&self) -> (Snapshot, Vec<Skipped>, Vec<String>) {
+    /// What the renderer needs (with the rules left out while decoding), and the notes
+    /// on guests that cannot be filtered.
+    pub fn snapshot(&self) -> (Snapshot, Vec<String>) {
         let mut skipped = Vec::new();
         let mut notes = Vec::new();
         let mut groups = BTreeMap::new();
@@ -158,8 +158,9 @@ impl View {
             guests,
             groups,
             members,
+            skipped,
         };
-        (snap, skipped, notes)
+        (snap, notes)
     }
 }
 
@@ -227,7 +228,7 @@ mod tests {
             ""
         )));
         assert!(!v.apply(&event("lochness/hypervisors/other/guests/g3", put, "")));
-        let (snap, skipped, notes) = v.snapshot();
+        let (snap, notes) = v.snapshot();
         assert_eq!(
             snap.guests,
             [
@@ -247,7 +248,7 @@ mod tests {
             snap.members[A],
             BTreeSet::from(["10.0.0.1".parse().unwrap(), "10.0.0.3".parse().unwrap()])
         );
-        assert_eq!(skipped.len(), 1);
+        assert_eq!(snap.skipped.len(), 1);
         assert_eq!(
             notes,
             ["guest gx is linked to this hypervisor but does not exist"]
@@ -263,7 +264,7 @@ mod tests {
             ChangeKind::Delete,
             "",
         ));
-        let (snap, _, notes) = v.snapshot();
+        let (snap, notes) = v.snapshot();
         assert_eq!(
             snap.members[A],
             BTreeSet::from(["10.0.0.1".parse().unwrap()])

@@ -719,6 +719,13 @@ async fn a_refused_ruleset_leaves_the_previous_one() {
     assert_eq!(applier.bridge_filtering().await, Ok(true));
     let good = "table inet mistify\ndelete table inet mistify\ntable inet mistify {\n\tset m_x {\n\t\ttype ipv4_addr\n\t\telements = { 10.78.0.1 }\n\t}\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tip saddr @m_x counter drop\n\t}\n}\n";
     applier.apply(good).await.unwrap();
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the rules file is root's only, as the original's"
+    );
     assert_eq!(
         applier.apply(good).await.unwrap(),
         lochness_firewall::apply::Applied::Unchanged
