@@ -235,6 +235,21 @@ impl Firewall {
         fw
     }
 
+    /// SIGTERM, then the exit code within `timeout`.
+    fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -849,6 +864,17 @@ async fn refuses_to_start_when_bridged_traffic_would_bypass_the_rules() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(fw.metric("nfirewalld_bridge_filtering").await, 0.0);
+    assert!(lab
+        .exec(&ns, "nft", &["list", "table", "inet", "mistify"])
+        .is_ok());
+    // SIGTERM ends it cleanly; its table stays in force.
+    let mut fw = fw;
+    assert_eq!(
+        fw.terminate(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        fw.log_text()
+    );
     assert!(lab
         .exec(&ns, "nft", &["list", "table", "inet", "mistify"])
         .is_ok());
