@@ -443,8 +443,9 @@ async fn update_fwgroup(
 ) -> Result<Response, ApiError> {
     let id = path_id(&id, "firewall group")?;
     let bytes = read_body(body).await?;
-    let mut g = api.ctx.fwgroup(&id).await?;
-    g.apply_patch(&bytes)?;
+    // Over the stored JSON: a body replacing `rules` repairs a group whose stored rules
+    // cannot be decoded.
+    let mut g = api.ctx.patched_fwgroup(&id, &bytes).await?;
     g.save_checked().await.map_err(reference)?;
     Ok(json_text(StatusCode::OK, g.to_json()))
 }

@@ -682,6 +682,69 @@ async fn bad_firewall_rules_are_refused() {
         "0-65535",
     )
     .await;
+    refused(
+        ctx,
+        "PATCH",
+        &one,
+        Some(&rule("tcp", 9, 8, "accept")),
+        400,
+        "portStart 9 is greater than portEnd 8",
+    )
+    .await;
+    // A rule naming a group that does not exist, on a PATCH.
+    let unknown = "0000aaaa-0000-4000-8000-00000000abcd";
+    refused(
+        ctx,
+        "PATCH",
+        &one,
+        Some(&format!(
+            r#"{{"rules":[{{"group":"{unknown}","portStart":22,"portEnd":22,"protocol":"udp","action":"accept"}}]}}"#
+        )),
+        400,
+        &format!("firewall group {unknown} does not exist"),
+    )
+    .await;
+}
+
+/// A group stored by another tool with a rule whose source is not a CIDR cannot be
+/// read, but a PATCH replacing its rules repairs it; a PATCH keeping the bad rule is
+/// refused and changes nothing.
+#[tokio::test]
+async fn a_stored_group_with_a_bad_source_is_repaired_by_a_patch() {
+    let Some(env) = env().await else { return };
+    let ctx = &env.ctx;
+    let id = "0000aaaa-0000-4000-8000-0000000000fe";
+    let key = lochness::keys::fwgroup_metadata(id);
+    ctx.client()
+        .put(
+            ctx.abs(&key),
+            format!(
+                r#"{{"id":"{id}","metadata":{{}},"rules":[{{"source":"10.0.0.0/33","portStart":22,"portEnd":22,"protocol":"tcp","action":"accept"}}]}}"#
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    let url = format!("{}/fwgroups/{id}", env.networks);
+    refused(ctx, "GET", &url, None, 400, "invalid CIDR").await;
+    refused(
+        ctx,
+        "PATCH",
+        &url,
+        Some(r#"{"metadata":{"a":"b"}}"#),
+        400,
+        "invalid CIDR",
+    )
+    .await;
+    let r = common::send(
+        "PATCH",
+        &url,
+        Some(r#"{"rules":[{"source":"10.0.0.0/8","portStart":22,"portEnd":22,"protocol":"tcp","action":"accept"}]}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["rules"][0]["source"], "10.0.0.0/8");
+    assert_eq!(ctx.fwgroup(id).await.unwrap().rules.len(), 1);
 }
 
 #[tokio::test]

@@ -38,6 +38,7 @@ fn example_manifests_load_and_expand() {
             "subagent:libvirt",
             "agent",
             "heartbeat",
+            "nfirewalld",
             "nconfigd"
         ]
     );
@@ -46,7 +47,13 @@ fn example_manifests_load_and_expand() {
         .command
         .windows(2)
         .any(|w| w == ["--hypervisor-id", "6c6f6368-6e65-4573-8000-000000000001"]));
-    // Without its id the heartbeat manifest is refused, naming the variable; the rest run.
+    let firewall = &loaded.manifests[4];
+    assert!(firewall
+        .command
+        .windows(2)
+        .any(|w| w == ["--id", "6c6f6368-6e65-4573-8000-000000000001"]));
+    // Without its id the heartbeat and firewall manifests are refused, naming the
+    // variable; the rest run.
     let bare = |k: &str| env(k).filter(|_| k != "HYPERVISOR_ID");
     let loaded = load_set("prod", &bare);
     assert_eq!(loaded.manifests.len(), 4);
