@@ -199,7 +199,8 @@ fn cluster_and_controller_manifests_load_and_expand() {
             "chypervisord",
             "cnetworkd",
             "cplacerd",
-            "cworkerd"
+            "cworkerd",
+            "cdhcpd"
         ]
     );
     for m in &loaded.manifests {
