@@ -172,12 +172,39 @@ fn the_recorded_files_are_written_byte_for_byte() {
             &hv3.to_string(),
         ],
     );
+    // A hypervisor without an address is left out (the original printed `<nil>`, which
+    // dhcpd refuses); the rest of the file is still written (and passed dhcpd's check).
+    let hv4 = serde_json::json!({"id": "aaaa0084-1111-4111-8111-000000000084", "mac": "52:54:00:8a:00:84"});
+    etcdctl(
+        &etcd,
+        &[
+            "put",
+            "lochness/hypervisors/aaaa0084-1111-4111-8111-000000000084/metadata",
+            &hv4.to_string(),
+        ],
+    );
     wait_for("the delete", Duration::from_secs(10), || {
         !read(&guests).contains(g1)
     });
     wait_for("the new hypervisor", Duration::from_secs(10), || {
         read(&hv).contains("52:54:00:8A:00:83;")
     });
+    // A later change on the same prefix marks the render that has seen hypervisor 4.
+    let mut hv3b = hv3.clone();
+    hv3b["gateway"] = serde_json::json!("192.168.80.254");
+    etcdctl(
+        &etcd,
+        &[
+            "put",
+            "lochness/hypervisors/aaaa0083-1111-4111-8111-000000000083/metadata",
+            &hv3b.to_string(),
+        ],
+    );
+    wait_for("the marker", Duration::from_secs(10), || {
+        read(&hv).contains("192.168.80.254;")
+    });
+    assert!(!read(&hv).contains("aaaa0084"), "{}", read(&hv));
+    assert!(!read(&hv).contains("<nil>"));
     // No temporary file is left in the directory.
     let names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
