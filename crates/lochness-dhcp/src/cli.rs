@@ -74,7 +74,8 @@ pub struct Args {
     /// The limit on one control-socket exchange.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub kea_timeout: Duration,
-    /// How long a burst of etcd changes may last before the configuration is rendered.
+    /// How long after the first of a burst of etcd changes the configuration is rendered
+    /// (the changes that arrived meanwhile are rendered together).
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub debounce: Duration,
     /// Log level: error, warning, info, debug, trace (or a filter).

@@ -81,6 +81,16 @@ fn owned(dhcp4: &Value) -> usize {
         .unwrap_or(0)
 }
 
+/// A child killed and reaped when the test ends, also when it fails.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_refused_test_sets_nothing_and_a_failed_set_restores_the_previous_configuration() {
     let etcd = Etcd::start("lochness-dhcp-keafail");
@@ -124,19 +134,21 @@ fn a_refused_test_sets_nothing_and_a_failed_set_restores_the_previous_configurat
         std::thread::spawn(move || serve(listener, kea));
     }
     let port = mistify_e2e::free_port();
-    let mut cdhcpd = Command::new(env!("CARGO_BIN_EXE_cdhcpd"))
-        .args(["-d", "lochness.test", "-k", &etcd.url, "--kea-socket"])
-        .arg(&sock)
-        .args([
-            "--kea-check-interval",
-            "200ms",
-            "--bind",
-            "127.0.0.1",
-            "--http",
-            &port.to_string(),
-        ])
-        .spawn()
-        .unwrap();
+    let cdhcpd = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_cdhcpd"))
+            .args(["-d", "lochness.test", "-k", &etcd.url, "--kea-socket"])
+            .arg(&sock)
+            .args([
+                "--kea-check-interval",
+                "200ms",
+                "--bind",
+                "127.0.0.1",
+                "--http",
+                &port.to_string(),
+            ])
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while owned(&kea.lock().unwrap().config) == 0 {
         assert!(
@@ -149,8 +161,7 @@ fn a_refused_test_sets_nothing_and_a_failed_set_restores_the_previous_configurat
     let metrics = mistify_e2e::stack::http_get(&format!("http://127.0.0.1:{port}/metrics"))
         .unwrap()
         .1;
-    let _ = cdhcpd.kill();
-    let _ = cdhcpd.wait();
+    drop(cdhcpd);
 
     let k = kea.lock().unwrap();
     let commands: Vec<&str> = k.log.iter().map(|(c, _)| c.as_str()).collect();

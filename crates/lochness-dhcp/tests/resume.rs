@@ -115,6 +115,16 @@ fn guest(n: u32) -> (String, String) {
     (format!("lochness/guests/{id}/metadata"), v.to_string())
 }
 
+/// A child killed and reaped when the test ends, also when it fails.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn watches_resume_after_an_outage_and_a_compacted_revision_reloads_everything() {
     let dir = TempDir::new("lochness-dhcp-resume");
@@ -131,21 +141,23 @@ fn watches_resume_after_an_outage_and_a_compacted_revision_reloads_everything() 
     let conf = dir.path().join("conf");
     std::fs::create_dir_all(&conf).unwrap();
     let port = mistify_e2e::free_port();
-    let mut cdhcpd = Command::new(env!("CARGO_BIN_EXE_cdhcpd"))
-        .args(["-d", "lochness.test", "-k", &etcd.url, "-c"])
-        .arg(&conf)
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--http",
-            &port.to_string(),
-            "--debounce",
-            "20ms",
-            "-l",
-            "info",
-        ])
-        .spawn()
-        .unwrap();
+    let cdhcpd = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_cdhcpd"))
+            .args(["-d", "lochness.test", "-k", &etcd.url, "-c"])
+            .arg(&conf)
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--http",
+                &port.to_string(),
+                "--debounce",
+                "20ms",
+                "-l",
+                "info",
+            ])
+            .spawn()
+            .unwrap(),
+    );
     let guests = conf.join("guests.conf");
     let has = |ip: &str| {
         std::fs::read_to_string(&guests)
@@ -167,12 +179,12 @@ fn watches_resume_after_an_outage_and_a_compacted_revision_reloads_everything() 
     assert_eq!(reloads(), 1);
 
     // An outage: cdhcpd frozen, etcd restarted, a guest added meanwhile.
-    signal(&cdhcpd, "-STOP");
+    signal(&cdhcpd.0, "-STOP");
     etcd.kill();
     etcd.run();
     let (k2, v2) = guest(2);
     etcd.ctl(&["put", &k2, &v2]);
-    signal(&cdhcpd, "-CONT");
+    signal(&cdhcpd.0, "-CONT");
     wait(
         "the guest added during the outage",
         Duration::from_secs(20),
@@ -181,7 +193,7 @@ fn watches_resume_after_an_outage_and_a_compacted_revision_reloads_everything() 
     assert_eq!(reloads(), 1, "resumed from its revision, no full read");
 
     // Again, and this time the revisions cdhcpd has not seen are compacted away.
-    signal(&cdhcpd, "-STOP");
+    signal(&cdhcpd.0, "-STOP");
     etcd.kill();
     etcd.run();
     let (k3, v3) = guest(3);
@@ -189,7 +201,7 @@ fn watches_resume_after_an_outage_and_a_compacted_revision_reloads_everything() 
     etcd.ctl(&["del", &k1]);
     let rev = etcd.revision();
     etcd.ctl(&["compact", &rev.to_string()]);
-    signal(&cdhcpd, "-CONT");
+    signal(&cdhcpd.0, "-CONT");
     wait(
         "the full read after compaction",
         Duration::from_secs(20),
@@ -198,6 +210,5 @@ fn watches_resume_after_an_outage_and_a_compacted_revision_reloads_everything() 
     wait("the reload counted", Duration::from_secs(5), || {
         reloads() == 2
     });
-    let _ = cdhcpd.kill();
-    let _ = cdhcpd.wait();
+    drop(cdhcpd);
 }
