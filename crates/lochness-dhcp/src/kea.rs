@@ -572,3 +572,185 @@ pub async fn sync(socket: &ControlSocket, desired: &Desired) -> Result<Synced, S
     }
     Ok(Synced::Applied)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted(preferred_id: u32, subnet: &str, digest: &str) -> WantedSubnet {
+        let mut entry = Map::new();
+        entry.insert("subnet".into(), json!(subnet));
+        entry.insert(
+            "user-context".into(),
+            json!({OWNER_KEY: {"subnet": subnet, "digest": digest}}),
+        );
+        entry.insert("pools".into(), json!([]));
+        entry.insert("reservations".into(), json!([]));
+        WantedSubnet {
+            preferred_id,
+            entry,
+        }
+    }
+
+    fn desired(digest: &str, subnets: Vec<WantedSubnet>, classes: Vec<Value>) -> Desired {
+        Desired {
+            subnets,
+            classes,
+            digest: digest.into(),
+            guests: 0,
+            hypervisors: 0,
+        }
+    }
+
+    #[test]
+    fn subnet_ids_come_from_the_uuid_and_stay_in_keas_range() {
+        assert_eq!(
+            subnet_id_of("bbbb0081-2222-4222-8222-000000000081"),
+            0xbbbb_0081
+        );
+        assert_eq!(subnet_id_of("00000000-2222-4222-8222-000000000081"), 1);
+        assert_eq!(subnet_id_of("ffffffff-2222-4222-8222-000000000081"), MAX_ID);
+        // Not a UUID: still a stable id in range.
+        let odd = subnet_id_of("xyz");
+        assert_eq!(odd, subnet_id_of("xyz"));
+        assert!((1..=MAX_ID).contains(&odd));
+    }
+
+    #[test]
+    fn merging_replaces_only_what_cdhcpd_owns_and_moves_a_taken_id() {
+        let live = json!({
+            "interfaces-config": {"interfaces": ["eth0"]},
+            "subnet4": [
+                {"id": 5, "subnet": "192.0.2.0/24"},
+                {"id": 9, "subnet": "10.1.0.0/24", "user-context": {OWNER_KEY: {"digest": "old"}}}
+            ],
+            "shared-networks": [{"name": "n", "subnet4": [{"id": 6, "subnet": "198.51.100.0/24"}]}],
+            "client-classes": [{"name": "mine"}, {"name": "cdhcpd-hypervisor-pxe"}]
+        });
+        let d = desired(
+            "new",
+            vec![
+                wanted(5, "10.2.0.0/24", "new"),
+                wanted(6, "10.3.0.0/24", "new"),
+            ],
+            vec![json!({"name": "cdhcpd-hypervisor-ipxe"})],
+        );
+        assert!(!d.is_in(&live));
+        let next = d.merge_into(&live);
+        assert_eq!(next["interfaces-config"], live["interfaces-config"]);
+        assert_eq!(next["shared-networks"], live["shared-networks"]);
+        let subnets = next["subnet4"].as_array().unwrap();
+        assert_eq!(subnets.len(), 3, "{subnets:?}");
+        assert_eq!(
+            subnets[0], live["subnet4"][0],
+            "the operator's subnet stays"
+        );
+        // 5 and 6 are taken (one in a shared network): the next free ids.
+        assert_eq!(
+            (subnets[1]["id"].as_u64(), subnets[1]["subnet"].as_str()),
+            (Some(7), Some("10.2.0.0/24"))
+        );
+        assert_eq!(subnets[2]["id"], 8);
+        let classes: Vec<&str> = next["client-classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(classes, ["mine", "cdhcpd-hypervisor-ipxe"]);
+        assert!(d.is_in(&next));
+        // A restarted Kea (its file: nothing of ours) is out of sync again.
+        let restarted = json!({"subnet4": [{"id": 5, "subnet": "192.0.2.0/24"}]});
+        assert!(!d.is_in(&restarted));
+        // Nothing wanted and nothing owned: in sync, and a merge removes our leftovers.
+        let empty = desired("e", vec![], vec![]);
+        assert!(empty.is_in(&restarted));
+        assert!(!empty.is_in(&next));
+        let cleaned = empty.merge_into(&next);
+        assert_eq!(cleaned["subnet4"].as_array().unwrap().len(), 1);
+        assert_eq!(cleaned["client-classes"], json!([{"name": "mine"}]));
+    }
+
+    #[test]
+    fn the_id_search_wraps_at_keas_maximum() {
+        let live = json!({"subnet4": [{"id": MAX_ID, "subnet": "192.0.2.0/24"}]});
+        let d = desired("d", vec![wanted(MAX_ID, "10.2.0.0/24", "d")], vec![]);
+        assert_eq!(d.merge_into(&live)["subnet4"][1]["id"], 1);
+    }
+
+    #[test]
+    fn reservations_kea_would_refuse_are_left_out() {
+        let net: Ipv4Network = "10.0.0.0/24".parse().unwrap();
+        let mut r = Reservations::default();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert!(r.add(
+            net,
+            "guest",
+            "a",
+            "02:00:00:00:00:01".into(),
+            ip("10.0.0.10"),
+            vec![]
+        ));
+        assert!(
+            !r.add(
+                net,
+                "guest",
+                "b",
+                "02:00:00:00:00:01".into(),
+                ip("10.0.0.11"),
+                vec![]
+            ),
+            "same MAC"
+        );
+        assert!(
+            !r.add(
+                net,
+                "guest",
+                "c",
+                "02:00:00:00:00:03".into(),
+                ip("10.0.0.10"),
+                vec![]
+            ),
+            "same address"
+        );
+        assert!(
+            !r.add(
+                net,
+                "guest",
+                "d",
+                "02:00:00:00:00:04".into(),
+                ip("10.0.1.10"),
+                vec![]
+            ),
+            "outside"
+        );
+        assert!(
+            !r.add(
+                net,
+                "guest",
+                "e",
+                "02:00:00:00:00:05".into(),
+                ip("10.0.0.0"),
+                vec![]
+            ),
+            "network"
+        );
+        assert!(
+            !r.add(
+                net,
+                "guest",
+                "f",
+                "02:00:00:00:00:06".into(),
+                ip("10.0.0.255"),
+                vec![]
+            ),
+            "broadcast"
+        );
+        assert_eq!(
+            r.list,
+            vec![
+                json!({"hw-address": "02:00:00:00:00:01", "ip-address": "10.0.0.10", "hostname": "a"})
+            ]
+        );
+    }
+}
