@@ -12,7 +12,7 @@ use mistify_e2e::{profile_dir, skipped, TempDir};
 use mistify_supervisor::manifest::load_dir_with;
 
 /// The daemons, in `/usr/sbin`.
-const DAEMONS: [&str; 13] = [
+const DAEMONS: [&str; 15] = [
     "mistify-agent",
     "mistify-libvirt",
     "mistify-zfs",
@@ -25,6 +25,8 @@ const DAEMONS: [&str; 13] = [
     "cplacerd",
     "cworkerd",
     "cbootstrapd",
+    "cdhcpd",
+    "nfirewalld",
     "nconfigd",
 ];
 

@@ -213,7 +213,8 @@ fn cluster_and_controller_manifests_load_and_expand() {
             "cnetworkd",
             "cplacerd",
             "cworkerd",
-            "cbootstrapd"
+            "cbootstrapd",
+            "cdhcpd"
         ]
     );
     for m in &loaded.manifests {
