@@ -23,9 +23,14 @@ pub const DEFAULT_IMAGES: &str = "/var/lib/images";
 #[command(
     name = "cbootstrapd",
     about = "Network boot of hypervisors: the iPXE script (/ipxe/{ip}), the node configuration (/config/{ip}) and the boot images (/images/…), from the cluster's etcd",
+    version,
     disable_version_flag = true
 )]
 pub struct Args {
+    /// Print the program's version (`-v`/`--version` is the image version, as in the
+    /// original).
+    #[arg(short = 'V', long = "program-version", action = clap::ArgAction::Version)]
+    program_version: Option<bool>,
     /// Port to listen on.
     #[arg(short = 'p', long, default_value_t = DEFAULT_PORT)]
     pub port: u16,

@@ -120,7 +120,13 @@ fn the_package_installs_with_the_documented_layout() {
         for name in names {
             let path = root.join(dir).join(name);
             assert!(path.is_file(), "{} is missing", path.display());
-            let version = run(Command::new(&path).arg("--version"));
+            // cbootstrapd keeps the original's `-v/--version` (the image version).
+            let flag = if *name == "cbootstrapd" {
+                "-V"
+            } else {
+                "--version"
+            };
+            let version = run(Command::new(&path).arg(flag));
             assert!(
                 version.contains(env!("CARGO_PKG_VERSION")),
                 "{name} --version printed {version:?}"
