@@ -784,15 +784,8 @@ async fn a_refused_ruleset_leaves_the_previous_one() {
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
     // With bridge-nf-call-iptables off in the namespace, the check says so.
-    lab.exec(
-        &ns,
-        "sh",
-        &[
-            "-c",
-            "echo 0 > /proc/sys/net/bridge/bridge-nf-call-iptables",
-        ],
-    )
-    .unwrap();
+    lab.sysctl(&ns, "net.bridge.bridge-nf-call-iptables", "0")
+        .unwrap();
     assert_eq!(applier.bridge_filtering().await, Ok(false));
 }
 
@@ -806,15 +799,8 @@ async fn refuses_to_start_when_bridged_traffic_would_bypass_the_rules() {
     let dir = TempDir::new("lochness-fw-unbridged");
     let mut lab = NetLab::new("fwu");
     let ns = lab.netns("hv");
-    lab.exec(
-        &ns,
-        "sh",
-        &[
-            "-c",
-            "echo 0 > /proc/sys/net/bridge/bridge-nf-call-iptables",
-        ],
-    )
-    .unwrap();
+    lab.sysctl(&ns, "net.bridge.bridge-nf-call-iptables", "0")
+        .unwrap();
     let etcd = Etcd::start("lochness-fw-etcd");
     let ctx = Context::new(&[etcd.url.as_str()], None).await.unwrap();
     let mut hv = ctx.new_hypervisor();

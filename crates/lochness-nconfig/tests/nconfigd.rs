@@ -494,7 +494,11 @@ async fn a_watch_that_lost_its_history_brings_a_full_run() {
     // Cut nconfigd off, change a watched key, compact the history past it.
     proxy.cut();
     env.put("b/1").await;
-    let status = etcdctl(&env.etcd.url, &["get", "lochness/config/b/1", "-w", "json"]);
+    // A write outside the watched prefixes, and the compaction at its revision: b/1's
+    // revision is gone too, so no watch can resume (compacting at b/1's own revision
+    // would keep it, and a watch resuming from there would deliver b/1).
+    etcdctl(&env.etcd.url, &["put", "lochness/unwatched", "x"]);
+    let status = etcdctl(&env.etcd.url, &["get", "lochness/unwatched", "-w", "json"]);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     let revision = status["header"]["revision"].as_i64().unwrap();
     etcdctl(&env.etcd.url, &["compact", &revision.to_string()]);

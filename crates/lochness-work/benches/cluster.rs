@@ -383,6 +383,7 @@ async fn throughput(dir: &Path) {
     };
     let cpu_before = cpu_by_kind();
     let bench_cpu = cpu_secs(std::process::id());
+    let etcd_before = etcd_counts(&etcd.url);
     let client = client(&api);
     let jobs = JobWatch::start(&cluster.ctx).await;
     let body = guest_body(&cluster);
@@ -437,6 +438,53 @@ async fn throughput(dir: &Path) {
         (cpu_secs(std::process::id()) - bench_cpu) * 1000.0 / done.max(1) as f64
     ));
     println!("throughput: CPU per guest done: {}", parts.join(", "));
+    let etcd_after = etcd_counts(&etcd.url);
+    let per_guest: Vec<String> = etcd_after
+        .iter()
+        .map(|(name, after)| {
+            let before = etcd_before.get(name).copied().unwrap_or(0.0);
+            format!("{name} {:.1}", (after - before) / done.max(1) as f64)
+        })
+        .collect();
+    println!("throughput: etcd per guest done: {}", per_guest.join(", "));
+}
+
+/// Counters of etcd's `/metrics`: requests by gRPC method, proposals committed, WAL
+/// fsyncs, watch events sent.
+fn etcd_counts(url: &str) -> BTreeMap<String, f64> {
+    let text = mistify_e2e::stack::http_get(&format!("{url}/metrics"))
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let name = if series.starts_with("grpc_server_handled_total{") {
+            match series
+                .split("grpc_method=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+            {
+                Some(method) => format!("{method} requests"),
+                None => continue,
+            }
+        } else if series.starts_with("etcd_server_proposals_committed_total") {
+            "proposals committed".to_string()
+        } else if series.starts_with("etcd_disk_wal_fsync_duration_seconds_count") {
+            "WAL fsyncs".to_string()
+        } else if series.starts_with("etcd_debugging_mvcc_events_total") {
+            "watch events sent".to_string()
+        } else {
+            continue;
+        };
+        *out.entry(name).or_insert(0.0) += value;
+    }
+    out.retain(|_, v| *v > 0.0);
+    out
 }
 
 /// A new unplaced guest of `cluster`'s flavor and network (not saved).

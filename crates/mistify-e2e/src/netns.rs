@@ -157,6 +157,17 @@ impl NetLab {
         run(self.command(ns, program).args(args))
     }
 
+    /// Sets the sysctl `key` (dotted, e.g. `net.bridge.bridge-nf-call-iptables`) of
+    /// namespace `ns` to `value`. It writes through a procfs mounted privately for the
+    /// write, so it works where `/proc/sys` is mounted read-only (a container, a build
+    /// root) — network sysctls belong to the namespace, not to the mount.
+    pub fn sysctl(&self, ns: &str, key: &str, value: &str) -> Result<(), String> {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let script = format!("mount -t proc proc /proc && echo {value} > {path}");
+        self.exec(ns, "unshare", &["-m", "sh", "-c", &script])
+            .map(|_| ())
+    }
+
     /// Starts `cmd` and keeps it: killed and waited when the lab is dropped (or earlier
     /// with [`NetLab::stop`]). Returns its pid.
     pub fn spawn(&mut self, cmd: &mut Command) -> u32 {

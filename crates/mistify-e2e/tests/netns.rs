@@ -20,6 +20,15 @@ fn a_lab_links_two_namespaces_and_removes_everything_on_drop() {
         let route = lab.exec(&a, "ip", &["route", "get", "10.250.0.2"]).unwrap();
         assert!(route.contains(&format!("dev {va}")), "{route}");
         assert!(!ip(&["addr"]).unwrap().contains("10.250.0."));
+        // A sysctl of one namespace changes there and nowhere else.
+        lab.sysctl(&a, "net.ipv4.ip_forward", "1").unwrap();
+        let read = |ns: &str| {
+            lab.exec(ns, "cat", &["/proc/sys/net/ipv4/ip_forward"])
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!((read(&a), read(&b)), ("1".to_string(), "0".to_string()));
         // A process left running inside a namespace does not keep it alive.
         pid = lab.spawn(lab.command(&b, "sleep").arg("600"));
         assert_eq!(lab.pids(&b), vec![pid]);
