@@ -9,8 +9,9 @@
 #   - network namespaces (`ip netns`);
 #   - `mistify-*`, `lochness-*` and `etcd-*` entries in $TMPDIR (the lock file
 #     mistify-zpool.lock, shared by every run on the machine, is not counted).
-# A zfs-fuse daemon that the tests started (none ran before) is stopped first when it
-# holds no pool: a machine service the run brought up is not a leftover of a test, but
+# /run/netns, mounted by `ip netns add` on first use, is unmounted when the run made it
+# and left it empty. A zfs-fuse daemon that the tests started (none ran before) is
+# stopped first when it holds no pool: a machine service the run brought up is not a leftover of a test, but
 # it must not outlive the run either.
 set -u
 cd "$(dirname "$0")/.."
@@ -49,6 +50,12 @@ case "$mode" in
         && [ -z "$(timeout 10 zpool list -H -o name 2>/dev/null)" ]; then
       pkill -x zfs-fuse
       for _ in $(seq 50); do pgrep -x zfs-fuse >/dev/null || break; sleep 0.2; done
+    fi
+    # `ip netns add` mounts /run/netns (a shared bind mount of the directory) the first
+    # time a machine gets a named namespace; when the run made it and no namespace is
+    # left in it, it is unmounted too.
+    if ! grep -qx 'mount /run/netns (.*)' "$file" && [ -z "$(ip netns list 2>/dev/null)" ]; then
+      while grep -q ' /run/netns ' /proc/mounts; do umount /run/netns 2>/dev/null || break; done
     fi
     now=$(state | sort)
     # Processes are compared by pid and name only (arguments may differ in spacing).
