@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Does what the README says, literally: `make run` in the background, the README
-# walk-through (both blocks) against it, then Ctrl-C (SIGINT to make's process group),
+# walk-throughs (the cluster's, then the hypervisor's) against it, then Ctrl-C (SIGINT
+# to make's process group),
 # and checks that no service process, pool or mount of the stack is left. For a fresh
 # machine: `../shared/tools/freshroot.sh run DIR . -- scripts/try-make-run.sh`.
 set -euo pipefail
@@ -12,22 +13,32 @@ setsid make run >"$log" 2>&1 &
 pgid=$!
 cleanup() { kill -INT -- "-$pgid" 2>/dev/null || true; }
 trap cleanup EXIT
+# Ready as the README says: both hypervisors registered and alive (their heartbeats in
+# etcd), as chypervisord lists them.
+ready() {
+  local alive
+  alive=$(curl -sf "http://127.0.0.1:$HYPERVISORS_PORT/hypervisors?alive=true" 2>/dev/null) || return 1
+  [[ "$alive" == *"$HV1_ID"* && "$alive" == *"$HV2_ID"* ]]
+}
 for _ in $(seq 1 1800); do
-  grep -q "dev stack is up" "$log" && break
+  ready && break
   if ! kill -0 "$pgid" 2>/dev/null; then cat "$log"; echo "try-make-run: make run exited" >&2; exit 1; fi
   sleep 1
 done
-grep -q "dev stack is up" "$log" || { tail -50 "$log"; echo "try-make-run: the stack did not come up" >&2; exit 1; }
+ready || { tail -50 "$log"; echo "try-make-run: the dev cluster did not come up" >&2; exit 1; }
 # The supervisor and every process below it, as pid:starttime (a reused pid is no match).
 starttime() { awk '{sub(/.*\) /, ""); print $20}' "/proc/$1/stat" 2>/dev/null; }
 tree() { echo "$1"; for c in $(pgrep -P "$1"); do tree "$c"; done; }
 sup=$(pgrep -f "mistify-supervisord --addr $SUPERVISOR_ADDR" | head -1)
-procs=$(for p in $(tree "$sup"); do echo "$p:$(starttime "$p")"; done)
-echo "try-make-run: the stack is up ($(echo "$procs" | wc -l) processes); running the README walk-through"
-script=$(awk '/<!-- walkthrough:begin -->/{on=1;next} /<!-- walkthrough:end -->/{on=0} on' README.md \
-  | awk '/^```sh/{inb=1;next} /^```/{inb=0;next} inb')
+procs=$(for p in $(tree "$sup"); do echo "$p:$(starttime "$p"):$(cat "/proc/$p/comm" 2>/dev/null | tr -c 'a-zA-Z0-9_.\n-' _)"; done)
+echo "try-make-run: the dev cluster is up ($(echo "$procs" | wc -l) processes); running the README walk-throughs"
 work=$(mktemp -d)
-( cd "$work" && PATH="$root/target/debug:$PATH" AGENT="http://$AGENT_ADDRESS" bash -euo pipefail -c "$script" )
+for block in cluster-walkthrough walkthrough; do
+  script=$(awk "/<!-- $block:begin -->/{on=1;next} /<!-- $block:end -->/{on=0} on" README.md \
+    | awk '/^```sh/{inb=1;next} /^```/{inb=0;next} inb')
+  ( cd "$work" && PATH="$root/target/debug:$PATH" AGENT="http://$AGENT_ADDRESS" bash -euo pipefail -c "$script" )
+done
+rm -rf "$work"
 echo "try-make-run: walk-through passed; Ctrl-C"
 trap - EXIT
 kill -INT -- "-$pgid"
@@ -40,10 +51,10 @@ alive() { [ "$(starttime "$1")" = "$2" ] && [ "$(awk '{sub(/.*\) /, ""); print $
 for _ in $(seq 1 50); do
   left=""
   for ps in $procs; do
-    p=${ps%%:*}; t=${ps#*:}
+    p=${ps%%:*}; rest=${ps#*:}; t=${rest%%:*}; name=${rest#*:}
     if alive "$p" "$t"; then
       cmd=$( (tr '\0' ' ' <"/proc/$p/cmdline") 2>/dev/null || true)  # it may exit meanwhile
-      left="$left $p($cmd)"
+      left="$left $p[$name]($cmd)"
     fi
   done
   [ -z "$left" ] && break

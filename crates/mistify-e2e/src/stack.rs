@@ -458,18 +458,22 @@ impl DevStack {
         }
     }
 
-    /// Without a cluster, true; with one, whether hv2's agent answers and the
-    /// registration has run (hv2 is known to chypervisord).
+    /// Without a cluster, true; with one, whether hv2's agent answers and both
+    /// hypervisors are registered and alive (chypervisord lists them with
+    /// `?alive=true`: the registration has run to its end and both heartbeats are in
+    /// etcd, so a guest can be placed).
     fn cluster_ready(&self) -> bool {
         let Some(c) = &self.cluster else {
             return true;
         };
         http_ok(&format!("{}/healthz", c.hv2_agent))
-            && http_ok(&format!(
-                "{}/hypervisors/{}",
-                c.hypervisors,
-                DevCluster::HV2
-            ))
+            && http_get(&format!("{}/hypervisors?alive=true", c.hypervisors)).is_some_and(
+                |(status, body)| {
+                    status == 200
+                        && body.contains(DevCluster::HV1)
+                        && body.contains(DevCluster::HV2)
+                },
+            )
     }
 
     /// The data directory (agent store, agent config, pool file, images).
