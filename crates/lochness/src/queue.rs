@@ -806,20 +806,24 @@ async fn follow(ctx: Context, state: Arc<Mutex<QueueState>>, tx: watch::Sender<u
             ))
         };
         match watches.await {
+            // Whole batches (whole revisions) only: a placer's move deletes the entry
+            // from `queue/create` and puts it in `queue/work` in one transaction, and a
+            // state with the delete applied but not the put would let the guest's next
+            // job through ahead of it.
             Ok((mut queue, mut claims)) => loop {
-                let event = tokio::select! {
-                    e = queue.next() => e,
-                    e = claims.next() => e,
+                let batch = tokio::select! {
+                    b = queue.next_batch() => b,
+                    b = claims.next_batch() => b,
                 };
-                match event {
+                match batch {
                     Some(Ok(first)) => {
                         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-                        s.apply_event(&first);
-                        while let Some(Ok(e)) = queue.try_next() {
-                            s.apply_event(&e);
+                        first.iter().for_each(|e| s.apply_event(e));
+                        while let Some(Ok(b)) = queue.try_next_batch() {
+                            b.iter().for_each(|e| s.apply_event(e));
                         }
-                        while let Some(Ok(e)) = claims.try_next() {
-                            s.apply_event(&e);
+                        while let Some(Ok(b)) = claims.try_next_batch() {
+                            b.iter().for_each(|e| s.apply_event(e));
                         }
                         drop(s);
                         tx.send_modify(|n| *n += 1);

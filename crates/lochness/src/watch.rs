@@ -4,6 +4,7 @@
 //! missed or repeated; unlike the original's watcher, it does not replay every existing
 //! key at start-up (see docs/compat.md, section "lochness").
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use etcd_client::{EventType, WatchOptions};
@@ -106,9 +107,16 @@ pub fn classify(key: &str) -> (EntityKind, String, String) {
 }
 
 /// A running watch; dropping it stops the watch.
+///
+/// Changes arrive as etcd sends them: in batches of whole revisions (every change one
+/// transaction made comes in the same batch). [`Watcher::next_batch`] hands out a batch
+/// at a time, so a reader never sees half of a transaction (say a queue entry deleted
+/// but not yet put elsewhere); [`Watcher::next`] hands out one change at a time.
 #[derive(Debug)]
 pub struct Watcher {
-    rx: mpsc::Receiver<Result<WatchEvent>>,
+    rx: mpsc::Receiver<Result<Vec<WatchEvent>>>,
+    /// What is left of the batch being handed out one change at a time.
+    buf: VecDeque<WatchEvent>,
     task: JoinHandle<()>,
 }
 
@@ -116,11 +124,44 @@ impl Watcher {
     /// The next change, in revision order; `None` once the watch stopped. An error is
     /// final (e.g. the start revision was compacted away).
     pub async fn next(&mut self) -> Option<Result<WatchEvent>> {
-        self.rx.recv().await
+        loop {
+            if let Some(event) = self.buf.pop_front() {
+                return Some(Ok(event));
+            }
+            match self.rx.recv().await? {
+                Ok(batch) => self.buf.extend(batch),
+                Err(e) => return Some(Err(e)),
+            }
+        }
     }
 
     /// The next change if one has already arrived (for applying a burst in one go).
     pub fn try_next(&mut self) -> Option<Result<WatchEvent>> {
+        loop {
+            if let Some(event) = self.buf.pop_front() {
+                return Some(Ok(event));
+            }
+            match self.rx.try_recv().ok()? {
+                Ok(batch) => self.buf.extend(batch),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// The next batch of changes: whole revisions, in order (what is left of a batch
+    /// partly handed out by [`Watcher::next`] first); `None` once the watch stopped.
+    pub async fn next_batch(&mut self) -> Option<Result<Vec<WatchEvent>>> {
+        if !self.buf.is_empty() {
+            return Some(Ok(self.buf.drain(..).collect()));
+        }
+        self.rx.recv().await
+    }
+
+    /// The next batch if one has already arrived.
+    pub fn try_next_batch(&mut self) -> Option<Result<Vec<WatchEvent>>> {
+        if !self.buf.is_empty() {
+            return Some(Ok(self.buf.drain(..).collect()));
+        }
         self.rx.try_recv().ok()
     }
 }
@@ -151,7 +192,7 @@ impl Context {
                 .await?;
             resp.header().map(|h| h.revision()).unwrap_or(0) + 1
         };
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = mpsc::channel(256);
         let task = tokio::spawn(async move {
             loop {
                 let options = WatchOptions::new()
@@ -183,6 +224,7 @@ impl Context {
                                 tracing::warn!(prefix = %abs, reason = resp.cancel_reason(), "watch canceled, restarting");
                                 break;
                             }
+                            let mut batch = Vec::with_capacity(resp.events().len());
                             for ev in resp.events() {
                                 let Some(kv) = ev.kv() else { continue };
                                 let Some(key) = std::str::from_utf8(kv.key())
@@ -211,9 +253,10 @@ impl Context {
                                     revision: kv.mod_revision(),
                                 };
                                 next = next.max(kv.mod_revision() + 1);
-                                if tx.send(Ok(event)).await.is_err() {
-                                    return;
-                                }
+                                batch.push(event);
+                            }
+                            if !batch.is_empty() && tx.send(Ok(batch)).await.is_err() {
+                                return;
                             }
                         }
                         Ok(None) => {
@@ -229,7 +272,11 @@ impl Context {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        Ok(Watcher { rx, task })
+        Ok(Watcher {
+            rx,
+            buf: VecDeque::new(),
+            task,
+        })
     }
 }
 

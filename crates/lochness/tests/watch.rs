@@ -90,3 +90,58 @@ async fn watch_resumes_after_etcd_restart() {
     assert_eq!((e.id.as_str(), e.value.as_slice()), ("c", b"3".as_slice()));
     drop(etcd);
 }
+
+/// Every change of one transaction comes in one batch, never split: a reader applying
+/// batches never sees half of a transaction (a queue entry deleted from one queue but not
+/// yet put in the other).
+#[tokio::test]
+async fn a_transaction_comes_in_one_batch() {
+    if mistify_e2e::skipped("etcd") {
+        return;
+    }
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let mut w = ctx.watch("lochness/queue/", 0).await.unwrap();
+    let put = |k: &str| etcd_client::TxnOp::put(ctx.abs(k), "g", None);
+    let delete = |k: &str| etcd_client::TxnOp::delete(ctx.abs(k), None);
+    ctx.txn(etcd_client::Txn::new().and_then(vec![put("lochness/queue/create/j1")]))
+        .await
+        .unwrap();
+    // The move: delete and put in one transaction, many times over.
+    for i in 0..50 {
+        let (from, to) = if i % 2 == 0 {
+            ("lochness/queue/create/j1", "lochness/queue/work/j1")
+        } else {
+            ("lochness/queue/work/j1", "lochness/queue/create/j1")
+        };
+        ctx.txn(etcd_client::Txn::new().and_then(vec![delete(from), put(to)]))
+            .await
+            .unwrap();
+    }
+    let mut seen = 0;
+    while seen < 101 {
+        let batch = tokio::time::timeout(Duration::from_secs(20), w.next_batch())
+            .await
+            .expect("no batch within 20 s")
+            .expect("watch ended")
+            .unwrap();
+        assert!(!batch.is_empty());
+        // A batch holds whole revisions: each move's delete with its put.
+        let mut revisions: Vec<i64> = batch.iter().map(|e| e.revision).collect();
+        revisions.dedup();
+        for rev in revisions {
+            let kinds: Vec<ChangeKind> = batch
+                .iter()
+                .filter(|e| e.revision == rev)
+                .map(|e| e.kind)
+                .collect();
+            assert!(
+                kinds.len() == 2 || (seen == 0 && kinds == [ChangeKind::Create]),
+                "revision {rev} split: {kinds:?}"
+            );
+        }
+        seen += batch.len();
+    }
+    assert_eq!(seen, 101);
+}
