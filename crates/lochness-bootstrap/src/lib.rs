@@ -56,7 +56,7 @@ pub async fn run(args: Args) -> i32 {
         eprintln!("{NAME}: {e}");
         return 2;
     }
-    let endpoints = match lochness_api::kv_endpoints(&args.kv) {
+    let endpoints = match lochness::kv_endpoints(&args.kv) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("{NAME}: {e}");

@@ -196,25 +196,6 @@ impl Renderer {
     }
 }
 
-/// The etcd endpoints of `-k` (comma-separated).
-fn endpoints(text: &str) -> Result<Vec<String>, String> {
-    let eps: Vec<String> = text
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .map(str::to_string)
-        .collect();
-    if eps.is_empty() {
-        return Err("no etcd endpoint given (-k http://host:port)".into());
-    }
-    if let Some(e) = eps.iter().find(|e| e.starts_with("consul://")) {
-        return Err(format!(
-            "{e}: Consul is not supported; give etcd v3 endpoints"
-        ));
-    }
-    Ok(eps)
-}
-
 /// `GET /metrics` and `GET /healthz`.
 fn router(metrics: Arc<Metrics>) -> Router {
     let metrics_route = Router::new().route(
@@ -262,7 +243,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         mistify_http::runtime::go_level(&args.log_level),
         args.log_format,
     )?;
-    let eps = endpoints(&args.kv)?;
+    let eps = lochness::kv_endpoints(&args.kv).map_err(|e| e.to_string())?;
     let prefix = (!args.prefix.is_empty()).then_some(args.prefix.as_str());
     let ctx = Context::new(&eps, prefix)
         .await

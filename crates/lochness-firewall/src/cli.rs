@@ -66,25 +66,6 @@ pub struct Args {
     pub log_format: LogFormat,
 }
 
-/// The etcd endpoints of `-k`: comma-separated; a `consul://` address is refused.
-pub fn etcd_endpoints(text: &str) -> Result<Vec<String>, String> {
-    let eps: Vec<String> = text
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .map(str::to_string)
-        .collect();
-    if eps.is_empty() {
-        return Err("no etcd endpoint given (-k http://host:port)".into());
-    }
-    if let Some(e) = eps.iter().find(|e| e.starts_with("consul://")) {
-        return Err(format!(
-            "{e}: Consul is not supported; give etcd v3 endpoints (-k http://host:2379)"
-        ));
-    }
-    Ok(eps)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,7 +93,5 @@ mod tests {
             Args::try_parse_from(["nfirewalld"]).unwrap().file,
             PathBuf::from("/etc/nftables.conf")
         );
-        assert!(etcd_endpoints("consul://x:1").is_err());
-        assert_eq!(etcd_endpoints("a:1, b:2").unwrap(), ["a:1", "b:2"]);
     }
 }

@@ -16,7 +16,7 @@ use axum::Router;
 use lochness::{Context, Watcher};
 
 use crate::apply::{Applied, Applier};
-use crate::cli::{etcd_endpoints, Args};
+use crate::cli::Args;
 use crate::metrics::Metrics;
 use crate::render::{render, valid_table_name};
 use crate::view::{prefixes, View};
@@ -254,7 +254,8 @@ pub async fn main(args: Args) -> Result<(), DaemonError> {
     }
     let hypervisor = lochness::set_hypervisor_id(&args.id)
         .map_err(|e| DaemonError::Usage(format!("hypervisor id: {e}")))?;
-    let endpoints = etcd_endpoints(&args.etcd).map_err(DaemonError::Usage)?;
+    let endpoints =
+        lochness::kv_endpoints(&args.etcd).map_err(|e| DaemonError::Usage(e.to_string()))?;
     let prefix = (!args.prefix.is_empty()).then_some(args.prefix.as_str());
     let ctx = Context::new(&endpoints, prefix)
         .await

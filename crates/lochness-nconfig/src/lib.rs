@@ -53,7 +53,7 @@ pub async fn run(args: Args) -> i32 {
         eprintln!("{NAME}: run failed: {outcome}");
         return 1;
     }
-    let endpoints = match lochness_api::kv_endpoints(&kv) {
+    let endpoints = match lochness::kv_endpoints(&kv) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("{NAME}: {e}");

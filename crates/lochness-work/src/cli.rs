@@ -110,33 +110,6 @@ pub struct WorkerArgs {
     pub agent_retry_for: Duration,
 }
 
-/// The etcd endpoints of `-k`: comma-separated, each `http(s)://host:port` or
-/// `host:port`. A `consul://` address is refused with a message.
-pub fn etcd_endpoints(text: &str) -> Result<Vec<String>, String> {
-    let eps: Vec<String> = text
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .map(str::to_string)
-        .collect();
-    if eps.is_empty() {
-        return Err("no etcd endpoint given (-k http://host:port)".into());
-    }
-    for e in &eps {
-        if e.starts_with("consul://") {
-            return Err(format!(
-                "{e}: Consul is not supported; give etcd v3 endpoints (-k http://host:2379)"
-            ));
-        }
-        if let Some((scheme, _)) = e.split_once("://") {
-            if scheme != "http" && scheme != "https" {
-                return Err(format!("{e}: an etcd endpoint is http://host:port"));
-            }
-        }
-    }
-    Ok(eps)
-}
-
 /// Installs logging and says what the flags mean for this run: `-b` ignored.
 pub fn init(program: &str, common: &Common) -> Result<(), String> {
     mistify_http::init_tracing(&common.log_level, common.log_format)?;
@@ -160,19 +133,6 @@ pub fn read_token(path: &std::path::Path) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoints() {
-        assert_eq!(
-            etcd_endpoints("http://127.0.0.1:2379, 127.0.0.2:2379").unwrap(),
-            ["http://127.0.0.1:2379", "127.0.0.2:2379"]
-        );
-        assert!(etcd_endpoints("consul://127.0.0.1:8500")
-            .unwrap_err()
-            .contains("Consul is not supported"));
-        assert!(etcd_endpoints(" , ").is_err());
-        assert!(etcd_endpoints("ftp://x:1").is_err());
-    }
 
     #[test]
     fn flags_of_the_originals_parse() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use lochness::{Claimer, Context, MistifyAgent, QueueView};
 
-use crate::cli::{etcd_endpoints, init, read_token, Common, PlacerArgs, WorkerArgs};
+use crate::cli::{init, read_token, Common, PlacerArgs, WorkerArgs};
 use crate::dispatch::{self, Handler};
 use crate::metrics::Metrics;
 use crate::placer::Placer;
@@ -14,7 +14,7 @@ use crate::worker::Worker;
 
 /// The context of `-k` and `--prefix`.
 async fn connect(common: &Common) -> Result<Context, String> {
-    let endpoints = etcd_endpoints(&common.etcd)?;
+    let endpoints = lochness::kv_endpoints(&common.etcd).map_err(|e| e.to_string())?;
     let prefix = (!common.prefix.is_empty()).then_some(common.prefix.as_str());
     Context::new(&endpoints, prefix)
         .await
