@@ -22,9 +22,11 @@
 //!    library into a private etcd (how long that took, and the rate of plain
 //!    `Guest::save`s against batched transactions); then against a real `cguestd`:
 //!    `GET /guests?limit=1000` over every page, `GET /guests/{id}` for 1,000 random ids;
-//!    `BENCH_SCALE_JOBS` (2,000) `select-hypervisor` jobs placed by `BENCH_SCALE_PLACERS`
-//!    (4) `cplacerd`s (no worker): placements per second, read from a watch on the
-//!    placers' queue; the RSS of `cguestd` and of each placer.
+//!    twice `BENCH_SCALE_JOBS` (2,000) `select-hypervisor` jobs placed by
+//!    `BENCH_SCALE_PLACERS` (4) `cplacerd`s (no worker), first with `--batch 1` (each
+//!    placement its own transaction), then with group commit (the default):
+//!    placements per second, read from a watch on the placers' queue, and etcd's
+//!    requests per placement; the RSS of `cguestd` and of each placer.
 //!
 //! `BENCH_SEQUENTIAL=0` or `BENCH_GUESTS=0` skip parts 1 and 2.
 //!
@@ -661,6 +663,37 @@ async fn scale(dir: &Path) {
         rss(api.pid())
     );
 
+    // Placements, once with each placement written alone (`--batch 1`) and once with
+    // the placers' default (placements waiting on the subnet written together), in this
+    // one run.
+    for (label, batch) in [("one per transaction", "1"), ("batched", "32")] {
+        place_round(
+            dir, &etcd, &cluster, n_hvs, n_guests, n_jobs, n_placers, label, batch,
+        )
+        .await;
+    }
+    println!(
+        "scale rss: cguestd at the end: {}, CPU {:.1} s in all",
+        rss(api.pid()),
+        cpu_secs(api.pid())
+    );
+}
+
+/// One round of the scale bench's placements: `n_jobs` `select-hypervisor` jobs, then
+/// `n_placers` `cplacerd --batch <batch>` started after them, stopped at the end.
+#[allow(clippy::too_many_arguments)]
+async fn place_round(
+    dir: &Path,
+    etcd: &Etcd,
+    cluster: &Cluster,
+    n_hvs: usize,
+    n_guests: usize,
+    n_jobs: usize,
+    n_placers: usize,
+    label: &str,
+    batch: &'static str,
+) {
+    let ctx = cluster.ctx.clone();
     // Placements: the jobs first, then the placers; placed = the job's entry left the
     // placers' queue.
     let mut queue = ctx
@@ -670,7 +703,7 @@ async fn scale(dir: &Path) {
     let t = Instant::now();
     let jobs: Vec<String> = futures::stream::iter(0..n_jobs)
         .map(|_| {
-            let mut g = new_guest(&cluster);
+            let mut g = new_guest(cluster);
             let ctx = ctx.clone();
             async move {
                 ctx.create_guest_with_job(&mut g)
@@ -685,16 +718,12 @@ async fn scale(dir: &Path) {
     let jobs_took = t.elapsed();
     // The creates' own events (puts) come first; count the deletes from here.
     let etcd_cpu = cpu_secs(etcd.pid());
+    let etcd_before = etcd_counts(&etcd.url);
     let start = Instant::now();
+    let mut args = concurrency("BENCH_PLACER_CONCURRENCY");
+    args.extend(["--batch", batch]);
     let placers: Vec<Proc> = (0..n_placers)
-        .map(|_| {
-            Proc::start(
-                "cplacerd",
-                dir,
-                &etcd.url,
-                &concurrency("BENCH_PLACER_CONCURRENCY"),
-            )
-        })
+        .map(|_| Proc::start("cplacerd", dir, &etcd.url, &args))
         .collect();
     let mut left: Vec<Instant> = Vec::with_capacity(n_jobs);
     while left.len() < n_jobs {
@@ -717,7 +746,7 @@ async fn scale(dir: &Path) {
     let (linked, double_links) = doubly_linked(&ctx).await;
     let steady = last - first;
     println!(
-        "scale place: {n_jobs} select-hypervisor jobs (created in {:.1} s, 64 at a time) \
+        "scale place ({label}): {n_jobs} select-hypervisor jobs (created in {:.1} s, 64 at a time) \
          over {n_hvs} hypervisors and {n_guests} guests, {n_placers} cplacerd started after: \
          {} left the queue, first after {:.2} s, last after {:.2} s; {:.0} placements/s from \
          the placers' start, {:.0}/s from the first placement; in error {in_error}, still \
@@ -730,14 +759,26 @@ async fn scale(dir: &Path) {
         left.len().saturating_sub(1) as f64 / steady.as_secs_f64(),
     );
     println!(
-        "scale place: etcd CPU while placing {:.1} s",
+        "scale place ({label}): etcd CPU while placing {:.1} s",
         cpu_secs(etcd.pid()) - etcd_cpu
+    );
+    let etcd_after = etcd_counts(&etcd.url);
+    let per_placement: Vec<String> = etcd_after
+        .iter()
+        .map(|(name, after)| {
+            let before = etcd_before.get(name).copied().unwrap_or(0.0);
+            format!("{name} {:.2}", (after - before) / left.len().max(1) as f64)
+        })
+        .collect();
+    println!(
+        "scale place ({label}): etcd per placement: {}",
+        per_placement.join(", ")
     );
     for (i, p) in placers.iter().enumerate() {
         let (placed, mean) = placer_figures(p).await;
         if let Some(pid) = p.pid() {
             println!(
-                "scale place: cplacerd {i} with {n_hvs} hypervisors: placed {placed}, mean \
+                "scale place ({label}): cplacerd {i} with {n_hvs} hypervisors: placed {placed}, mean \
                  {:.1} ms per placement (claim to hand-over), CPU {:.1} s; {}",
                 mean * 1000.0,
                 cpu_secs(pid),
@@ -745,11 +786,6 @@ async fn scale(dir: &Path) {
             );
         }
     }
-    println!(
-        "scale rss: cguestd at the end: {}, CPU {:.1} s in all",
-        rss(api.pid()),
-        cpu_secs(api.pid())
-    );
 }
 
 /// The `cpu` line of `/proc/stat`: (steal, total) jiffies.

@@ -62,8 +62,12 @@ pub struct PlacerArgs {
     )]
     pub http: u16,
     /// Jobs placed at once by this process.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: u32,
+    /// Most placements on one subnet written in one etcd transaction (those waiting at
+    /// once go together, within etcd's 128 operations; 1 writes each alone).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=128))]
+    pub batch: u32,
 }
 
 /// `cworkerd`: drives the agents.
@@ -149,7 +153,8 @@ mod tests {
         assert_eq!(p.http, 0);
         assert_eq!(p.common.beanstalk.as_deref(), Some("127.0.0.1:11300"));
         assert_eq!(p.common.lease_ttl, Duration::from_secs(10));
-        assert_eq!(p.concurrency, 1);
+        assert_eq!((p.concurrency, p.batch), (16, 32));
+        assert!(PlacerArgs::try_parse_from(["cplacerd", "--batch", "0"]).is_err());
         let w = WorkerArgs::try_parse_from([
             "cworkerd",
             "--kv",

@@ -51,6 +51,11 @@ impl ClusterWatch {
     pub fn with<T>(&self, f: impl FnOnce(&ClusterView) -> T) -> T {
         f(&self.view.lock().unwrap_or_else(|p| p.into_inner()))
     }
+
+    /// Runs `f` on the view to change it (under its lock: keep it short).
+    pub fn update<T>(&self, f: impl FnOnce(&mut ClusterView) -> T) -> T {
+        f(&mut self.view.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 async fn follow(ctx: Context, view: Arc<Mutex<ClusterView>>) {

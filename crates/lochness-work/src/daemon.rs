@@ -75,6 +75,7 @@ async fn serve<H: Handler>(
 pub async fn placer(args: PlacerArgs) -> Result<(), String> {
     init("cplacerd", &args.common)?;
     let ctx = connect(&args.common).await?;
+    ctx.set_placement_batch(usize::try_from(args.batch).unwrap_or(1));
     let metrics = Arc::new(Metrics::new());
     let placer = Placer::start(&ctx, metrics.clone())
         .await

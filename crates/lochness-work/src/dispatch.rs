@@ -1,16 +1,18 @@
 //! The claim loop both daemons run: wait for eligible jobs in the watched queue view,
-//! claim the oldest first (up to `--concurrency` at once), work each claimed job in its
-//! own task, and stop a task when the lease its claim is bound to is lost. Nothing
+//! claim among the oldest (up to `--concurrency` at once), claim and work each job in
+//! its own task, and stop a task when the lease its claim is bound to is lost. Nothing
 //! sleeps on a timer: the loop wakes when the view changes or a task ends (after an etcd
 //! error, it also retries after a short pause).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 
 use lochness::{Claim, Claimer, Error, Queue, QueueView};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
@@ -24,8 +26,24 @@ pub trait Handler: Send + Sync + 'static {
     fn work(&self, claim: Claim) -> impl Future<Output = ()> + Send;
 }
 
+/// How a job's task ended.
+enum Ended {
+    /// Claimed and worked on (finished, handed on or given back).
+    Worked,
+    /// Not to be had: someone else claimed it, or its entry went.
+    Missed,
+    /// The claim failed (etcd): try again after a pause.
+    Failed,
+}
+
+/// How many times the room the loop draws its jobs from: each process takes its jobs
+/// in its own (random) order among the `SPREAD × room` oldest eligible ones, so that
+/// several processes do not all race for the oldest.
+const SPREAD: usize = 4;
+
 /// Runs the claim loop for `handler` until `shutdown` resolves; then stops every task and
-/// revokes the claimer's lease, so the jobs it held are resumed elsewhere at once.
+/// revokes the claimer's lease, so the jobs it held are resumed elsewhere at once. Each
+/// job is claimed in its own task, so that claims go to etcd side by side.
 pub async fn run<H: Handler>(
     mut view: QueueView,
     claimer: Claimer,
@@ -35,66 +53,74 @@ pub async fn run<H: Handler>(
     shutdown: impl Future<Output = ()>,
 ) {
     let queue = handler.queue();
-    let mut tasks: JoinSet<String> = JoinSet::new();
+    let order = RandomState::new();
+    let mut tasks: JoinSet<(String, Ended)> = JoinSet::new();
     let mut held: HashSet<String> = HashSet::new();
+    // Jobs this process could not claim, passed over until the view changes.
+    let mut missed: HashSet<String> = HashSet::new();
     let mut ids: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut pause = Duration::from_millis(100);
-    let mut failed = false;
+    let mut resume_at: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         let (create, work) = view.depths();
         metrics.set_depth(Queue::Create, create);
         metrics.set_depth(Queue::Work, work);
-        let had_error = std::mem::take(&mut failed);
-        if held.len() < concurrency && claimer.lease().is_some() {
+        if resume_at.is_some_and(|t| t <= Instant::now()) {
+            resume_at = None;
+        }
+        if held.len() < concurrency && claimer.lease().is_some() && resume_at.is_none() {
             let room = concurrency - held.len();
-            for entry in view.eligible_up_to(queue, room, |job| held.contains(job)) {
-                if held.len() >= concurrency {
-                    break;
-                }
-                match claimer.claim(&entry.job, queue).await {
-                    Ok(Some(claim)) => {
-                        tracing::debug!(job = %entry.job, guest = %entry.guest, "claimed");
-                        held.insert(entry.job.clone());
-                        let lease = claim.lease();
-                        let (handler, claimer) = (handler.clone(), claimer.clone());
-                        let job = entry.job.clone();
-                        let task = tasks.spawn(async move {
-                            tokio::select! {
-                                () = handler.work(claim) => {}
-                                () = claimer.lost(lease) => {
-                                    tracing::warn!(%job, "lease lost: stopped working on the job");
-                                }
-                            }
-                            job
-                        });
-                        ids.insert(task.id(), entry.job.clone());
+            let mut entries = view.eligible_up_to(queue, room * SPREAD, |job| {
+                held.contains(job) || missed.contains(job)
+            });
+            entries.sort_by_key(|e| order.hash_one(&e.job));
+            for entry in entries.into_iter().take(room) {
+                held.insert(entry.job.clone());
+                let (handler, claimer) = (handler.clone(), claimer.clone());
+                let job = entry.job.clone();
+                let task = tasks.spawn(async move {
+                    let claim = match claimer.claim(&job, queue).await {
+                        Ok(Some(claim)) => claim,
+                        // Taken by someone else or gone: the view will say so.
+                        Ok(None) | Err(Error::ClaimLost(_)) => return (job, Ended::Missed),
+                        Err(e) => {
+                            tracing::warn!(%job, error = %e, "cannot claim");
+                            return (job, Ended::Failed);
+                        }
+                    };
+                    tracing::debug!(%job, guest = %claim.guest(), "claimed");
+                    let lease = claim.lease();
+                    tokio::select! {
+                        () = handler.work(claim) => {}
+                        () = claimer.lost(lease) => {
+                            tracing::warn!(%job, "lease lost: stopped working on the job");
+                        }
                     }
-                    // Taken by someone else or gone: the view will say so.
-                    Ok(None) => {}
-                    Err(Error::ClaimLost(_)) => break,
-                    Err(e) => {
-                        tracing::warn!(job = %entry.job, error = %e, "cannot claim");
-                        failed = true;
-                        break;
-                    }
-                }
+                    (job, Ended::Worked)
+                });
+                ids.insert(task.id(), entry.job.clone());
             }
         }
         metrics.set_claims(held.len());
-        pause = if failed || had_error {
-            (pause * 2).min(Duration::from_secs(5))
-        } else {
-            Duration::from_millis(100)
-        };
         tokio::select! {
             () = &mut shutdown => break,
-            () = view.changed() => {}
+            () = view.changed() => missed.clear(),
             done = tasks.join_next_with_id(), if !tasks.is_empty() => {
                 match done {
-                    Some(Ok((id, job))) => {
+                    Some(Ok((id, (job, ended)))) => {
                         ids.remove(&id);
                         held.remove(&job);
+                        match ended {
+                            Ended::Worked => pause = Duration::from_millis(100),
+                            Ended::Missed => {
+                                missed.insert(job);
+                            }
+                            Ended::Failed => {
+                                resume_at = Some(Instant::now() + pause);
+                                pause = (pause * 2).min(Duration::from_secs(5));
+                            }
+                        }
                     }
                     Some(Err(e)) => {
                         tracing::error!(error = %e, "a job task failed");
@@ -109,12 +135,18 @@ pub async fn run<H: Handler>(
                 }
             }
             _ = claimer.leased(), if claimer.lease().is_none() => {}
-            () = tokio::time::sleep(pause), if failed => {}
+            () = sleep_until(resume_at), if resume_at.is_some() => {}
         }
     }
     tracing::info!(jobs = held.len(), "stopping: giving the jobs back");
     tasks.shutdown().await;
     if let Err(e) = claimer.stop().await {
         tracing::warn!(error = %e, "cannot revoke the lease (the claims expire with it)");
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
     }
 }

@@ -122,7 +122,11 @@ impl Placer {
                 .hand_over()
                 .map_err(|e| Placement::Refused(e.to_string()))?;
             match host.add_guest_with(guest, &guard).await {
-                Ok(()) => return Ok(Some(host.id.clone())),
+                Ok(()) => {
+                    self.cluster
+                        .update(|view| view.absorb_placement(&host, &guest.id));
+                    return Ok(Some(host.id.clone()));
+                }
                 Err(e @ Error::ClaimLost(_)) => return Err(Placement::Lost(e)),
                 // Someone changed the guest since it was read: read it again and go on.
                 Err(Error::Conflict(_)) => match self.ctx.guest(&guest.id).await {

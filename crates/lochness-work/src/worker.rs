@@ -246,7 +246,7 @@ impl Worker {
 
     /// The agent of `guest`'s hypervisor, or why it cannot be reached (the job's error).
     async fn agent_of(&self, guest: &Guest) -> Result<Result<AgentOf, String>, Problem> {
-        let hv = match self.ctx.hypervisor(&guest.hypervisor).await {
+        let hv = match self.ctx.hypervisor_settings(&guest.hypervisor).await {
             Ok(hv) => hv,
             Err(Error::NotFound(_)) => {
                 return Ok(Err(format!(
@@ -392,7 +392,9 @@ impl Worker {
         };
         match after(work, end) {
             After::Save(step) => {
-                claim.save(step).await?;
+                // Written with the next step's start: a process resuming from the
+                // record finds the fetch complete on the agent and goes on the same way.
+                claim.advance(step)?;
                 Ok(StepEnd::Continue(Some(Outcome::Fetched)))
             }
             After::Finish(step) => Ok(StepEnd::Finish(step)),
@@ -404,47 +406,66 @@ impl Worker {
     }
 
     /// One step of the job the claim holds.
-    async fn step(&self, claim: &mut Claim) -> Result<StepEnd, Problem> {
+    async fn step(
+        &self,
+        claim: &mut Claim,
+        target: &mut Option<(Guest, AgentOf)>,
+    ) -> Result<StepEnd, Problem> {
         let job = claim.job().clone();
         let fail = |reason: String| Ok(StepEnd::Finish(Transition::Failed { reason }));
         let Some(work) = Work::of(job.action) else {
             return fail(format!("bad action: {}", job.action));
         };
-        let guest = match self.ctx.guest(&job.guest).await {
-            Ok(g) => g,
-            Err(Error::NotFound(_)) if work == Work::Delete => {
-                return Ok(StepEnd::Finish(Transition::Finished))
+        // The guest and its agent are read at the claim's first step; its placement does
+        // not change while one of its jobs is claimed (a guest's jobs go one at a time).
+        if target.is_none() {
+            let guest = match self.ctx.guest(&job.guest).await {
+                Ok(g) => g,
+                Err(Error::NotFound(_)) if work == Work::Delete => {
+                    return Ok(StepEnd::Finish(Transition::Finished))
+                }
+                Err(Error::NotFound(_)) => return fail("guest does not exist".into()),
+                Err(e) => return Err(e.into()),
+            };
+            if guest.hypervisor.is_empty() {
+                if work == Work::Delete {
+                    // Never placed (its placement failed): nothing on any agent.
+                    self.destroy(&guest.id).await?;
+                    return Ok(StepEnd::Finish(Transition::Finished));
+                }
+                return fail(format!("guest {} is not placed on a hypervisor", guest.id));
             }
-            Err(Error::NotFound(_)) => return fail("guest does not exist".into()),
-            Err(e) => return Err(e.into()),
-        };
-        if guest.hypervisor.is_empty() {
-            if work == Work::Delete {
-                // Never placed (its placement failed): nothing on any agent.
-                self.destroy(&guest.id).await?;
-                return Ok(StepEnd::Finish(Transition::Finished));
-            }
-            return fail(format!("guest {} is not placed on a hypervisor", guest.id));
+            let agent = match self.agent_of(&guest).await? {
+                Ok(a) => a,
+                Err(reason) => return fail(reason),
+            };
+            *target = Some((guest, agent));
         }
-        let agent = match self.agent_of(&guest).await? {
-            Ok(a) => a,
-            Err(reason) => return fail(reason),
+        let Some((guest, agent)) = target.as_ref() else {
+            return fail("the guest could not be read".into());
         };
-        match Stage::of(&job) {
-            Stage::Start => match self.start(&agent, &guest, work, job.started_at).await? {
+        let stage = Stage::of(&job);
+        let mut since = job.started_at;
+        if stage == Stage::Start && matches!(work, Work::Action(_)) && since.is_none() {
+            // An action resumes by adopting the agent's jobs queued since `started_at`:
+            // it is stored before the agent is asked anything.
+            since = claim.save(Transition::Claimed).await?.started_at;
+        }
+        match stage {
+            Stage::Start => match self.start(agent, guest, work, since).await? {
                 Started::Remote(remote) => {
                     claim.save(Transition::Started { remote }).await?;
                     Ok(StepEnd::Continue(None))
                 }
                 Started::AlreadyDone => {
-                    self.ended(claim, work, AgentEnd::Complete, &guest, &agent)
+                    self.ended(claim, work, AgentEnd::Complete, guest, agent)
                         .await
                 }
                 Started::Fail(reason) => fail(reason),
             },
             Stage::Wait { remote } => {
                 let end = agent.wait(&remote).await;
-                self.ended(claim, work, end, &guest, &agent).await
+                self.ended(claim, work, end, guest, agent).await
             }
         }
     }
@@ -452,9 +473,10 @@ impl Worker {
     async fn run(&self, mut claim: Claim) {
         let mut started = Instant::now();
         let id = claim.job().id.clone();
+        let mut target = None;
         loop {
             let action = claim.job().action;
-            match self.step(&mut claim).await {
+            match self.step(&mut claim, &mut target).await {
                 Ok(StepEnd::Continue(outcome)) => {
                     if let Some(outcome) = outcome {
                         self.metrics.record(action, outcome, started.elapsed());

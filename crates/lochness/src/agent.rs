@@ -196,7 +196,7 @@ impl MistifyAgent {
                 guest.id
             )));
         }
-        let hv = self.ctx.hypervisor(&guest.hypervisor).await?;
+        let hv = self.ctx.hypervisor_settings(&guest.hypervisor).await?;
         let client = self.client_for(&hv)?;
         Ok((guest, client))
     }
@@ -264,7 +264,7 @@ impl MistifyAgent {
     pub async fn agent_guest(&self, guest: &Guest) -> Result<mistify_client::Guest> {
         guest.validate()?;
         let flavor = self.ctx.flavor(&guest.flavor).await?;
-        let subnet = self.ctx.subnet(&guest.subnet).await?;
+        let subnet = self.ctx.subnet_settings(&guest.subnet).await?;
         let mut vlans: Vec<i64> = Vec::new();
         if !guest.vlangroup.is_empty() {
             vlans = self.ctx.vlangroup(&guest.vlangroup).await?.vlans().to_vec();

@@ -14,10 +14,13 @@
 //! `allocated` does not exist yet (a store written by the Go library), it is first built
 //! from the guests linked to the hypervisor and their flavors.
 
+use std::collections::{HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use etcd_client::{Compare, Txn, TxnOp, TxnOpResponse};
 use rand::seq::SliceRandom;
+use tokio::sync::oneshot;
 
 use crate::context::{backoff, revision, txn_get, Context, Guard, Kv, MAX_ATTEMPTS};
 use crate::error::{Error, Result};
@@ -251,21 +254,6 @@ impl Hypervisor {
                 return Err(Error::NoSuitableSubnet);
             };
             let sid = &sids[i].0;
-            // Placers of this process take turns on the subnet's index.
-            let lock = allocs.lock(sid);
-            let _turn = lock.lock().await;
-            let Some(state) = allocs.get(sid) else {
-                resp = None;
-                continue;
-            };
-            let Some(ip) = state.pick() else {
-                resp = Some(
-                    ctx.txn(Txn::new().and_then(reads.ops.clone()))
-                        .await?
-                        .op_responses(),
-                );
-                continue;
-            };
             let Some(need) = flavors.get(&guest.flavor) else {
                 resp = None;
                 continue;
@@ -285,13 +273,11 @@ impl Hypervisor {
             let mut placed = guest.clone();
             placed.hypervisor = self.id.clone();
             placed.subnet = sid.clone();
-            placed.ip = Some(IpAddr::V4(Ipv4Addr::from(ip)));
             placed.bridge = bridge.clone();
-            let (mut cmps, mut ops) = state.reserve_ops(&ctx, ip, &guest.id);
             let gkey = keys::guest_metadata(&guest.id);
             let akey = keys::hypervisor_allocated(&self.id);
             let link = keys::hypervisor_guest(&self.id, &guest.id);
-            cmps.extend([
+            let mut cmps = vec![
                 ctx.cmp_present(&keys::network_subnet(&guest.network, sid)),
                 ctx.cmp_value(&keys::hypervisor_subnet(&self.id, sid), &bridge),
                 ctx.cmp_present(&keys::hypervisor_metadata(&self.id)),
@@ -299,43 +285,64 @@ impl Hypervisor {
                 ctx.cmp_present(&keys::flavor_metadata(&guest.flavor)),
                 ctx.cmp_rev(&gkey, guest.revision()),
                 ctx.cmp_absent(&link),
-            ]);
-            ops.push(ctx.op_put(&link, guest.id.as_str()));
-            ops.push(ctx.op_put(&gkey, placed.to_json()));
-            ops.push(ctx.op_put(&akey, allocated.to_json()));
+            ];
             cmps.extend(guard.compares.iter().cloned());
+            let mut ops = vec![
+                ctx.op_put(&link, guest.id.as_str()),
+                ctx.op_put(&akey, allocated.to_json()),
+            ];
             ops.extend(guard.ops.iter().cloned());
-            let mut fail = reads.ops.clone();
-            fail.push(ctx.op_get(&keys::subnet_address(sid, Ipv4Addr::from(ip))));
-            let out = ctx
-                .commit(Txn::new().when(cmps).and_then(ops).or_else(fail))
-                .await?;
-            if out.succeeded() {
-                let rev = revision(&out);
-                let mut next = state;
-                next.index.insert(ip);
-                next.index_rev = rev;
-                allocs.put(next);
-                placed.set_revision(rev);
-                *guest = placed;
-                self.set_allocated(Some(allocated), rev);
-                self.push_guest(&guest.id);
-                return Ok(());
+            let pending = Pending {
+                hypervisor: self.id.clone(),
+                allocated_rev,
+                placed,
+                cmps,
+                ops,
+            };
+            match SubnetTurns::of(&ctx)
+                .turn(sid)
+                .submit(&ctx, &allocs, sid, pending)
+                .await
+            {
+                Committed::Placed { guest: placed } => {
+                    let rev = placed.revision();
+                    *guest = *placed;
+                    self.set_allocated(Some(allocated), rev);
+                    self.push_guest(&guest.id);
+                    return Ok(());
+                }
+                Committed::Failed(e) => return Err(e),
+                Committed::Unknown | Committed::Retry => resp = None,
+                Committed::Again => {
+                    resp = None;
+                    backoff(attempt).await;
+                }
+                Committed::Full => {
+                    resp = Some(
+                        ctx.txn(Txn::new().and_then(reads.ops.clone()))
+                            .await?
+                            .op_responses(),
+                    );
+                }
+                Committed::Lost { ip, foreign: taken } => {
+                    if !guard.holds(&ctx).await? {
+                        return Err(Error::ClaimLost(format!(
+                            "placing guest {}: the guard no longer holds",
+                            guest.id
+                        )));
+                    }
+                    if taken {
+                        foreign.push((i, ip));
+                    }
+                    resp = Some(
+                        ctx.txn(Txn::new().and_then(reads.ops.clone()))
+                            .await?
+                            .op_responses(),
+                    );
+                    tracing::debug!(guest = %guest.id, attempt, "add_guest lost a race, retrying");
+                    backoff(attempt).await;
+                }
             }
-            if !guard.holds(&ctx).await? {
-                return Err(Error::ClaimLost(format!(
-                    "placing guest {}: the guard no longer holds",
-                    guest.id
-                )));
-            }
-            let r = out.op_responses();
-            if !txn_get(&ctx, &r, reads.ops.len()).is_empty() {
-                foreign.push((i, ip));
-            }
-            resp = Some(r);
-            tracing::debug!(guest = %guest.id, attempt, "add_guest lost a race, retrying");
-            drop(_turn);
-            backoff(attempt).await;
         }
         Err(Error::TooManyConflicts {
             what: format!("add guest {} to hypervisor {}", guest.id, self.id),
@@ -483,4 +490,293 @@ async fn unplace(
         what: format!("remove guest {}", guest.id),
         attempts: MAX_ATTEMPTS,
     })
+}
+
+/// etcd's default limit of compares, and of operations, in one transaction
+/// (`--max-txn-ops`).
+const MAX_TXN_OPS: usize = 128;
+
+/// A placement waiting for its subnet's next transaction ([`SubnetTurn`]): everything
+/// but the address, which the transaction's leader picks.
+pub(crate) struct Pending {
+    /// The hypervisor: one placement per hypervisor and transaction (each rewrites its
+    /// `allocated` key).
+    hypervisor: String,
+    /// The revision of its `allocated` key the placement was computed from.
+    allocated_rev: i64,
+    /// The guest as placed, without its address (at the revision it was read).
+    placed: Guest,
+    /// Its compares, besides the subnet's and the address's.
+    cmps: Vec<Compare>,
+    /// Its writes, besides the subnet's index, the address and the guest.
+    ops: Vec<TxnOp>,
+}
+
+/// What became of a [`Pending`] placement.
+pub(crate) enum Committed {
+    /// Written: the guest as stored (address and revision set).
+    Placed {
+        /// The placed guest.
+        guest: Box<Guest>,
+    },
+    /// The subnet has no free address left, as this process knows it.
+    Full,
+    /// This process knows no state of the subnet: read it.
+    Unknown,
+    /// The transaction failed a compare that is this placement's own (its guest or its
+    /// hypervisor's `allocated` changed, its address was taken), or one nobody could
+    /// tell (a guard's): nothing was written. `foreign`: the address was taken outside
+    /// the index.
+    Lost {
+        /// The address it was given.
+        ip: u32,
+        /// Whether someone else holds that address.
+        foreign: bool,
+    },
+    /// The transaction failed for someone else (another member's compare, or the
+    /// subnet's index moved on: this process now knows it as it is): place again.
+    Retry,
+    /// The transaction's outcome is unknown to this placement (its leader stopped, or
+    /// etcd failed another member's way): try again; the compares make a retry safe.
+    Again,
+    /// etcd failed.
+    Failed(Error),
+}
+
+/// Group commit of one subnet's placements within a process. Placements of a subnet
+/// all rewrite its allocation index, so one at a time would cost one etcd round trip
+/// each; instead each waits its turn, and whoever gets the turn writes every placement
+/// waiting then (up to etcd's limits, one per hypervisor and guest) in one
+/// transaction, giving each its address. Either all of them are written or none.
+#[derive(Default)]
+pub(crate) struct SubnetTurn {
+    /// Most placements per transaction; 0: as many as etcd's limits allow.
+    max_batch: usize,
+    waiting: std::sync::Mutex<VecDeque<(Pending, oneshot::Sender<Committed>)>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// The [`SubnetTurn`]s of a context, one per subnet ([`SubnetTurns::of`]).
+#[derive(Debug, Default)]
+pub(crate) struct SubnetTurns {
+    turns: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<SubnetTurn>>>,
+    /// Most placements per transaction; 0: as many as etcd's limits allow.
+    max_batch: AtomicUsize,
+}
+
+impl Context {
+    /// At most `max` placements of this context (and its clones) on one subnet go into
+    /// one transaction: those waiting for the subnet at once are written together
+    /// (within etcd's limits of 128 compares and operations). 1 writes each alone; the
+    /// default is as many as the limits allow.
+    pub fn set_placement_batch(&self, max: usize) {
+        SubnetTurns::of(self)
+            .max_batch
+            .store(max, Ordering::Relaxed);
+    }
+}
+
+impl SubnetTurns {
+    /// The turns of `ctx` (shared by its clones).
+    pub(crate) fn of(ctx: &Context) -> std::sync::Arc<SubnetTurns> {
+        ctx.local::<SubnetTurns>()
+    }
+
+    /// Subnet `id`'s turn.
+    pub(crate) fn turn(&self, id: &str) -> std::sync::Arc<SubnetTurn> {
+        self.turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_insert_with(|| {
+                std::sync::Arc::new(SubnetTurn {
+                    max_batch: self.max_batch.load(Ordering::Relaxed),
+                    ..SubnetTurn::default()
+                })
+            })
+            .clone()
+    }
+}
+
+impl std::fmt::Debug for SubnetTurn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubnetTurn").finish_non_exhaustive()
+    }
+}
+
+impl SubnetTurn {
+    /// Queues `pending` and waits until a transaction has written it or failed.
+    pub(crate) async fn submit(
+        &self,
+        ctx: &Context,
+        allocs: &AllocCache,
+        sid: &str,
+        pending: Pending,
+    ) -> Committed {
+        let (tx, mut rx) = oneshot::channel();
+        self.queue().push_back((pending, tx));
+        loop {
+            let _turn = self.turn.lock().await;
+            match rx.try_recv() {
+                Ok(done) => return done,
+                // Taken by a leader that stopped before it answered.
+                Err(oneshot::error::TryRecvError::Closed) => return Committed::Again,
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let batch = self.take();
+            commit_batch(ctx, allocs, sid, batch).await;
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<(Pending, oneshot::Sender<Committed>)>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next batch, oldest first: within etcd's limits, one placement per hypervisor
+    /// and per guest (the others wait for the next).
+    fn take(&self) -> Vec<(Pending, oneshot::Sender<Committed>)> {
+        let mut waiting = self.queue();
+        let (mut cmps, mut ops) = (2, 1);
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut batch = Vec::new();
+        let mut rest = VecDeque::new();
+        while let Some((p, tx)) = waiting.pop_front() {
+            if tx.is_closed() {
+                continue;
+            }
+            let (c, o) = (p.cmps.len() + 1, p.ops.len() + 2);
+            let clash = seen.contains(&p.hypervisor) || seen.contains(&p.placed.id);
+            let full = self.max_batch > 0 && batch.len() >= self.max_batch;
+            if !batch.is_empty()
+                && (full || clash || cmps + c > MAX_TXN_OPS || ops + o > MAX_TXN_OPS)
+            {
+                rest.push_back((p, tx));
+                continue;
+            }
+            cmps += c;
+            ops += o;
+            seen.insert(p.hypervisor.clone());
+            seen.insert(p.placed.id.clone());
+            batch.push((p, tx));
+        }
+        *waiting = rest;
+        batch
+    }
+}
+
+/// Writes `batch` in one transaction on subnet `sid`'s index as `allocs` knows it, and
+/// answers each member.
+async fn commit_batch(
+    ctx: &Context,
+    allocs: &AllocCache,
+    sid: &str,
+    batch: Vec<(Pending, oneshot::Sender<Committed>)>,
+) {
+    let Some(state) = allocs.get(sid) else {
+        for (_, tx) in batch {
+            let _ = tx.send(Committed::Unknown);
+        }
+        return;
+    };
+    let mut index = state.index.clone();
+    let mut members = Vec::with_capacity(batch.len());
+    for (p, tx) in batch {
+        match state.subnet.first_free(&index) {
+            Some(ip) => {
+                index.insert(ip);
+                members.push((p, tx, ip));
+            }
+            None => {
+                let _ = tx.send(Committed::Full);
+            }
+        }
+    }
+    if members.is_empty() {
+        return;
+    }
+    let mut cmps = vec![
+        ctx.cmp_rev(&keys::subnet_metadata(sid), state.subnet.revision()),
+        ctx.cmp_rev(&keys::subnet_alloc(sid), state.index_rev),
+    ];
+    let mut ops = vec![ctx.op_put(&keys::subnet_alloc(sid), index.text())];
+    // The failure branch reads what tells whose compare failed: the subnet, and each
+    // member's address, `allocated` and guest.
+    let mut fail = Vec::from(Subnet::read_ops(ctx, sid));
+    for (p, _, ip) in &mut members {
+        let addr = keys::subnet_address(sid, Ipv4Addr::from(*ip));
+        p.placed.ip = Some(IpAddr::V4(Ipv4Addr::from(*ip)));
+        cmps.push(ctx.cmp_absent(&addr));
+        cmps.append(&mut p.cmps);
+        ops.push(ctx.op_put(&addr, p.placed.id.as_str()));
+        ops.push(ctx.op_put(&keys::guest_metadata(&p.placed.id), p.placed.to_json()));
+        ops.append(&mut p.ops);
+        fail.push(ctx.op_get(&addr));
+        fail.push(ctx.op_get(&keys::hypervisor_allocated(&p.hypervisor)));
+        fail.push(ctx.op_get(&keys::guest_metadata(&p.placed.id)));
+    }
+    let out = ctx
+        .commit(Txn::new().when(cmps).and_then(ops).or_else(fail))
+        .await;
+    match out {
+        Ok(out) if out.succeeded() => {
+            let rev = revision(&out);
+            allocs.put(AllocState {
+                subnet: state.subnet,
+                index,
+                index_rev: rev,
+            });
+            for (mut p, tx, _) in members {
+                p.placed.set_revision(rev);
+                let _ = tx.send(Committed::Placed {
+                    guest: Box::new(p.placed),
+                });
+            }
+        }
+        Ok(out) => {
+            let r = out.op_responses();
+            let rev_of = |i: usize| txn_get(ctx, &r, i).first().map_or(0, |kv| kv.mod_revision);
+            let fresh = AllocState::from_reads(ctx, sid, txn_get(ctx, &r, 0), txn_get(ctx, &r, 1))
+                .await
+                .ok()
+                .flatten();
+            let moved = match &fresh {
+                Some(f) => {
+                    (f.index_rev, f.subnet.revision()) != (state.index_rev, state.subnet.revision())
+                }
+                None => true,
+            };
+            if let Some(f) = fresh {
+                allocs.put(f);
+            }
+            let verdicts: Vec<(bool, bool)> = members
+                .iter()
+                .enumerate()
+                .map(|(i, (p, _, _))| {
+                    let base = 2 + 3 * i;
+                    let foreign = !txn_get(ctx, &r, base).is_empty();
+                    let own = foreign
+                        || rev_of(base + 1) != p.allocated_rev
+                        || rev_of(base + 2) != p.placed.revision();
+                    (own, foreign)
+                })
+                .collect();
+            let explained = moved || verdicts.iter().any(|(own, _)| *own);
+            for ((_, tx, ip), (own, foreign)) in members.into_iter().zip(verdicts) {
+                let _ = tx.send(if explained && !own {
+                    Committed::Retry
+                } else {
+                    Committed::Lost { ip, foreign }
+                });
+            }
+        }
+        Err(e) => {
+            let mut e = Some(e);
+            for (_, tx, _) in members {
+                let _ = tx.send(match e.take() {
+                    Some(e) => Committed::Failed(e),
+                    None => Committed::Again,
+                });
+            }
+        }
+    }
 }

@@ -515,6 +515,27 @@ impl Context {
         Ok(h)
     }
 
+    /// Loads hypervisor `id`'s metadata and configuration (address, resources,
+    /// `agentPort`), without its guest and subnet links or liveness: one transaction of
+    /// two small reads, whatever the number of its guests (for reaching its agent).
+    pub async fn hypervisor_settings(&self, id: &str) -> Result<Hypervisor> {
+        let id = canonicalize(id)?;
+        let meta = keys::hypervisor_metadata(&id);
+        let config = format!("{}{}", keys::hypervisor_prefix(&id), keys::CONFIG_DIR);
+        let txn = Txn::new().and_then(vec![self.op_get(&meta), self.op_get_prefix(&config)]);
+        let r = self.txn(txn).await?.op_responses();
+        let mut items: Vec<(String, Kv)> = Vec::new();
+        for kv in txn_get(self, &r, 0) {
+            items.push((keys::METADATA.to_string(), kv));
+        }
+        for kv in txn_get(self, &r, 1) {
+            if let Some(name) = kv.key.strip_prefix(config.as_str()).map(str::to_string) {
+                items.push((format!("{}{name}", keys::CONFIG_DIR), kv));
+            }
+        }
+        Hypervisor::from_keys(self, &id, &items)
+    }
+
     /// The resource figures of hypervisor `id`, for operators: total, available (as
     /// reported), allocated (what placement has promised) and free (total − allocated).
     /// When the `allocated` key does not exist yet (a store written by the Go library)

@@ -158,7 +158,10 @@ impl ClusterView {
             if tail == keys::HEARTBEAT {
                 h.set_alive(value.is_some());
             } else if tail == keys::ALLOCATED {
-                h.apply_allocated(value, mod_revision);
+                // A placement this process made may be known ahead of its event.
+                if value.is_none() || mod_revision >= h.allocated_state().map_or(0, |(_, r)| r) {
+                    h.apply_allocated(value, mod_revision);
+                }
             } else if let Some(s) = tail.strip_prefix(keys::SUBNETS_DIR) {
                 match value {
                     Some(v) => h.insert_subnet(s, &String::from_utf8_lossy(v)),
@@ -212,6 +215,21 @@ impl ClusterView {
                         self.flavors.remove(id);
                     }
                 }
+            }
+        }
+    }
+
+    /// Takes in a placement this process just made on `host` (its `allocated` figure
+    /// and the guest link, as [`Hypervisor::add_guest`] left them) ahead of the watch,
+    /// so that the next placement there does not start from the figure before it.
+    pub fn absorb_placement(&mut self, host: &Hypervisor, guest: &str) {
+        let Some(h) = self.hypervisors.get_mut(&host.id) else {
+            return;
+        };
+        if let Some((figure, rev)) = host.allocated_state() {
+            if rev > h.allocated_state().map_or(0, |(_, r)| r) {
+                h.set_allocated(Some(figure), rev);
+                h.push_guest(guest);
             }
         }
     }

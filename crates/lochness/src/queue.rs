@@ -149,12 +149,13 @@ impl Claimer {
         let _ = rx.wait_for(|l| *l != Some(lease)).await;
     }
 
-    /// Claims job `job_id` waiting in `queue`, in one transaction: its entry exists, no
-    /// claim does, and its record is unchanged since read. A worker's claim
-    /// (`Queue::Work`) also applies [`Transition::Claimed`] to the record (so
-    /// `started_at` is set); a placer's leaves the record as it is. `None` when the job
-    /// is not to be had: its entry is gone, or someone else claimed it. An entry whose
-    /// record is missing, unreadable or finished is removed (nothing could work on it).
+    /// Claims job `job_id` waiting in `queue`, in one transaction: its entry exists and
+    /// no claim does; the same transaction reads the record and the entry, so the claim
+    /// and what it holds are of one revision. The record is not written (a worker that
+    /// needs `started_at` before it asks the agent anything saves
+    /// [`Transition::Claimed`]). `None` when the job is not to be had: its entry is gone,
+    /// or someone else claimed it. An entry whose record is missing, unreadable or
+    /// finished is removed with the claim just made (nothing could work on it).
     pub async fn claim(&self, job_id: &str, queue: Queue) -> Result<Option<Claim>> {
         let Some(lease) = self.lease() else {
             return Err(Error::ClaimLost(format!("{} holds no lease", self.name())));
@@ -163,22 +164,27 @@ impl Claimer {
         let jkey = keys::job(job_id);
         let ekey = keys::queue_entry(queue.prefix(), job_id);
         let ckey = keys::claim(job_id);
-        let r = ctx
-            .txn(Txn::new().and_then(vec![
+        let txn = Txn::new()
+            .when(vec![ctx.cmp_present(&ekey), ctx.cmp_absent(&ckey)])
+            .and_then(vec![
+                TxnOp::put(
+                    ctx.abs(&ckey),
+                    self.name(),
+                    Some(PutOptions::new().with_lease(lease.id)),
+                ),
                 ctx.op_get(&jkey),
                 ctx.op_get(&ekey),
-                ctx.op_get(&ckey),
-            ]))
-            .await?
-            .op_responses();
-        let first = |i| txn_get(ctx, &r, i).into_iter().next();
-        let Some(entry) = first(1) else {
-            return Ok(None);
-        };
-        if first(2).is_some() {
+            ]);
+        let resp = ctx.txn(txn).await?;
+        if !resp.succeeded() {
             return Ok(None);
         }
-        let job = match first(0).map(|kv| Job::from_stored(job_id, &kv.value, kv.mod_revision)) {
+        let r = resp.op_responses();
+        let first = |i| txn_get(ctx, &r, i).into_iter().next();
+        let Some(entry) = first(2) else {
+            return Ok(None);
+        };
+        let job = match first(1).map(|kv| Job::from_stored(job_id, &kv.value, kv.mod_revision)) {
             Some(Ok(job)) if !job.status.is_final() => job,
             other => {
                 let why = match other {
@@ -190,46 +196,20 @@ impl Claimer {
                 let txn = Txn::new()
                     .when(vec![
                         ctx.cmp_rev(&ekey, entry.mod_revision),
-                        ctx.cmp_absent(&ckey),
+                        Compare::lease(ctx.abs(&ckey), CompareOp::Equal, lease.id),
                     ])
-                    .and_then(vec![ctx.op_delete(&ekey)]);
+                    .and_then(vec![ctx.op_delete(&ekey), ctx.op_delete(&ckey)]);
                 ctx.txn(txn).await?;
                 return Ok(None);
             }
         };
-        let mut ops = vec![TxnOp::put(
-            ctx.abs(&ckey),
-            self.name(),
-            Some(PutOptions::new().with_lease(lease.id)),
-        )];
-        let mut next = job.clone();
-        if queue == Queue::Work {
-            next = job
-                .next(Transition::Claimed, Utc::now())
-                .map_err(|e| Error::Refused(e.to_string()))?;
-            ops.push(next.put_op(ctx));
-        }
-        let txn = Txn::new()
-            .when(vec![
-                ctx.cmp_rev(&ekey, entry.mod_revision),
-                ctx.cmp_absent(&ckey),
-                ctx.cmp_rev(&jkey, job.revision()),
-            ])
-            .and_then(ops);
-        let resp = ctx.txn(txn).await?;
-        if !resp.succeeded() {
-            return Ok(None);
-        }
-        if queue == Queue::Work {
-            next.set_revision(revision(&resp));
-        }
         Ok(Some(Claim {
             ctx: ctx.clone(),
             name: self.inner.name.clone(),
             lease,
             queue,
             guest: entry.text(),
-            job: next,
+            job,
             state: self.inner.state.clone(),
         }))
     }
@@ -434,6 +414,15 @@ impl Claim {
         next.set_revision(revision(&resp));
         self.job = next;
         Ok(())
+    }
+
+    /// Applies `step` to the record in memory only: the next write of the claim
+    /// ([`Claim::save`], [`Claim::finish`]) stores it together with its own step. Only
+    /// for a step that a process resuming from the stored record redoes by itself (the
+    /// image fetched: it finds the agent's fetch job complete and goes on to create).
+    pub fn advance(&mut self, step: Transition) -> Result<&Job> {
+        self.job = self.step(step)?;
+        Ok(&self.job)
     }
 
     /// Applies `step` to the job record and keeps the claim (a step in the middle of the

@@ -642,13 +642,12 @@ pub(crate) async fn release_ops(
 
 /// What a context knows of subnets' allocation state: per subnet the last state read or
 /// written (possibly stale: writes built from it compare revisions, and a lost compare
-/// brings fresh state back), and one lock, so that the placers of this process take turns
-/// on a subnet's index instead of racing each other. One per context
+/// brings fresh state back; placements of one process on a subnet are written together,
+/// see `assign::SubnetTurns`). One per context
 /// ([`AllocCache::of`]), shared by its clones.
 #[derive(Debug, Default)]
 pub(crate) struct AllocCache {
     states: Mutex<HashMap<String, AllocState>>,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl AllocCache {
@@ -677,16 +676,6 @@ impl AllocCache {
             }
         }
     }
-
-    /// The in-process lock of subnet `id`'s index.
-    pub(crate) fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(id.to_string())
-            .or_default()
-            .clone()
-    }
 }
 
 impl Context {
@@ -700,6 +689,15 @@ impl Context {
         let mut s = Subnet::blank(self, canonicalize(id)?);
         s.refresh().await?;
         Ok(s)
+    }
+
+    /// Loads subnet `id` without its reservations: one key, whatever the number of
+    /// guests on it (for readers of its addressing: CIDR, gateway, range).
+    pub async fn subnet_settings(&self, id: &str) -> Result<Subnet> {
+        let id = canonicalize(id)?;
+        let key = keys::subnet_metadata(&id);
+        let kv = self.get(&key).await?.ok_or(Error::NotFound(key))?;
+        Subnet::from_stored(self, &id, &kv.value, kv.mod_revision)
     }
 
     /// Calls `f` for every subnet (with reservations), loaded with one ranged read; stops

@@ -58,7 +58,12 @@ async fn one_claimer_per_job_and_writes_check_the_claim() {
         common::raw(&ctx, &format!("lochness/claims/{}", reboot.id)).await,
         Some(a.name().to_string())
     );
-    // A worker's claim sets started_at in the same transaction.
+    // A claim writes nothing to the record, and holds the record as stored.
+    let stored = ctx.job(&reboot.id).await.unwrap();
+    assert_eq!(stored, *claim.job());
+    assert!(stored.started_at.is_none());
+    // Claimed stores started_at (a worker does, before it asks an agent for an action).
+    claim.save(Transition::Claimed).await.unwrap();
     let stored = ctx.job(&reboot.id).await.unwrap();
     assert!(stored.started_at.is_some());
     assert_eq!(stored, *claim.job());

@@ -205,3 +205,103 @@ async fn view_follows_applied_changes() {
     view.apply(&ctx, &hb_key, None, view.revision + 1);
     assert!(!view.hypervisors[&h.id].is_alive());
 }
+
+/// Places `n` guests at once, guest `i` on hypervisor `i % hvs.len()`, on a fresh store
+/// whose context writes at most `batch` placements per transaction; returns the
+/// addresses handed out, the hypervisors' `allocated` memory, the subnet's index, and
+/// how many distinct revisions the guests were written at.
+async fn place_all(batch: usize, n: usize) -> (BTreeSet<String>, Vec<u64>, String, usize) {
+    let ctx = common::ctx().await.unwrap();
+    ctx.set_placement_batch(batch);
+    let flavor = common::flavor(&ctx, 64, 1024, 1).await;
+    let mut net = common::network(&ctx).await;
+    let s = common::subnet(
+        &ctx,
+        &mut net,
+        "10.40.0.0/24",
+        "10.40.0.10",
+        "10.40.0.250",
+        "10.40.0.1",
+    )
+    .await;
+    let mut hvs = Vec::new();
+    for _ in 0..8 {
+        let res = Resources {
+            memory: 1 << 20,
+            disk: 1 << 30,
+            cpu: 64,
+        };
+        let mut h = common::hypervisor(&ctx, res).await;
+        h.add_subnet(&s, "br0").await.unwrap();
+        hvs.push(h);
+    }
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let mut h = hvs[i % hvs.len()].clone();
+            let mut g = common::guest(&ctx, &flavor, &net);
+            tokio::spawn(async move {
+                h.add_guest(&mut g).await.unwrap();
+                g
+            })
+        })
+        .collect();
+    let mut ips = BTreeSet::new();
+    let mut revisions = BTreeSet::new();
+    for t in tasks {
+        let g = t.await.unwrap();
+        let stored = ctx.guest(&g.id).await.unwrap();
+        assert_eq!(stored.ip, g.ip, "the guest as stored is the one returned");
+        assert_eq!(
+            common::raw(
+                &ctx,
+                &format!("lochness/subnets/{}/addresses/{}", s.id, ip_of(&g))
+            )
+            .await,
+            Some(g.id.clone()),
+            "its address is reserved for it"
+        );
+        assert!(ips.insert(ip_of(&g)), "{} handed out twice", ip_of(&g));
+        revisions.insert(stored.revision());
+    }
+    let mut allocated = Vec::new();
+    for h in &hvs {
+        let r = ctx.hypervisor_resources(&h.id).await.unwrap();
+        allocated.push(r.allocated.memory);
+    }
+    let index = common::raw(&ctx, &format!("lochness/subnets/{}/alloc", s.id))
+        .await
+        .unwrap();
+    (ips, allocated, index, revisions.len())
+}
+
+fn ip_of(g: &lochness::Guest) -> String {
+    g.ip.map(|ip| ip.to_string()).unwrap_or_default()
+}
+
+/// Group commit (placements waiting on a subnet written in one transaction) hands out
+/// the same addresses and accounts the same resources as one placement per
+/// transaction, and does write several placements together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batched_placements_equal_one_at_a_time() {
+    if mistify_e2e::skipped("etcd") {
+        return;
+    }
+    const N: usize = 48;
+    let alone = place_all(1, N).await;
+    let together = place_all(32, N).await;
+    let expected: BTreeSet<String> = (10..10 + N).map(|i| format!("10.40.0.{i}")).collect();
+    assert_eq!(
+        alone.0, expected,
+        "the lowest free addresses, one at a time"
+    );
+    assert_eq!(together.0, alone.0, "the same addresses in batches");
+    assert_eq!(together.1, alone.1, "the same allocated figures");
+    assert_eq!(together.1, vec![64 * (N / 8) as u64; 8]);
+    assert_eq!(together.2, alone.2, "the same index");
+    assert_eq!(alone.3, N, "one transaction per placement with --batch 1");
+    assert!(
+        together.3 < N,
+        "48 placements at once in {} transactions: none were written together",
+        together.3
+    );
+}
