@@ -22,11 +22,12 @@
 //!    library into a private etcd (how long that took, and the rate of plain
 //!    `Guest::save`s against batched transactions); then against a real `cguestd`:
 //!    `GET /guests?limit=1000` over every page, `GET /guests/{id}` for 1,000 random ids;
-//!    twice `BENCH_SCALE_JOBS` (2,000) `select-hypervisor` jobs placed by
-//!    `BENCH_SCALE_PLACERS` (4) `cplacerd`s (no worker), first with `--batch 1` (each
-//!    placement its own transaction), then with group commit (the default):
-//!    placements per second, read from a watch on the placers' queue, and etcd's
-//!    requests per placement; the RSS of `cguestd` and of each placer.
+//!    three rounds of `BENCH_SCALE_JOBS` (2,000) `select-hypervisor` jobs placed by
+//!    `cplacerd`s (no worker): one placer with `--batch 1` (each placement its own
+//!    transaction), one placer with group commit (the default), `BENCH_SCALE_PLACERS`
+//!    (4) placers with the default: placements per second, read from a watch on the
+//!    placers' queue, and etcd's requests per placement; the RSS of `cguestd` and of
+//!    each placer.
 //!
 //! `BENCH_SEQUENTIAL=0` or `BENCH_GUESTS=0` skip parts 1 and 2.
 //!
@@ -609,7 +610,13 @@ async fn scale(dir: &Path) {
         written as f64 / batches_took.as_secs_f64(),
     );
 
-    // Reads through cguestd.
+    // Reads through cguestd, once etcd is done with the seeding (it persists and
+    // snapshots 100,000 writes in the background for a while after the last answer).
+    let settled = settle(etcd.pid(), Duration::from_secs(20)).await;
+    println!(
+        "scale seed: etcd quiet again {:.1} s after the seeding",
+        settled.as_secs_f64()
+    );
     let api = cguestd(&etcd.url);
     let client = client(&api);
     let idle = rss(api.pid());
@@ -638,6 +645,28 @@ async fn scale(dir: &Path) {
         walk.as_secs_f64(),
         summary(&mut pages),
     );
+    // The same pages straight from etcd through the library: the floor under cguestd.
+    let mut direct_pages = Vec::new();
+    let mut request = lochness::PageRequest {
+        after: None,
+        limit: Some(1000),
+    };
+    loop {
+        let start = Instant::now();
+        let page = ctx
+            .guests_page(&request, &lochness::GuestFilter::default())
+            .await
+            .expect("Context::guests_page");
+        direct_pages.push(start.elapsed());
+        match page.next {
+            Some(next) => request.after = Some(next),
+            None => break,
+        }
+    }
+    println!(
+        "scale list: the same pages read straight from etcd (Context::guests_page): {}",
+        summary(&mut direct_pages),
+    );
     let picks: Vec<String> = {
         let mut rng = rand::rng();
         (0..n_gets)
@@ -657,18 +686,35 @@ async fn scale(dir: &Path) {
         gets.len(),
         summary(&mut gets),
     );
+    // The same reads straight from etcd through the library: the floor under cguestd.
+    let mut direct = Vec::with_capacity(picks.len());
+    for id in &picks {
+        let start = Instant::now();
+        let g = ctx.guest(id).await.expect("Context::guest");
+        direct.push(start.elapsed());
+        assert_eq!(&g.id, id);
+    }
+    println!(
+        "scale get: the same ids read straight from etcd (Context::guest): {}",
+        summary(&mut direct),
+    );
     println!(
         "scale rss: cguestd with {n_guests} guests in etcd: idle {idle}; after the list and \
          the gets {}",
         rss(api.pid())
     );
 
-    // Placements, once with each placement written alone (`--batch 1`) and once with
-    // the placers' default (placements waiting on the subnet written together), in this
-    // one run.
-    for (label, batch) in [("one per transaction", "1"), ("batched", "32")] {
+    // Placements: one placer with each placement written alone (`--batch 1`), the same
+    // with the default (placements waiting on the subnet written together), then
+    // `BENCH_SCALE_PLACERS` placers with the default; in this one run.
+    let rounds = [
+        ("one per transaction", "1", 1),
+        ("batched", "32", 1),
+        ("batched", "32", n_placers),
+    ];
+    for (label, batch, placers) in rounds {
         place_round(
-            dir, &etcd, &cluster, n_hvs, n_guests, n_jobs, n_placers, label, batch,
+            dir, &etcd, &cluster, n_hvs, n_guests, n_jobs, placers, label, batch,
         )
         .await;
     }
@@ -786,6 +832,21 @@ async fn place_round(
             );
         }
     }
+}
+
+/// Waits until process `pid` uses under a tenth of a CPU over half a second (at most
+/// `limit`); how long that took.
+async fn settle(pid: u32, limit: Duration) -> Duration {
+    let start = Instant::now();
+    let window = Duration::from_millis(500);
+    while start.elapsed() < limit {
+        let before = cpu_secs(pid);
+        tokio::time::sleep(window).await;
+        if cpu_secs(pid) - before < 0.1 * window.as_secs_f64() {
+            break;
+        }
+    }
+    start.elapsed()
 }
 
 /// The `cpu` line of `/proc/stat`: (steal, total) jiffies.

@@ -26,24 +26,14 @@ pub trait Handler: Send + Sync + 'static {
     fn work(&self, claim: Claim) -> impl Future<Output = ()> + Send;
 }
 
-/// How a job's task ended.
-enum Ended {
-    /// Claimed and worked on (finished, handed on or given back).
-    Worked,
-    /// Not to be had: someone else claimed it, or its entry went.
-    Missed,
-    /// The claim failed (etcd): try again after a pause.
-    Failed,
-}
-
 /// How many times the room the loop draws its jobs from: each process takes its jobs
 /// in its own (random) order among the `SPREAD × room` oldest eligible ones, so that
 /// several processes do not all race for the oldest.
 const SPREAD: usize = 4;
 
 /// Runs the claim loop for `handler` until `shutdown` resolves; then stops every task and
-/// revokes the claimer's lease, so the jobs it held are resumed elsewhere at once. Each
-/// job is claimed in its own task, so that claims go to etcd side by side.
+/// revokes the claimer's lease, so the jobs it held are resumed elsewhere at once. The
+/// jobs taken at one wake-up are claimed in one transaction ([`Claimer::claim_many`]).
 pub async fn run<H: Handler>(
     mut view: QueueView,
     claimer: Claimer,
@@ -54,7 +44,7 @@ pub async fn run<H: Handler>(
 ) {
     let queue = handler.queue();
     let order = RandomState::new();
-    let mut tasks: JoinSet<(String, Ended)> = JoinSet::new();
+    let mut tasks: JoinSet<String> = JoinSet::new();
     let mut held: HashSet<String> = HashSet::new();
     // Jobs this process could not claim, passed over until the view changes.
     let mut missed: HashSet<String> = HashSet::new();
@@ -75,31 +65,39 @@ pub async fn run<H: Handler>(
                 held.contains(job) || missed.contains(job)
             });
             entries.sort_by_key(|e| order.hash_one(&e.job));
-            for entry in entries.into_iter().take(room) {
-                held.insert(entry.job.clone());
-                let (handler, claimer) = (handler.clone(), claimer.clone());
-                let job = entry.job.clone();
-                let task = tasks.spawn(async move {
-                    let claim = match claimer.claim(&job, queue).await {
-                        Ok(Some(claim)) => claim,
-                        // Taken by someone else or gone: the view will say so.
-                        Ok(None) | Err(Error::ClaimLost(_)) => return (job, Ended::Missed),
-                        Err(e) => {
-                            tracing::warn!(%job, error = %e, "cannot claim");
-                            return (job, Ended::Failed);
-                        }
-                    };
-                    tracing::debug!(%job, guest = %claim.guest(), "claimed");
-                    let lease = claim.lease();
-                    tokio::select! {
-                        () = handler.work(claim) => {}
-                        () = claimer.lost(lease) => {
-                            tracing::warn!(%job, "lease lost: stopped working on the job");
-                        }
+            let jobs: Vec<String> = entries.into_iter().take(room).map(|e| e.job).collect();
+            match claimer.claim_many(&jobs, queue).await {
+                Ok(claims) => {
+                    pause = Duration::from_millis(100);
+                    for (job, claim) in jobs.into_iter().zip(claims) {
+                        let Some(claim) = claim else {
+                            // Taken by someone else or gone: the view will say so.
+                            missed.insert(job);
+                            continue;
+                        };
+                        tracing::debug!(%job, guest = %claim.guest(), "claimed");
+                        held.insert(job.clone());
+                        let lease = claim.lease();
+                        let (handler, claimer) = (handler.clone(), claimer.clone());
+                        let name = job.clone();
+                        let task = tasks.spawn(async move {
+                            tokio::select! {
+                                () = handler.work(claim) => {}
+                                () = claimer.lost(lease) => {
+                                    tracing::warn!(job = %name, "lease lost: stopped working on the job");
+                                }
+                            }
+                            name
+                        });
+                        ids.insert(task.id(), job);
                     }
-                    (job, Ended::Worked)
-                });
-                ids.insert(task.id(), entry.job.clone());
+                }
+                Err(Error::ClaimLost(_)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim");
+                    resume_at = Some(Instant::now() + pause);
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
             }
         }
         metrics.set_claims(held.len());
@@ -107,31 +105,26 @@ pub async fn run<H: Handler>(
             () = &mut shutdown => break,
             () = view.changed() => missed.clear(),
             done = tasks.join_next_with_id(), if !tasks.is_empty() => {
-                match done {
-                    Some(Ok((id, (job, ended)))) => {
-                        ids.remove(&id);
-                        held.remove(&job);
-                        match ended {
-                            Ended::Worked => pause = Duration::from_millis(100),
-                            Ended::Missed => {
-                                missed.insert(job);
-                            }
-                            Ended::Failed => {
-                                resume_at = Some(Instant::now() + pause);
-                                pause = (pause * 2).min(Duration::from_secs(5));
-                            }
-                        }
-                    }
-                    Some(Err(e)) => {
-                        tracing::error!(error = %e, "a job task failed");
-                        if let Some(job) = ids.remove(&e.id()) {
+                // Every task that has ended by now, so that their slots are claimed for
+                // together (a placement transaction ends several at once).
+                let mut next = done;
+                while let Some(ended) = next {
+                    match ended {
+                        Ok((id, job)) => {
+                            ids.remove(&id);
                             held.remove(&job);
-                            if let Err(e) = claimer.give_back(&job).await {
-                                tracing::warn!(%job, error = %e, "cannot give the job back");
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "a job task failed");
+                            if let Some(job) = ids.remove(&e.id()) {
+                                held.remove(&job);
+                                if let Err(e) = claimer.give_back(&job).await {
+                                    tracing::warn!(%job, error = %e, "cannot give the job back");
+                                }
                             }
                         }
                     }
-                    None => {}
+                    next = tasks.try_join_next_with_id();
                 }
             }
             _ = claimer.leased(), if claimer.lease().is_none() => {}

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -157,30 +157,66 @@ impl Claimer {
     /// or someone else claimed it. An entry whose record is missing, unreadable or
     /// finished is removed with the claim just made (nothing could work on it).
     pub async fn claim(&self, job_id: &str, queue: Queue) -> Result<Option<Claim>> {
+        let mut claims = self.claim_many(&[job_id.to_string()], queue).await?;
+        Ok(claims.pop().flatten())
+    }
+
+    /// Claims each of `jobs` as [`Claimer::claim`] does, all in one transaction (one
+    /// raft proposal): each job's claim is a nested transaction with its own
+    /// conditions, so each is taken or not on its own. The answers are in the order of
+    /// `jobs`.
+    pub async fn claim_many(&self, jobs: &[String], queue: Queue) -> Result<Vec<Option<Claim>>> {
         let Some(lease) = self.lease() else {
             return Err(Error::ClaimLost(format!("{} holds no lease", self.name())));
         };
-        let ctx = &self.inner.ctx;
-        let jkey = keys::job(job_id);
-        let ekey = keys::queue_entry(queue.prefix(), job_id);
-        let ckey = keys::claim(job_id);
-        let txn = Txn::new()
-            .when(vec![ctx.cmp_present(&ekey), ctx.cmp_absent(&ckey)])
-            .and_then(vec![
-                TxnOp::put(
-                    ctx.abs(&ckey),
-                    self.name(),
-                    Some(PutOptions::new().with_lease(lease.id)),
-                ),
-                ctx.op_get(&jkey),
-                ctx.op_get(&ekey),
-            ]);
-        let resp = ctx.txn(txn).await?;
-        if !resp.succeeded() {
-            return Ok(None);
+        if jobs.is_empty() {
+            return Ok(Vec::new());
         }
-        let r = resp.op_responses();
-        let first = |i| txn_get(ctx, &r, i).into_iter().next();
+        let ctx = &self.inner.ctx;
+        let subs: Vec<TxnOp> = jobs
+            .iter()
+            .map(|id| {
+                let ekey = keys::queue_entry(queue.prefix(), id);
+                let ckey = keys::claim(id);
+                TxnOp::txn(
+                    Txn::new()
+                        .when(vec![ctx.cmp_present(&ekey), ctx.cmp_absent(&ckey)])
+                        .and_then(vec![
+                            TxnOp::put(
+                                ctx.abs(&ckey),
+                                self.name(),
+                                Some(PutOptions::new().with_lease(lease.id)),
+                            ),
+                            ctx.op_get(&keys::job(id)),
+                            ctx.op_get(&ekey),
+                        ]),
+                )
+            })
+            .collect();
+        let resp = ctx.txn(Txn::new().and_then(subs)).await?;
+        let mut out = Vec::with_capacity(jobs.len());
+        for (id, answer) in jobs.iter().zip(resp.op_responses()) {
+            out.push(match answer {
+                TxnOpResponse::Txn(t) if t.succeeded() => {
+                    self.claimed(id, queue, lease, &t.op_responses()).await?
+                }
+                _ => None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The claim of `job_id` from the responses of its claim transaction (put, record,
+    /// entry); a broken entry is removed with the claim.
+    async fn claimed(
+        &self,
+        job_id: &str,
+        queue: Queue,
+        lease: Lease,
+        r: &[TxnOpResponse],
+    ) -> Result<Option<Claim>> {
+        let ctx = &self.inner.ctx;
+        let first = |i| txn_get(ctx, r, i).into_iter().next();
         let Some(entry) = first(2) else {
             return Ok(None);
         };
@@ -193,6 +229,8 @@ impl Claimer {
                     Some(Err(e)) => format!("its record is unreadable: {e}"),
                 };
                 tracing::error!(job = %job_id, queue = ?queue, "removing a queue entry: {why}");
+                let ekey = keys::queue_entry(queue.prefix(), job_id);
+                let ckey = keys::claim(job_id);
                 let txn = Txn::new()
                     .when(vec![
                         ctx.cmp_rev(&ekey, entry.mod_revision),

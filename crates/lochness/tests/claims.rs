@@ -136,6 +136,77 @@ async fn a_stopped_claimer_gives_its_claims_back_and_cannot_write() {
 }
 
 #[tokio::test]
+async fn many_jobs_are_claimed_in_one_transaction_each_on_its_own() {
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let flavor = common::flavor(&ctx, 512, 1024, 1).await;
+    let network = common::network(&ctx).await;
+    let mut jobs = Vec::new();
+    for _ in 0..4 {
+        let mut guest = common::guest(&ctx, &flavor, &network);
+        ctx.create_guest_with_job(&mut guest).await.unwrap();
+        jobs.push(ctx.queue_job(&guest.id, JobAction::Start).await.unwrap().id);
+    }
+    let a = Claimer::start(&ctx, "test-a", TTL).await.unwrap();
+    let b = Claimer::start(&ctx, "test-b", TTL).await.unwrap();
+    // jobs[1] is b's already; jobs[2] is not in the workers' queue any more.
+    let held = b
+        .claim(&jobs[1], Queue::Work)
+        .await
+        .unwrap()
+        .expect("b claims");
+    ctx.client()
+        .delete(ctx.abs(&format!("lochness/queue/work/{}", jobs[2])), None)
+        .await
+        .unwrap();
+    let mut asked = jobs.clone();
+    asked.push("no-such-job".into());
+    let claims = a.claim_many(&asked, Queue::Work).await.unwrap();
+    let taken: Vec<bool> = claims.iter().map(Option::is_some).collect();
+    assert_eq!(
+        taken,
+        [true, false, false, true, false],
+        "answers in the order asked"
+    );
+    for (claim, id) in claims.iter().zip(&asked) {
+        if let Some(claim) = claim {
+            assert_eq!(claim.job().id, *id);
+            assert_eq!(
+                *claim.job(),
+                ctx.job(id).await.unwrap(),
+                "the record as stored"
+            );
+        }
+    }
+    // Both claims were written by one transaction: one revision.
+    let mut revisions = Vec::new();
+    for id in [&jobs[0], &jobs[3]] {
+        let kv = ctx
+            .get(&format!("lochness/claims/{id}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(kv.text(), a.name());
+        revisions.push(kv.create_revision);
+    }
+    assert_eq!(revisions[0], revisions[1]);
+    // b's claim is untouched, and nothing was claimed for the missing entry.
+    assert_eq!(
+        common::raw(&ctx, &format!("lochness/claims/{}", jobs[1])).await,
+        Some(b.name().to_string())
+    );
+    assert_eq!(
+        common::raw(&ctx, &format!("lochness/claims/{}", jobs[2])).await,
+        None
+    );
+    assert!(a.claim_many(&[], Queue::Work).await.unwrap().is_empty());
+    drop(held);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn the_view_follows_the_queues_and_the_hand_over_keeps_the_place_in_line() {
     let Some(ctx) = common::ctx().await else {
         return;
