@@ -14,7 +14,7 @@
 //! `allocated` does not exist yet (a store written by the Go library), it is first built
 //! from the guests linked to the hypervisor and their flavors.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -28,7 +28,7 @@ use crate::flavor::{Flavor, FlavorCache, Resources};
 use crate::guest::Guest;
 use crate::hypervisor::{ensure_allocated, Hypervisor};
 use crate::keys;
-use crate::subnet::{AllocCache, AllocIndex, AllocState, Subnet};
+use crate::subnet::{release_block_ops, AllocCache, AllocState, Subnet};
 
 impl Guest {
     /// Deletes the guest. A placed guest is removed from its hypervisor and its address
@@ -65,12 +65,17 @@ impl PlacementReads {
             ctx.op_get(&keys::flavor_metadata(&g.flavor)),
         ];
         for (sid, _) in sids {
-            let [meta, alloc] = Subnet::read_ops(ctx, sid);
-            ops.push(meta);
-            ops.push(alloc);
+            ops.extend(Subnet::read_ops(ctx, sid));
             ops.push(ctx.op_get(&keys::hypervisor_subnet(h, sid)));
         }
         PlacementReads { ops }
+    }
+
+    /// Runs the reads: their answers, and the revision they were read at.
+    async fn fetch(&self, ctx: &Context) -> Result<(Vec<TxnOpResponse>, i64)> {
+        let resp = ctx.txn(Txn::new().and_then(self.ops.clone())).await?;
+        let at = revision(&resp);
+        Ok((resp.op_responses(), at))
     }
 }
 
@@ -117,7 +122,7 @@ impl Hypervisor {
         // Fresh read results; `None` while we work from what this context already knows
         // (the compares of the write catch anything stale, and its failure branch brings
         // the fresh reads).
-        let mut resp: Option<Vec<TxnOpResponse>> = None;
+        let mut resp: Option<(Vec<TxnOpResponse>, i64)> = None;
         let mut foreign: Vec<(usize, u32)> = Vec::new();
         for attempt in 0..MAX_ATTEMPTS {
             // Subnets of the guest's network this hypervisor (still) has: (index, bridge).
@@ -151,15 +156,11 @@ impl Hypervisor {
                         }
                     }
                     if usable.is_empty() {
-                        resp = Some(
-                            ctx.txn(Txn::new().and_then(reads.ops.clone()))
-                                .await?
-                                .op_responses(),
-                        );
+                        resp = Some(reads.fetch(&ctx).await?);
                         continue;
                     }
                 }
-                Some(r) => {
+                Some((r, at)) => {
                     let net = txn_get(&ctx, r, R_NETWORK);
                     let net_meta = keys::network_metadata(&guest.network);
                     if !net.iter().any(|kv| kv.key == net_meta) {
@@ -208,8 +209,8 @@ impl Hypervisor {
                         )));
                     }
                     for (i, (sid, _)) in sids.iter().enumerate() {
-                        let base = R_SUBNETS + 3 * i;
-                        let Some(link) = txn_get(&ctx, r, base + 2).into_iter().next() else {
+                        let base = R_SUBNETS + 4 * i;
+                        let Some(link) = txn_get(&ctx, r, base + 3).into_iter().next() else {
                             self.drop_subnet(sid);
                             continue;
                         };
@@ -222,11 +223,13 @@ impl Hypervisor {
                             sid,
                             txn_get(&ctx, r, base),
                             txn_get(&ctx, r, base + 1),
+                            txn_get(&ctx, r, base + 2),
                         )
                         .await?
                         else {
                             continue;
                         };
+                        let state = state.seen_at(*at);
                         matching = true;
                         let mut state = state;
                         for (fi, ip) in &foreign {
@@ -262,11 +265,7 @@ impl Hypervisor {
             let Some((allocated, allocated_rev)) =
                 host.allocated_state().filter(|_| host.fits(&need))
             else {
-                resp = Some(
-                    ctx.txn(Txn::new().and_then(reads.ops.clone()))
-                        .await?
-                        .op_responses(),
-                );
+                resp = Some(reads.fetch(&ctx).await?);
                 continue;
             };
             let allocated = allocated.saturating_add(&need);
@@ -318,11 +317,7 @@ impl Hypervisor {
                     backoff(attempt).await;
                 }
                 Committed::Full => {
-                    resp = Some(
-                        ctx.txn(Txn::new().and_then(reads.ops.clone()))
-                            .await?
-                            .op_responses(),
-                    );
+                    resp = Some(reads.fetch(&ctx).await?);
                 }
                 Committed::Lost { ip, foreign: taken } => {
                     if !guard.holds(&ctx).await? {
@@ -334,11 +329,7 @@ impl Hypervisor {
                     if taken {
                         foreign.push((i, ip));
                     }
-                    resp = Some(
-                        ctx.txn(Txn::new().and_then(reads.ops.clone()))
-                            .await?
-                            .op_responses(),
-                    );
+                    resp = Some(reads.fetch(&ctx).await?);
                     tracing::debug!(guest = %guest.id, attempt, "add_guest lost a race, retrying");
                     backoff(attempt).await;
                 }
@@ -379,7 +370,7 @@ async fn unplace(
     let addr = match (&guest.ip, guest.subnet.is_empty()) {
         (Some(IpAddr::V4(ip)), false) => Some((
             keys::subnet_address(&guest.subnet, *ip),
-            keys::subnet_alloc(&guest.subnet),
+            keys::subnet_alloc_block(&guest.subnet, keys::alloc_block_of(u32::from(*ip))),
             *ip,
         )),
         _ => None,
@@ -451,19 +442,13 @@ async fn unplace(
                 if held.text() == guest.id {
                     cmps.push(ctx.cmp_rev(a, held.mod_revision));
                     ops.push(ctx.op_delete(a));
-                    match txn_get(ctx, &r, 5).into_iter().next() {
-                        Some(kv) => {
-                            cmps.push(ctx.cmp_rev(alloc, kv.mod_revision));
-                            match AllocIndex::parse(&kv.text()) {
-                                Ok(mut index) => {
-                                    index.remove(u32::from(*ip));
-                                    ops.push(ctx.op_put(alloc, index.text()));
-                                }
-                                Err(_) => ops.push(ctx.op_delete(alloc)),
-                            }
-                        }
-                        None => cmps.push(ctx.cmp_absent(alloc)),
-                    }
+                    cmps.push(release_block_ops(
+                        ctx,
+                        alloc,
+                        txn_get(ctx, &r, 5),
+                        *ip,
+                        &mut ops,
+                    ));
                 }
             }
         }
@@ -636,7 +621,8 @@ impl SubnetTurn {
     /// and per guest (the others wait for the next).
     fn take(&self) -> Vec<(Pending, oneshot::Sender<Committed>)> {
         let mut waiting = self.queue();
-        let (mut cmps, mut ops) = (2, 1);
+        // The subnet's compare; each member may touch an index block of its own.
+        let (mut cmps, mut ops) = (1, 0);
         let mut seen: HashSet<String> = HashSet::new();
         let mut batch = Vec::new();
         let mut rest = VecDeque::new();
@@ -644,7 +630,7 @@ impl SubnetTurn {
             if tx.is_closed() {
                 continue;
             }
-            let (c, o) = (p.cmps.len() + 1, p.ops.len() + 2);
+            let (c, o) = (p.cmps.len() + 2, p.ops.len() + 3);
             let clash = seen.contains(&p.hypervisor) || seen.contains(&p.placed.id);
             let full = self.max_batch > 0 && batch.len() >= self.max_batch;
             if !batch.is_empty()
@@ -678,12 +664,17 @@ async fn commit_batch(
         }
         return;
     };
-    let mut index = state.index.clone();
+    // Addresses from where this process looks first (the lowest free, until it lost a
+    // block to another process).
+    let mut next = state.clone();
+    let from = allocs.preferred(sid);
     let mut members = Vec::with_capacity(batch.len());
+    let mut touched = BTreeSet::new();
     for (p, tx) in batch {
-        match state.subnet.first_free(&index) {
+        match next.pick_from(from) {
             Some(ip) => {
-                index.insert(ip);
+                next.index.insert(ip);
+                touched.insert(keys::alloc_block_of(ip));
                 members.push((p, tx, ip));
             }
             None => {
@@ -694,14 +685,18 @@ async fn commit_batch(
     if members.is_empty() {
         return;
     }
-    let mut cmps = vec![
-        ctx.cmp_rev(&keys::subnet_metadata(sid), state.subnet.revision()),
-        ctx.cmp_rev(&keys::subnet_alloc(sid), state.index_rev),
-    ];
-    let mut ops = vec![ctx.op_put(&keys::subnet_alloc(sid), index.text())];
+    let mut cmps = vec![ctx.cmp_rev(&keys::subnet_metadata(sid), state.subnet.revision())];
+    let mut ops = Vec::new();
+    for b in &touched {
+        let (cmp, op) = next.block_write(ctx, *b);
+        cmps.push(cmp);
+        ops.push(op);
+    }
     // The failure branch reads what tells whose compare failed: the subnet, and each
     // member's address, `allocated` and guest.
-    let mut fail = Vec::from(Subnet::read_ops(ctx, sid));
+    let reads = Subnet::read_ops(ctx, sid);
+    let first = reads.len();
+    let mut fail = Vec::from(reads);
     for (p, _, ip) in &mut members {
         let addr = keys::subnet_address(sid, Ipv4Addr::from(*ip));
         p.placed.ip = Some(IpAddr::V4(Ipv4Addr::from(*ip)));
@@ -720,11 +715,10 @@ async fn commit_batch(
     match out {
         Ok(out) if out.succeeded() => {
             let rev = revision(&out);
-            allocs.put(AllocState {
-                subnet: state.subnet,
-                index,
-                index_rev: rev,
-            });
+            for b in &touched {
+                next.written(*b, rev);
+            }
+            allocs.put(next);
             for (mut p, tx, _) in members {
                 p.placed.set_revision(rev);
                 let _ = tx.send(Committed::Placed {
@@ -735,24 +729,34 @@ async fn commit_batch(
         Ok(out) => {
             let r = out.op_responses();
             let rev_of = |i: usize| txn_get(ctx, &r, i).first().map_or(0, |kv| kv.mod_revision);
-            let fresh = AllocState::from_reads(ctx, sid, txn_get(ctx, &r, 0), txn_get(ctx, &r, 1))
-                .await
-                .ok()
-                .flatten();
+            let fresh = AllocState::from_reads(
+                ctx,
+                sid,
+                txn_get(ctx, &r, 0),
+                txn_get(ctx, &r, 1),
+                txn_get(ctx, &r, 2),
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|f| f.seen_at(revision(&out)));
             let moved = match &fresh {
-                Some(f) => {
-                    (f.index_rev, f.subnet.revision()) != (state.index_rev, state.subnet.revision())
-                }
+                Some(f) => state.moved(f, &touched),
                 None => true,
             };
             if let Some(f) = fresh {
+                if moved {
+                    // Someone else places in the blocks this process looked in: look
+                    // elsewhere from now on.
+                    allocs.scatter(sid, &f);
+                }
                 allocs.put(f);
             }
             let verdicts: Vec<(bool, bool)> = members
                 .iter()
                 .enumerate()
                 .map(|(i, (p, _, _))| {
-                    let base = 2 + 3 * i;
+                    let base = first + 3 * i;
                     let foreign = !txn_get(ctx, &r, base).is_empty();
                     let own = foreign
                         || rev_of(base + 1) != p.allocated_rev

@@ -169,9 +169,33 @@ pub fn subnet_metadata(id: &str) -> String {
     format!("{SUBNETS}{id}/{METADATA}")
 }
 
-/// The allocation index of subnet `id`.
+/// The allocation index's marker of subnet `id`: [`ALLOC_BUILT`] once every block of
+/// the index is written (see [`subnet_alloc_block`]); an earlier version kept the whole
+/// index in this key.
 pub fn subnet_alloc(id: &str) -> String {
     format!("{SUBNETS}{id}/{ALLOC}")
+}
+
+/// The marker's value once subnet's index is kept in blocks.
+pub const ALLOC_BUILT: &str = "blocks:256";
+
+/// Addresses per block of an allocation index (aligned on the address value).
+pub const ALLOC_BLOCK: u32 = 256;
+
+/// The blocks of subnet `id`'s allocation index (ends in `/`).
+pub fn subnet_alloc_prefix(id: &str) -> String {
+    format!("{SUBNETS}{id}/{ALLOC}/")
+}
+
+/// The block of subnet `id`'s allocation index that starts at `start` (a multiple of
+/// [`ALLOC_BLOCK`]): the reserved addresses of `[start, start + 255]` as runs.
+pub fn subnet_alloc_block(id: &str, start: u32) -> String {
+    format!("{SUBNETS}{id}/{ALLOC}/{}", Ipv4Addr::from(start))
+}
+
+/// The start of the block of the index that holds `ip`.
+pub fn alloc_block_of(ip: u32) -> u32 {
+    ip & !(ALLOC_BLOCK - 1)
 }
 
 /// The address reservations of subnet `id` (ends in `/`).
@@ -293,6 +317,13 @@ mod tests {
         assert_eq!(subnet_prefix(s), "lochness/subnets/s1/");
         assert_eq!(subnet_metadata(s), "lochness/subnets/s1/metadata");
         assert_eq!(subnet_alloc(s), "lochness/subnets/s1/alloc");
+        let ip = u32::from(Ipv4Addr::new(10, 0, 3, 77));
+        assert_eq!(alloc_block_of(ip), u32::from(Ipv4Addr::new(10, 0, 3, 0)));
+        assert_eq!(
+            subnet_alloc_block(s, alloc_block_of(ip)),
+            "lochness/subnets/s1/alloc/10.0.3.0"
+        );
+        assert_eq!(subnet_alloc_prefix(s), "lochness/subnets/s1/alloc/");
         assert_eq!(subnet_addresses_prefix(s), "lochness/subnets/s1/addresses/");
         assert_eq!(
             subnet_address(s, Ipv4Addr::new(10, 0, 0, 7)),

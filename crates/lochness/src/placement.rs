@@ -25,7 +25,7 @@ use crate::flavor::{Flavor, Resources};
 use crate::guest::Guest;
 use crate::hypervisor::{hypervisors_from, Hypervisor};
 use crate::keys;
-use crate::subnet::{AllocIndex, Subnet};
+use crate::subnet::{block_start, AllocIndex, Subnet};
 
 /// A filter over candidate hypervisors for a guest.
 pub type CandidateFunction =
@@ -57,6 +57,31 @@ pub struct ClusterView {
 
 fn items(prefix: &str, kvs: Vec<Kv>) -> Vec<(String, Vec<(String, Kv)>)> {
     group_by_id(prefix, kvs)
+}
+
+/// A subnet's index from its keys: the blocks once the marker says they are complete,
+/// else the reservations themselves.
+fn index_of(subnet: &Subnet, its: &[(String, Kv)]) -> AllocIndex {
+    let built = its
+        .iter()
+        .any(|(t, kv)| t == keys::ALLOC && kv.text() == keys::ALLOC_BUILT);
+    let mut index = AllocIndex::default();
+    if built {
+        let block_dir = format!("{}/", keys::ALLOC);
+        for (tail, kv) in its {
+            let start = tail.strip_prefix(block_dir.as_str()).and_then(block_start);
+            if let (Some(start), Ok(block)) = (start, AllocIndex::parse(&kv.text())) {
+                index.set_block(start, &block);
+            }
+        }
+    } else {
+        for ip in subnet.addresses().keys() {
+            if let Ok(ip) = ip.parse::<std::net::Ipv4Addr>() {
+                index.insert(u32::from(ip));
+            }
+        }
+    }
+    index
 }
 
 impl ClusterView {
@@ -94,22 +119,7 @@ impl ClusterView {
                     continue;
                 }
             };
-            let index = match its
-                .iter()
-                .find(|(t, _)| t == keys::ALLOC)
-                .map(|(_, kv)| AllocIndex::parse(&kv.text()))
-            {
-                Some(Ok(index)) => index,
-                _ => {
-                    let mut index = AllocIndex::default();
-                    for ip in subnet.addresses().keys() {
-                        if let Ok(ip) = ip.parse::<std::net::Ipv4Addr>() {
-                            index.insert(u32::from(ip));
-                        }
-                    }
-                    index
-                }
-            };
+            let index = index_of(&subnet, &its);
             view.subnets.insert(id, (Some(subnet), index));
         }
         for kv in txn_get(ctx, &r, 3) {
@@ -198,11 +208,16 @@ impl ClusterView {
                         entry.0 = Subnet::from_stored(ctx, id, v, mod_revision).ok();
                     }
                 }
-            } else if tail == keys::ALLOC {
+            } else if let Some(start) = tail
+                .strip_prefix(keys::ALLOC)
+                .and_then(|t| t.strip_prefix('/'))
+                .and_then(block_start)
+            {
                 let entry = self.subnets.entry(id.to_string()).or_default();
-                entry.1 = value
+                let block = value
                     .and_then(|v| AllocIndex::parse(&String::from_utf8_lossy(v)).ok())
                     .unwrap_or_default();
+                entry.1.set_block(start, &block);
             }
         } else if let Some(rest) = key.strip_prefix(keys::FLAVORS) {
             let (id, tail) = keys::split_id(rest);

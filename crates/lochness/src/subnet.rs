@@ -1,7 +1,11 @@
 //! [`Subnet`]: an IPv4 range guests get their addresses from, and address reservation.
-//! Each reservation is a key of its own; the allocation index
-//! `lochness/subnets/<id>/alloc` ([`AllocIndex`]) lists them as runs and is updated in the
-//! same transaction, so handing out an address never lists the reservations. The lowest
+//! Each reservation is a key of its own; the allocation index ([`AllocIndex`]) lists them
+//! as runs, in blocks of 256 addresses (`lochness/subnets/<id>/alloc/<first address>`,
+//! absent when the block has none) updated in the same transaction, so handing out an
+//! address never lists the reservations, and placements in different blocks do not
+//! contend. `lochness/subnets/<id>/alloc` says the blocks are complete; until it does
+//! (a store written by the Go library, or by our earlier single-key index) the index is
+//! built from the reservations once, by whoever reads it first. The lowest
 //! free address is handed out; network, broadcast and gateway addresses never are (the
 //! original picked at random and excluded none; see docs/compat.md, section "lochness").
 //! What a context last knew of each subnet's index is cached here too (`AllocCache`).
@@ -15,7 +19,7 @@ use ipnetwork::IpNetwork;
 use serde::Serialize;
 
 use crate::codec::{canonicalize, new_id, parse_cidr, ser_cidr, ser_ip, Obj};
-use crate::context::{backoff, txn_get, Context, Kv, MAX_ATTEMPTS};
+use crate::context::{backoff, revision, txn_get, Context, Kv, MAX_ATTEMPTS};
 use crate::error::{Error, Result};
 use crate::keys;
 
@@ -162,6 +166,48 @@ impl AllocIndex {
         self.insert_run(ip, ip);
     }
 
+    /// The reserved addresses within `[start, end]`.
+    pub(crate) fn slice(&self, start: u32, end: u32) -> AllocIndex {
+        let mut out = AllocIndex::default();
+        let from = self.run_of(start).map(|(f, _)| f).unwrap_or(start);
+        for (f, l) in self.runs.range(from..=end) {
+            let (a, b) = ((*f).max(start), (*l).min(end));
+            if a <= b {
+                out.runs.insert(a, b);
+            }
+        }
+        out
+    }
+
+    /// Replaces what is reserved within `[start, end]` with what `part` holds there.
+    pub(crate) fn replace(&mut self, start: u32, end: u32, part: &AllocIndex) {
+        let from = self.run_of(start).map(|(f, _)| f).unwrap_or(start);
+        let overlapping: Vec<(u32, u32)> =
+            self.runs.range(from..=end).map(|(f, l)| (*f, *l)).collect();
+        for (f, l) in overlapping {
+            self.runs.remove(&f);
+            if f < start {
+                self.runs.insert(f, start - 1);
+            }
+            if l > end {
+                self.runs.insert(end + 1, l);
+            }
+        }
+        for (f, l) in part.slice(start, end).runs {
+            self.insert_run(f, l);
+        }
+    }
+
+    /// The block of the index that starts at `start` (see [`keys::alloc_block_of`]).
+    pub(crate) fn block(&self, start: u32) -> AllocIndex {
+        self.slice(start, block_end(start))
+    }
+
+    /// Replaces the block that starts at `start` with `block`.
+    pub(crate) fn set_block(&mut self, start: u32, block: &AllocIndex) {
+        self.replace(start, block_end(start), block);
+    }
+
     pub(crate) fn remove(&mut self, ip: u32) {
         if let Some((f, l)) = self.run_of(ip) {
             self.runs.remove(&f);
@@ -175,55 +221,196 @@ impl AllocIndex {
     }
 }
 
+/// The last address of the index block that starts at `start`.
+fn block_end(start: u32) -> u32 {
+    start.saturating_add(keys::ALLOC_BLOCK - 1)
+}
+
+/// The block start a key `…/alloc/<address>` names.
+pub(crate) fn block_start(tail: &str) -> Option<u32> {
+    let ip: Ipv4Addr = tail.parse().ok()?;
+    let start = u32::from(ip);
+    (keys::alloc_block_of(start) == start).then_some(start)
+}
+
 /// A subnet as read for an allocation: its metadata and index, with their revisions.
 #[derive(Debug, Clone)]
 pub(crate) struct AllocState {
     pub(crate) subnet: Subnet,
+    /// Every reserved address (the union of the blocks).
     pub(crate) index: AllocIndex,
-    /// `mod_revision` of the alloc key; 0 when it does not exist yet.
-    pub(crate) index_rev: i64,
+    /// `mod_revision` of each block key that exists.
+    pub(crate) blocks: BTreeMap<u32, i64>,
+    /// The newest revision this state reflects (of a key read, or of its last write).
+    pub(crate) as_of: i64,
 }
 
+/// At most this many block writes per transaction when an index is built.
+const BUILD_CHUNK: usize = 100;
+
 impl AllocState {
-    /// Builds the state from the responses of [`Subnet::read_ops`]; `None` when the
-    /// subnet does not exist. A missing (or unreadable) index is rebuilt from the
-    /// reservation keys, which costs one extra read once per subnet.
+    /// Builds the state from the responses of [`Subnet::read_ops`] (metadata, marker,
+    /// blocks); `None` when the subnet does not exist. An index that is not complete
+    /// (no marker: a store written by the Go library, or by the earlier single-key index)
+    /// is built from the reservation keys and written (blocks, then the marker), which
+    /// costs one read of the reservations once per subnet.
     pub(crate) async fn from_reads(
         ctx: &Context,
         id: &str,
         meta: Vec<Kv>,
-        alloc: Vec<Kv>,
+        marker: Vec<Kv>,
+        blocks: Vec<Kv>,
     ) -> Result<Option<AllocState>> {
         let Some(meta) = meta.into_iter().next() else {
             return Ok(None);
         };
         let subnet = Subnet::from_stored(ctx, id, &meta.value, meta.mod_revision)?;
-        let parsed = alloc
-            .first()
-            .map(|kv| (AllocIndex::parse(&kv.text()), kv.mod_revision));
-        let (index, index_rev) = match parsed {
-            Some((Ok(index), rev)) => (index, rev),
-            other => {
-                let rev = other.map(|(_, rev)| rev).unwrap_or(0);
-                let mut index = AllocIndex::default();
-                for kv in ctx.get_prefix(&keys::subnet_addresses_prefix(id)).await? {
-                    if let Some(Ok(ip)) = kv.key.rsplit('/').next().map(str::parse::<Ipv4Addr>) {
-                        index.insert(u32::from(ip));
-                    }
-                }
-                (index, rev)
+        let prefix = keys::subnet_alloc_prefix(id);
+        let mut as_of = meta.mod_revision;
+        let mut revs = BTreeMap::new();
+        let mut index = AllocIndex::default();
+        let mut readable = true;
+        for kv in &blocks {
+            let Some(start) = kv.key.strip_prefix(prefix.as_str()).and_then(block_start) else {
+                continue;
+            };
+            revs.insert(start, kv.mod_revision);
+            as_of = as_of.max(kv.mod_revision);
+            match AllocIndex::parse(&kv.text()) {
+                Ok(part) => index.set_block(start, &part),
+                Err(_) => readable = false,
             }
-        };
-        Ok(Some(AllocState {
+        }
+        let marker = marker.into_iter().next();
+        as_of = as_of.max(marker.as_ref().map_or(0, |kv| kv.mod_revision));
+        let mut state = AllocState {
             subnet,
             index,
-            index_rev,
-        }))
+            blocks: revs,
+            as_of,
+        };
+        if !(readable
+            && marker
+                .as_ref()
+                .is_some_and(|kv| kv.text() == keys::ALLOC_BUILT))
+        {
+            state
+                .build(ctx, marker.map_or(0, |kv| kv.mod_revision), &blocks)
+                .await?;
+        }
+        Ok(Some(state))
     }
 
-    /// The next address to hand out, if any.
+    /// Rebuilds the index from the reservation keys, then writes each block that differs
+    /// and the marker (a lost race leaves the rest to the next reader: each write
+    /// compares the revision of what it replaces).
+    async fn build(&mut self, ctx: &Context, marker_rev: i64, stored: &[Kv]) -> Result<()> {
+        let id = self.subnet.id.clone();
+        let mut index = AllocIndex::default();
+        for kv in ctx.get_prefix(&keys::subnet_addresses_prefix(&id)).await? {
+            if let Some(Ok(ip)) = kv.key.rsplit('/').next().map(str::parse::<Ipv4Addr>) {
+                index.insert(u32::from(ip));
+            }
+        }
+        self.index = index;
+        let prefix = keys::subnet_alloc_prefix(&id);
+        let stored: BTreeMap<u32, String> = stored
+            .iter()
+            .filter_map(|kv| {
+                let start = kv.key.strip_prefix(prefix.as_str()).and_then(block_start)?;
+                Some((start, kv.text()))
+            })
+            .collect();
+        let mut starts: BTreeSet<u32> = stored.keys().copied().collect();
+        starts.extend(self.index.runs.iter().flat_map(|(f, l)| {
+            (keys::alloc_block_of(*f)..=keys::alloc_block_of(*l))
+                .step_by(keys::ALLOC_BLOCK as usize)
+        }));
+        let changes: Vec<u32> = starts
+            .into_iter()
+            .filter(|b| {
+                stored.get(b).map(String::as_str).unwrap_or("") != self.index.block(*b).text()
+            })
+            .collect();
+        let mut chunks: Vec<&[u32]> = changes.chunks(BUILD_CHUNK).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        let last = chunks.len() - 1;
+        for (n, chunk) in chunks.into_iter().enumerate() {
+            let (mut cmps, mut ops) = (Vec::new(), Vec::new());
+            for b in chunk {
+                let (c, o) = self.block_write(ctx, *b);
+                cmps.push(c);
+                ops.push(o);
+            }
+            if n == last {
+                cmps.push(ctx.cmp_rev(&keys::subnet_metadata(&id), self.subnet.mod_revision));
+                cmps.push(ctx.cmp_rev(&keys::subnet_alloc(&id), marker_rev));
+                ops.push(ctx.op_put(&keys::subnet_alloc(&id), keys::ALLOC_BUILT));
+            }
+            let resp = ctx.commit(Txn::new().when(cmps).and_then(ops)).await?;
+            if !resp.succeeded() {
+                tracing::debug!(subnet = %id, "building the allocation index lost a race");
+                return Ok(());
+            }
+            let rev = revision(&resp);
+            for b in chunk {
+                self.written(*b, rev);
+            }
+        }
+        tracing::info!(subnet = %id, reserved = self.index.len(), "allocation index built");
+        Ok(())
+    }
+
+    /// The compare and write that store block `start` of this state's index (deleted
+    /// when empty), if the stored block is the one this state read.
+    pub(crate) fn block_write(&self, ctx: &Context, start: u32) -> (Compare, TxnOp) {
+        let key = keys::subnet_alloc_block(&self.subnet.id, start);
+        let cmp = ctx.cmp_rev(&key, self.blocks.get(&start).copied().unwrap_or(0));
+        let block = self.index.block(start);
+        let op = if block.is_empty() {
+            ctx.op_delete(&key)
+        } else {
+            ctx.op_put(&key, block.text())
+        };
+        (cmp, op)
+    }
+
+    /// This state as read at revision `rev` (the answer's header): newer than any state
+    /// read or written before it.
+    pub(crate) fn seen_at(mut self, rev: i64) -> AllocState {
+        self.as_of = self.as_of.max(rev);
+        self
+    }
+
+    /// Records that block `start` was written at `rev`.
+    pub(crate) fn written(&mut self, start: u32, rev: i64) {
+        if self.index.block(start).is_empty() {
+            self.blocks.remove(&start);
+        } else {
+            self.blocks.insert(start, rev);
+        }
+        self.as_of = self.as_of.max(rev);
+    }
+
+    /// The next address to hand out, if any: the lowest free one from `from` on (then
+    /// from the start of the range).
+    pub(crate) fn pick_from(&self, from: Option<u32>) -> Option<u32> {
+        self.subnet.first_free_from(&self.index, from)
+    }
+
+    /// The next address to hand out, if any (the lowest free one).
     pub(crate) fn pick(&self) -> Option<u32> {
-        self.subnet.first_free(&self.index)
+        self.pick_from(None)
+    }
+
+    /// Whether the subnet or a block of `starts` changed between `self` and `fresh`.
+    pub(crate) fn moved(&self, fresh: &AllocState, starts: &BTreeSet<u32>) -> bool {
+        self.subnet.revision() != fresh.subnet.revision()
+            || starts
+                .iter()
+                .any(|b| self.blocks.get(b) != fresh.blocks.get(b))
     }
 
     /// Compares and operations reserving `ip` for `owner` (the caller adds its own).
@@ -234,19 +421,17 @@ impl AllocState {
         owner: &str,
     ) -> (Vec<Compare>, Vec<TxnOp>) {
         let id = &self.subnet.id;
-        let mut index = self.index.clone();
-        index.insert(ip);
+        let mut next = self.clone();
+        next.index.insert(ip);
         let addr = keys::subnet_address(id, Ipv4Addr::from(ip));
+        let (block_cmp, block_op) = next.block_write(ctx, keys::alloc_block_of(ip));
         (
             vec![
                 ctx.cmp_rev(&keys::subnet_metadata(id), self.subnet.mod_revision),
-                ctx.cmp_rev(&keys::subnet_alloc(id), self.index_rev),
+                block_cmp,
                 ctx.cmp_absent(&addr),
             ],
-            vec![
-                ctx.op_put(&addr, owner),
-                ctx.op_put(&keys::subnet_alloc(id), index.text()),
-            ],
+            vec![ctx.op_put(&addr, owner), block_op],
         )
     }
 }
@@ -271,11 +456,13 @@ impl Subnet {
         }
     }
 
-    /// Gets (metadata, alloc) for a read or the failure branch of a transaction.
-    pub(crate) fn read_ops(ctx: &Context, id: &str) -> [TxnOp; 2] {
+    /// Gets (metadata, index marker, index blocks) for a read or the failure branch of
+    /// a transaction.
+    pub(crate) fn read_ops(ctx: &Context, id: &str) -> [TxnOp; 3] {
         [
             ctx.op_get(&keys::subnet_metadata(id)),
             ctx.op_get(&keys::subnet_alloc(id)),
+            ctx.op_get_prefix(&keys::subnet_alloc_prefix(id)),
         ]
     }
 
@@ -394,12 +581,22 @@ impl Subnet {
         }
     }
 
-    /// The lowest address of `[start, end]` that is neither reserved in `index` nor
-    /// excluded.
-    pub(crate) fn first_free(&self, index: &AllocIndex) -> Option<u32> {
+    /// The lowest address of `[start, end]` from `from` on (else from `start`) that is
+    /// neither reserved in `index` nor excluded.
+    pub(crate) fn first_free_from(&self, index: &AllocIndex, from: Option<u32>) -> Option<u32> {
         let (start, end) = self.bounds()?;
-        let mut c = u64::from(start);
-        let end = u64::from(end);
+        match from.filter(|f| (start..=end).contains(f)) {
+            Some(f) => self
+                .free_in(index, f, end)
+                .or_else(|| self.free_in(index, start, f)),
+            None => self.free_in(index, start, end),
+        }
+    }
+
+    /// The lowest free address of `[from, to]`.
+    fn free_in(&self, index: &AllocIndex, from: u32, to: u32) -> Option<u32> {
+        let mut c = u64::from(from);
+        let end = u64::from(to);
         while c <= end {
             if let Some((_, last)) = index.run_of(c as u32) {
                 c = u64::from(last) + 1;
@@ -475,10 +672,15 @@ impl Subnet {
             .txn(Txn::new().and_then(Subnet::read_ops(&ctx, &id).to_vec()))
             .await?;
         let r = read.op_responses();
-        let mut state =
-            AllocState::from_reads(&ctx, &id, txn_get(&ctx, &r, 0), txn_get(&ctx, &r, 1))
-                .await?
-                .ok_or_else(|| Error::NotFound(keys::subnet_metadata(&id)))?;
+        let mut state = AllocState::from_reads(
+            &ctx,
+            &id,
+            txn_get(&ctx, &r, 0),
+            txn_get(&ctx, &r, 1),
+            txn_get(&ctx, &r, 2),
+        )
+        .await?
+        .ok_or_else(|| Error::NotFound(keys::subnet_metadata(&id)))?;
         for attempt in 0..MAX_ATTEMPTS {
             let ip = state.pick().ok_or(Error::NoAvailableAddresses)?;
             let (cmps, ops) = state.reserve_ops(&ctx, ip, owner);
@@ -493,10 +695,16 @@ impl Subnet {
                 return Ok(Ipv4Addr::from(ip));
             }
             let r = resp.op_responses();
-            let taken = !txn_get(&ctx, &r, 2).is_empty();
-            state = AllocState::from_reads(&ctx, &id, txn_get(&ctx, &r, 0), txn_get(&ctx, &r, 1))
-                .await?
-                .ok_or_else(|| Error::NotFound(keys::subnet_metadata(&id)))?;
+            let taken = !txn_get(&ctx, &r, 3).is_empty();
+            state = AllocState::from_reads(
+                &ctx,
+                &id,
+                txn_get(&ctx, &r, 0),
+                txn_get(&ctx, &r, 1),
+                txn_get(&ctx, &r, 2),
+            )
+            .await?
+            .ok_or_else(|| Error::NotFound(keys::subnet_metadata(&id)))?;
             if taken {
                 // Written by someone who does not keep the index: record it on the next try.
                 state.index.insert(ip);
@@ -612,9 +820,9 @@ pub(crate) async fn release_ops(
     owner: Option<&str>,
 ) -> Result<Option<(Vec<Compare>, Vec<TxnOp>)>> {
     let addr = keys::subnet_address(id, ip);
-    let alloc_key = keys::subnet_alloc(id);
+    let block_key = keys::subnet_alloc_block(id, keys::alloc_block_of(u32::from(ip)));
     let resp = ctx
-        .txn(Txn::new().and_then(vec![ctx.op_get(&addr), ctx.op_get(&alloc_key)]))
+        .txn(Txn::new().and_then(vec![ctx.op_get(&addr), ctx.op_get(&block_key)]))
         .await?;
     let r = resp.op_responses();
     let Some(held) = txn_get(ctx, &r, 0).into_iter().next() else {
@@ -625,19 +833,43 @@ pub(crate) async fn release_ops(
     }
     let mut cmps = vec![ctx.cmp_rev(&addr, held.mod_revision)];
     let mut ops = vec![ctx.op_delete(&addr)];
-    match txn_get(ctx, &r, 1).into_iter().next() {
-        Some(alloc) => {
-            cmps.push(ctx.cmp_rev(&alloc_key, alloc.mod_revision));
-            if let Ok(mut index) = AllocIndex::parse(&alloc.text()) {
-                index.remove(u32::from(ip));
-                ops.push(ctx.op_put(&alloc_key, index.text()));
-            } else {
-                ops.push(ctx.op_delete(&alloc_key));
-            }
-        }
-        None => cmps.push(ctx.cmp_absent(&alloc_key)),
-    }
+    cmps.push(release_block_ops(
+        ctx,
+        &block_key,
+        txn_get(ctx, &r, 1),
+        ip,
+        &mut ops,
+    ));
     Ok(Some((cmps, ops)))
+}
+
+/// The compare (and, into `ops`, the write) that take `ip` out of its index block as
+/// read (`block`: the block key's read); a block that does not exist is left so.
+pub(crate) fn release_block_ops(
+    ctx: &Context,
+    key: &str,
+    block: Vec<Kv>,
+    ip: Ipv4Addr,
+    ops: &mut Vec<TxnOp>,
+) -> Compare {
+    match block.into_iter().next() {
+        Some(kv) => {
+            match AllocIndex::parse(&kv.text()) {
+                Ok(mut part) => {
+                    part.remove(u32::from(ip));
+                    if part.is_empty() {
+                        ops.push(ctx.op_delete(key));
+                    } else {
+                        ops.push(ctx.op_put(key, part.text()));
+                    }
+                }
+                // Unreadable: gone, so that the index is built again.
+                Err(_) => ops.push(ctx.op_delete(key)),
+            }
+            ctx.cmp_rev(key, kv.mod_revision)
+        }
+        None => ctx.cmp_absent(key),
+    }
 }
 
 /// What a context knows of subnets' allocation state: per subnet the last state read or
@@ -648,6 +880,9 @@ pub(crate) async fn release_ops(
 #[derive(Debug, Default)]
 pub(crate) struct AllocCache {
     states: Mutex<HashMap<String, AllocState>>,
+    /// Per subnet, where this process looks for free addresses first (after it lost a
+    /// race with another process, a block of its own).
+    preferred: Mutex<HashMap<String, u32>>,
 }
 
 impl AllocCache {
@@ -668,12 +903,38 @@ impl AllocCache {
     /// Remembers `state` unless a newer one is known.
     pub(crate) fn put(&self, state: AllocState) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        let newer = |s: &AllocState| (s.index_rev.max(s.subnet.revision()), s.subnet.revision());
+        let newer = |s: &AllocState| (s.as_of, s.subnet.revision());
         match states.get(&state.subnet.id) {
             Some(old) if newer(old) > newer(&state) => {}
             _ => {
                 states.insert(state.subnet.id.clone(), state);
             }
+        }
+    }
+
+    /// Where this process looks first for a free address of subnet `id` (`None`: the
+    /// lowest).
+    pub(crate) fn preferred(&self, id: &str) -> Option<u32> {
+        self.preferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied()
+    }
+
+    /// Moves this process's first look for subnet `id` to a random free address of
+    /// `state` (another process works where it looked).
+    pub(crate) fn scatter(&self, id: &str, state: &AllocState) {
+        use rand::Rng;
+        let Some((start, end)) = state.subnet.bounds() else {
+            return;
+        };
+        let at = rand::rng().random_range(start..=end);
+        if let Some(ip) = state.pick_from(Some(at)) {
+            self.preferred
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.to_string(), keys::alloc_block_of(ip));
         }
     }
 }
@@ -689,6 +950,30 @@ impl Context {
         let mut s = Subnet::blank(self, canonicalize(id)?);
         s.refresh().await?;
         Ok(s)
+    }
+
+    /// Subnet `id`'s allocation index as stored: the union of its blocks once they are
+    /// complete (`None` before: a store whose index was never built).
+    pub async fn subnet_index(&self, id: &str) -> Result<Option<AllocIndex>> {
+        let id = canonicalize(id)?;
+        let r = self
+            .txn(Txn::new().and_then(Subnet::read_ops(self, &id).to_vec()))
+            .await?
+            .op_responses();
+        let built = txn_get(self, &r, 1)
+            .first()
+            .is_some_and(|kv| kv.text() == keys::ALLOC_BUILT);
+        if !built {
+            return Ok(None);
+        }
+        let prefix = keys::subnet_alloc_prefix(&id);
+        let mut index = AllocIndex::default();
+        for kv in txn_get(self, &r, 2) {
+            if let Some(start) = kv.key.strip_prefix(prefix.as_str()).and_then(block_start) {
+                index.set_block(start, &AllocIndex::parse(&kv.text())?);
+            }
+        }
+        Ok(Some(index))
     }
 
     /// Loads subnet `id` without its reservations: one key, whatever the number of
@@ -715,6 +1000,46 @@ impl Context {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocks_slice_and_replace_the_index() {
+        let ip = |s: &str| u32::from(s.parse::<Ipv4Addr>().unwrap());
+        let idx = AllocIndex::parse("10.0.0.250-10.0.1.5,10.0.1.9,10.0.2.0-10.0.2.255").unwrap();
+        assert_eq!(idx.block(ip("10.0.0.0")).text(), "10.0.0.250-10.0.0.255");
+        assert_eq!(
+            idx.block(ip("10.0.1.0")).text(),
+            "10.0.1.0-10.0.1.5,10.0.1.9"
+        );
+        assert_eq!(idx.block(ip("10.0.2.0")).text(), "10.0.2.0-10.0.2.255");
+        assert!(idx.block(ip("10.0.3.0")).is_empty());
+        // Replacing a block keeps its neighbours and merges across the edges.
+        let mut whole = idx.clone();
+        whole.set_block(
+            ip("10.0.1.0"),
+            &AllocIndex::parse("10.0.1.0-10.0.1.255").unwrap(),
+        );
+        assert_eq!(whole.text(), "10.0.0.250-10.0.2.255");
+        whole.set_block(ip("10.0.1.0"), &AllocIndex::default());
+        assert_eq!(whole.text(), "10.0.0.250-10.0.0.255,10.0.2.0-10.0.2.255");
+        // Only the block's own addresses are taken from `part`.
+        whole.set_block(
+            ip("10.0.1.0"),
+            &AllocIndex::parse("10.0.0.1,10.0.1.7").unwrap(),
+        );
+        assert_eq!(
+            whole.text(),
+            "10.0.0.250-10.0.0.255,10.0.1.7,10.0.2.0-10.0.2.255"
+        );
+        // The union of the blocks is the index.
+        let mut union = AllocIndex::default();
+        for b in ["10.0.0.0", "10.0.1.0", "10.0.2.0"] {
+            union.set_block(ip(b), &idx.block(ip(b)));
+        }
+        assert_eq!(union, idx);
+        assert_eq!(block_start("10.0.1.0"), Some(ip("10.0.1.0")));
+        assert_eq!(block_start("10.0.1.1"), None, "not the start of a block");
+        assert_eq!(block_start("nope"), None);
+    }
 
     #[test]
     fn index_text_round_trip() {

@@ -5,7 +5,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use lochness::{AllocIndex, ClusterView, Resources, DEFAULT_CANDIDATE_FUNCTIONS};
+use lochness::{ClusterView, Resources, DEFAULT_CANDIDATE_FUNCTIONS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_placers_two_thousand_guests() {
@@ -115,12 +115,7 @@ async fn sixteen_placers_two_thousand_guests() {
             reserved.insert(u32::from(ip));
         }
         // The index agrees with the keys exactly.
-        let idx = AllocIndex::parse(
-            &common::raw(&ctx, &format!("lochness/subnets/{}/alloc", sub.id))
-                .await
-                .unwrap(),
-        )
-        .unwrap();
+        let idx = ctx.subnet_index(&sub.id).await.unwrap().expect("built");
         assert_eq!(idx.len(), reserved.len());
         for ip in &reserved {
             assert!(idx.contains(Ipv4Addr::from(*ip)));

@@ -194,7 +194,7 @@ async fn view_follows_applied_changes() {
     );
     view.apply(
         &ctx,
-        &format!("lochness/subnets/{}/alloc", s.id),
+        &format!("lochness/subnets/{}/alloc/10.5.0.0", s.id),
         Some(b"10.5.0.2-10.5.0.3"),
         view.revision + 1,
     );
@@ -268,9 +268,7 @@ async fn place_all(batch: usize, n: usize) -> (BTreeSet<String>, Vec<u64>, Strin
         let r = ctx.hypervisor_resources(&h.id).await.unwrap();
         allocated.push(r.allocated.memory);
     }
-    let index = common::raw(&ctx, &format!("lochness/subnets/{}/alloc", s.id))
-        .await
-        .unwrap();
+    let index = ctx.subnet_index(&s.id).await.unwrap().unwrap().text();
     (ips, allocated, index, revisions.len())
 }
 
