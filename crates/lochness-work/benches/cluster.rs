@@ -452,6 +452,17 @@ async fn throughput(dir: &Path) {
     println!("throughput: etcd per guest done: {}", per_guest.join(", "));
 }
 
+/// One gauge of etcd's `/metrics` (0 when absent).
+fn etcd_gauge(url: &str, name: &str) -> f64 {
+    let text = mistify_e2e::stack::http_get(&format!("{url}/metrics"))
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
 /// Counters of etcd's `/metrics`: requests by gRPC method, proposals committed, WAL
 /// fsyncs, watch events sent.
 fn etcd_counts(url: &str) -> BTreeMap<String, f64> {
@@ -765,12 +776,36 @@ async fn place_round(
     // The creates' own events (puts) come first; count the deletes from here.
     let etcd_cpu = cpu_secs(etcd.pid());
     let etcd_before = etcd_counts(&etcd.url);
+    if let Ok(dir) = std::env::var("BENCH_ETCD_METRICS") {
+        let text = mistify_e2e::stack::http_get(&format!("{}/metrics", etcd.url))
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        let _ = std::fs::write(format!("{dir}/{n_placers}-{batch}-before.txt"), text);
+    }
     let start = Instant::now();
     let mut args = concurrency("BENCH_PLACER_CONCURRENCY");
     args.extend(["--batch", batch]);
     let placers: Vec<Proc> = (0..n_placers)
         .map(|_| Proc::start("cplacerd", dir, &etcd.url, &args))
         .collect();
+    // etcd's watchers that fell behind (it then catches them up from its backend),
+    // sampled while the placers work.
+    let slow = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = {
+        let (url, slow) = (etcd.url.clone(), slow.clone());
+        tokio::spawn(async move {
+            loop {
+                let now = tokio::task::spawn_blocking({
+                    let url = url.clone();
+                    move || etcd_gauge(&url, "etcd_debugging_mvcc_slow_watcher_total")
+                })
+                .await
+                .unwrap_or(0.0);
+                slow.fetch_max(now as u64, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
     let mut left: Vec<Instant> = Vec::with_capacity(n_jobs);
     while left.len() < n_jobs {
         match tokio::time::timeout(Duration::from_secs(120), queue.next()).await {
@@ -780,6 +815,13 @@ async fn place_round(
         }
     }
     drop(queue);
+    sampler.abort();
+    if let Ok(dir) = std::env::var("BENCH_ETCD_METRICS") {
+        let text = mistify_e2e::stack::http_get(&format!("{}/metrics", etcd.url))
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        let _ = std::fs::write(format!("{dir}/{n_placers}-{batch}.txt"), text);
+    }
     let first = left.first().copied().unwrap_or(start);
     let last = left.last().copied().unwrap_or(start);
     let mut in_error = 0;
@@ -805,8 +847,9 @@ async fn place_round(
         left.len().saturating_sub(1) as f64 / steady.as_secs_f64(),
     );
     println!(
-        "scale place ({label}): etcd CPU while placing {:.1} s",
-        cpu_secs(etcd.pid()) - etcd_cpu
+        "scale place ({label}): etcd CPU while placing {:.1} s; slow watchers at most {}",
+        cpu_secs(etcd.pid()) - etcd_cpu,
+        slow.load(std::sync::atomic::Ordering::Relaxed),
     );
     let etcd_after = etcd_counts(&etcd.url);
     let per_placement: Vec<String> = etcd_after
@@ -822,6 +865,17 @@ async fn place_round(
     );
     for (i, p) in placers.iter().enumerate() {
         let (placed, mean) = placer_figures(p).await;
+        let log = p.output();
+        let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+        println!(
+            "scale place ({label}): cplacerd {i} log: {} leases lost, {} jobs given back, \
+             {} lost races, {} fresh cluster reads, {} index builds",
+            count("lease lost"),
+            count("giving the job back") + count("claim lost"),
+            count("lost a race"),
+            count("reading the cluster"),
+            count("allocation index built"),
+        );
         if let Some(pid) = p.pid() {
             println!(
                 "scale place ({label}): cplacerd {i} with {n_hvs} hypervisors: placed {placed}, mean \

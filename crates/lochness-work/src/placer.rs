@@ -178,6 +178,7 @@ impl Placer {
         let mut why = NoPlace::NoSuitableHypervisors;
         for fresh in [false, true] {
             let tried = if fresh {
+                tracing::debug!(guest = %guest.id, "no place in the watched view: reading the cluster");
                 let view = match ClusterView::load(&self.ctx).await {
                     Ok(view) => view,
                     Err(e) => return Placement::Retry(e),

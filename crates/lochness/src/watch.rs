@@ -176,8 +176,19 @@ impl Context {
     /// Watches every key under the relative `prefix` (e.g. `lochness/guests/`), starting
     /// after revision `after` (0: from now). Events come in revision order; a broken
     /// connection is re-established and the watch resumes after the last delivered
-    /// revision.
+    /// revision. Events carry no `prev_value` (see [`Context::watch_with_prev`]).
     pub async fn watch(&self, prefix: &str, after: i64) -> Result<Watcher> {
+        self.watch_opts(prefix, after, false).await
+    }
+
+    /// [`Context::watch`] with each event's previous value (`prev_value`). It costs etcd
+    /// a read of the key's previous revision for every event and every such watcher, so
+    /// it is asked for only by who needs it.
+    pub async fn watch_with_prev(&self, prefix: &str, after: i64) -> Result<Watcher> {
+        self.watch_opts(prefix, after, true).await
+    }
+
+    async fn watch_opts(&self, prefix: &str, after: i64, prev: bool) -> Result<Watcher> {
         let ctx = self.clone();
         let abs = self.abs(prefix);
         let mut next = if after > 0 {
@@ -195,10 +206,10 @@ impl Context {
         let (tx, rx) = mpsc::channel(256);
         let task = tokio::spawn(async move {
             loop {
-                let options = WatchOptions::new()
-                    .with_prefix()
-                    .with_prev_key()
-                    .with_start_revision(next);
+                let mut options = WatchOptions::new().with_prefix().with_start_revision(next);
+                if prev {
+                    options = options.with_prev_key();
+                }
                 let mut client = ctx.client();
                 let mut stream = match client.watch(abs.clone(), Some(options)).await {
                     Ok(s) => s,

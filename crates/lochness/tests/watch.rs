@@ -43,14 +43,26 @@ async fn typed_events_in_order_and_replay() {
     let e = next(&mut w).await;
     assert_eq!(e.kind, ChangeKind::Update);
     assert!(String::from_utf8_lossy(&e.value).contains("container"));
-    assert!(e.prev_value.is_some());
+    assert!(
+        e.prev_value.is_none(),
+        "a plain watch carries no previous values"
+    );
     g.destroy().await.unwrap();
     let e = next(&mut w).await;
     assert_eq!(e.kind, ChangeKind::Delete);
     assert!(e.value.is_empty());
-    // Replay: everything after the first event's revision, again.
-    let mut replay = ctx.watch("lochness/guests/", first_rev).await.unwrap();
-    assert_eq!(next(&mut replay).await.kind, ChangeKind::Update);
+    // Replay: everything after the first event's revision, again; asked for, with the
+    // previous values.
+    let mut replay = ctx
+        .watch_with_prev("lochness/guests/", first_rev)
+        .await
+        .unwrap();
+    let e = next(&mut replay).await;
+    assert_eq!(e.kind, ChangeKind::Update);
+    assert!(
+        String::from_utf8_lossy(e.prev_value.as_deref().unwrap_or_default()).contains("\"kvm\""),
+        "the value before the update"
+    );
     assert_eq!(next(&mut replay).await.kind, ChangeKind::Delete);
     // Changes elsewhere are not delivered.
     drop(w);
