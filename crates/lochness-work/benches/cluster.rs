@@ -678,6 +678,36 @@ async fn scale(dir: &Path) {
         "scale list: the same pages read straight from etcd (Context::guests_page): {}",
         summary(&mut direct_pages),
     );
+    // The same ranges without decoding the guests: etcd's share of a page.
+    let mut raw_pages = Vec::new();
+    let mut from = ctx.abs(keys::GUESTS);
+    let end = format!("{}0", ctx.abs(keys::GUESTS).trim_end_matches('/'));
+    loop {
+        let start = Instant::now();
+        let resp = ctx
+            .client()
+            .get(
+                from.clone(),
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_range(end.clone())
+                        .with_limit(1001),
+                ),
+            )
+            .await
+            .expect("range");
+        raw_pages.push(start.elapsed());
+        let kvs = resp.kvs();
+        if kvs.len() < 1001 {
+            break;
+        }
+        let last = kvs[1000].key().to_vec();
+        from = String::from_utf8_lossy(&last).into_owned();
+    }
+    println!(
+        "scale list: the same ranges of 1,001 keys, not decoded: {}",
+        summary(&mut raw_pages),
+    );
     let picks: Vec<String> = {
         let mut rng = rand::rng();
         (0..n_gets)
