@@ -218,14 +218,7 @@ impl Hypervisor {
                         if !net.iter().any(|kv| kv.key == net_link) {
                             continue;
                         }
-                        let Some(state) = AllocState::from_reads(
-                            &ctx,
-                            sid,
-                            txn_get(&ctx, r, base),
-                            txn_get(&ctx, r, base + 1),
-                            txn_get(&ctx, r, base + 2),
-                        )
-                        .await?
+                        let Some(state) = AllocState::from_responses(&ctx, sid, r, base).await?
                         else {
                             continue;
                         };
@@ -729,17 +722,11 @@ async fn commit_batch(
         Ok(out) => {
             let r = out.op_responses();
             let rev_of = |i: usize| txn_get(ctx, &r, i).first().map_or(0, |kv| kv.mod_revision);
-            let fresh = AllocState::from_reads(
-                ctx,
-                sid,
-                txn_get(ctx, &r, 0),
-                txn_get(ctx, &r, 1),
-                txn_get(ctx, &r, 2),
-            )
-            .await
-            .ok()
-            .flatten()
-            .map(|f| f.seen_at(revision(&out)));
+            let fresh = AllocState::from_responses(ctx, sid, &r, 0)
+                .await
+                .ok()
+                .flatten()
+                .map(|f| f.seen_at(revision(&out)));
             let moved = match &fresh {
                 Some(f) => state.moved(f, &touched),
                 None => true,

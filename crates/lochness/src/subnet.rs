@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 
-use etcd_client::{Compare, Txn, TxnOp};
+use etcd_client::{Compare, Txn, TxnOp, TxnOpResponse};
 use ipnetwork::IpNetwork;
 use serde::Serialize;
 
@@ -299,6 +299,17 @@ impl AllocState {
                 .await?;
         }
         Ok(Some(state))
+    }
+
+    /// [`AllocState::from_reads`] from the answers of [`Subnet::read_ops`] at `r[at..]`.
+    pub(crate) async fn from_responses(
+        ctx: &Context,
+        id: &str,
+        r: &[TxnOpResponse],
+        at: usize,
+    ) -> Result<Option<AllocState>> {
+        let get = |i| txn_get(ctx, r, at + i);
+        AllocState::from_reads(ctx, id, get(0), get(1), get(2)).await
     }
 
     /// Rebuilds the index from the reservation keys, then writes each block that differs
@@ -672,15 +683,9 @@ impl Subnet {
             .txn(Txn::new().and_then(Subnet::read_ops(&ctx, &id).to_vec()))
             .await?;
         let r = read.op_responses();
-        let mut state = AllocState::from_reads(
-            &ctx,
-            &id,
-            txn_get(&ctx, &r, 0),
-            txn_get(&ctx, &r, 1),
-            txn_get(&ctx, &r, 2),
-        )
-        .await?
-        .ok_or_else(|| Error::NotFound(keys::subnet_metadata(&id)))?;
+        let mut state = AllocState::from_responses(&ctx, &id, &r, 0)
+            .await?
+            .ok_or_else(|| Error::NotFound(keys::subnet_metadata(&id)))?;
         for attempt in 0..MAX_ATTEMPTS {
             let ip = state.pick().ok_or(Error::NoAvailableAddresses)?;
             let (cmps, ops) = state.reserve_ops(&ctx, ip, owner);
@@ -696,15 +701,9 @@ impl Subnet {
             }
             let r = resp.op_responses();
             let taken = !txn_get(&ctx, &r, 3).is_empty();
-            state = AllocState::from_reads(
-                &ctx,
-                &id,
-                txn_get(&ctx, &r, 0),
-                txn_get(&ctx, &r, 1),
-                txn_get(&ctx, &r, 2),
-            )
-            .await?
-            .ok_or_else(|| Error::NotFound(keys::subnet_metadata(&id)))?;
+            state = AllocState::from_responses(&ctx, &id, &r, 0)
+                .await?
+                .ok_or_else(|| Error::NotFound(keys::subnet_metadata(&id)))?;
             if taken {
                 // Written by someone who does not keep the index: record it on the next try.
                 state.index.insert(ip);
