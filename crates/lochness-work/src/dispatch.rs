@@ -1,6 +1,7 @@
 //! The claim loop both daemons run: wait for eligible jobs in the watched queue view,
-//! claim among the oldest (up to `--concurrency` at once), claim and work each job in
-//! its own task, and stop a task when the lease its claim is bound to is lost. Nothing
+//! claim among the oldest (up to `--concurrency` at once; the jobs taken at one wake-up
+//! in one transaction), work each claimed job in its own task, and stop a task when the
+//! lease its claim is bound to is lost. Nothing
 //! sleeps on a timer: the loop wakes when the view changes or a task ends (after an etcd
 //! error, it also retries after a short pause).
 
