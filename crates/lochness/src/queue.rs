@@ -472,7 +472,8 @@ impl Claim {
     }
 
     /// Applies `step` (the last: done or failed), and in the same transaction removes the
-    /// queue entry and the claim.
+    /// queue entry and the claim. When etcd fails, the job is given back ([`Claim::release`])
+    /// before the error is returned, so that a process resumes it.
     pub async fn finish(mut self, step: Transition) -> Result<Job> {
         let next = self.step(step)?;
         let extra = vec![
@@ -480,22 +481,50 @@ impl Claim {
                 .op_delete(&keys::queue_entry(self.queue.prefix(), &self.job.id)),
             self.ctx.op_delete(&keys::claim(&self.job.id)),
         ];
-        self.write(next, extra).await?;
-        Ok(self.job)
+        match self.write(next, extra).await {
+            Ok(()) => Ok(self.job),
+            Err(e @ Error::Etcd(_)) => {
+                self.give_back().await;
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Gives the job back without changing it (the claim key goes; a process resumes it
-    /// from its record).
+    /// from its record). etcd failing is retried for as long as the claim's lease is
+    /// held: a claim left behind under a lease that is kept alive would hold the job
+    /// until the process stops (a give-back usually follows an etcd failure, such as a
+    /// member that died). Once the lease is lost the claim is gone with it.
     pub async fn release(self) -> Result<()> {
-        let ckey = self.ctx.abs(&keys::claim(&self.job.id));
-        let txn = Txn::new()
-            .when(vec![
-                Compare::value(ckey.clone(), CompareOp::Equal, self.name.as_str()),
-                Compare::lease(ckey, CompareOp::Equal, self.lease.id),
-            ])
-            .and_then(vec![self.ctx.op_delete(&keys::claim(&self.job.id))]);
-        self.ctx.txn(txn).await?;
+        self.give_back().await;
         Ok(())
+    }
+
+    /// The loop of [`Claim::release`].
+    async fn give_back(&self) {
+        let ckey = self.ctx.abs(&keys::claim(&self.job.id));
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let txn = Txn::new()
+                .when(vec![
+                    Compare::value(ckey.clone(), CompareOp::Equal, self.name.as_str()),
+                    Compare::lease(ckey.clone(), CompareOp::Equal, self.lease.id),
+                ])
+                .and_then(vec![self.ctx.op_delete(&keys::claim(&self.job.id))]);
+            match self.ctx.txn(txn).await {
+                Ok(_) => return,
+                Err(_) if self.is_lost() => return,
+                Err(e) => {
+                    tracing::debug!(job = %self.job.id, error = %e, "cannot give the job back yet, retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = self.lost() => return,
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
     }
 
     /// The placer's hand-over, for the placement transaction (see
