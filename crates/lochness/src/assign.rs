@@ -54,6 +54,8 @@ const R_ALLOCATED: usize = 2;
 const R_GUEST: usize = 3;
 const R_FLAVOR: usize = 4;
 const R_SUBNETS: usize = 5;
+/// Reads per subnet from [`R_SUBNETS`] on: [`Subnet::read_ops`] (three), then the link.
+const PER_SUBNET: usize = 4;
 
 impl PlacementReads {
     fn new(ctx: &Context, h: &str, g: &Guest, sids: &[(String, String)]) -> PlacementReads {
@@ -209,7 +211,7 @@ impl Hypervisor {
                         )));
                     }
                     for (i, (sid, _)) in sids.iter().enumerate() {
-                        let base = R_SUBNETS + 4 * i;
+                        let base = R_SUBNETS + PER_SUBNET * i;
                         let Some(link) = txn_get(&ctx, r, base + 3).into_iter().next() else {
                             self.drop_subnet(sid);
                             continue;

@@ -168,6 +168,15 @@ async fn view_follows_applied_changes() {
         view.revision + 1,
     );
     assert_eq!(view.hypervisors[&h.id].allocated().memory, 900);
+    // An event older than the figure the view has (a placement this process took in
+    // ahead of the watch) does not take it back.
+    view.apply(
+        &ctx,
+        &alloc_key,
+        Some(br#"{"memory":100,"disk":0,"cpu":0}"#),
+        1,
+    );
+    assert_eq!(view.hypervisors[&h.id].allocated().memory, 900);
     assert_eq!(view.hypervisors[&h.id].free().memory, 124);
     assert!(matches!(
         g.candidates_in(&view, &[candidate_has_resources]),
