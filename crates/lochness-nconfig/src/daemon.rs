@@ -11,7 +11,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use lochness::Context;
+use lochness::{Context, Watcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -29,18 +29,29 @@ enum Change {
     Lost,
 }
 
-/// Follows `prefix` for good: each change is sent on; a watch that ends (its revision
-/// compacted away) reports [`Change::Lost`] and starts again from now. The library's
-/// watch itself resumes after the last delivered revision when the connection breaks.
-async fn follow(ctx: Context, prefix: String, tx: mpsc::Sender<Change>) {
+/// Starts watching `prefix` from now, retrying until etcd answers.
+async fn watch_from_now(ctx: &Context, prefix: &str) -> Watcher {
     loop {
-        let mut watcher = match ctx.watch(&prefix, 0).await {
-            Ok(w) => w,
+        match ctx.watch(prefix, 0).await {
+            Ok(w) => return w,
             Err(e) => {
                 tracing::warn!(%prefix, error = %e, "cannot start the watch, retrying");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                continue;
             }
+        }
+    }
+}
+
+/// Follows `prefix` for good, from `first` (started before the start-up run): each
+/// change is sent on; a watch that ends (its revision compacted away) reports
+/// [`Change::Lost`] and starts again from now. The library's watch itself resumes after
+/// the last delivered revision when the connection breaks.
+async fn follow(ctx: Context, prefix: String, first: Watcher, tx: mpsc::Sender<Change>) {
+    let mut next = Some(first);
+    loop {
+        let mut watcher = match next.take() {
+            Some(w) => w,
+            None => watch_from_now(&ctx, &prefix).await,
         };
         loop {
             match watcher.next().await {
@@ -66,14 +77,14 @@ async fn follow(ctx: Context, prefix: String, tx: mpsc::Sender<Change>) {
 /// The watches of every prefix `tags` needs (none for an empty map).
 async fn start_watches(ctx: &Context, tags: &TagMap) -> (mpsc::Receiver<Change>, Watches) {
     let (tx, rx) = mpsc::channel(4096);
-    let tasks = tags
-        .watch_prefixes()
-        .into_iter()
-        .map(|prefix| {
-            tracing::info!(%prefix, "watching");
-            tokio::spawn(follow(ctx.clone(), prefix, tx.clone()))
-        })
-        .collect();
+    let mut tasks = Vec::new();
+    for prefix in tags.watch_prefixes() {
+        // The watch's start revision is fixed here, before the start-up run: a change
+        // made once that run has started is never missed.
+        let first = watch_from_now(ctx, &prefix).await;
+        tracing::info!(%prefix, "watching");
+        tasks.push(tokio::spawn(follow(ctx.clone(), prefix, first, tx.clone())));
+    }
     (rx, Watches { tasks, _tx: tx })
 }
 
