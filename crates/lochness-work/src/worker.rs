@@ -474,13 +474,18 @@ impl Worker {
         let mut started = Instant::now();
         let id = claim.job().id.clone();
         let mut target = None;
+        let mut tally = Tally::default();
         loop {
             let action = claim.job().action;
             match self.step(&mut claim, &mut target).await {
                 Ok(StepEnd::Continue(outcome)) => {
-                    if let Some(outcome) = outcome {
-                        self.metrics.record(action, outcome, started.elapsed());
+                    let took = started.elapsed();
+                    if outcome.is_some() {
                         started = Instant::now();
+                    }
+                    let step = outcome.map(|o| (action, o, took));
+                    for (action, outcome, took) in tally.stepped(step, claim.unsaved()) {
+                        self.metrics.record(action, outcome, took);
                     }
                 }
                 Ok(StepEnd::Finish(step)) => {
@@ -492,7 +497,10 @@ impl Worker {
                     match claim.finish(step).await {
                         Ok(job) => {
                             tracing::info!(job = %id, action = %job.action, status = %job.status, error = %job.error, "job finished");
-                            self.metrics.record(action, outcome, started.elapsed());
+                            let last = (action, outcome, started.elapsed());
+                            for (action, outcome, took) in tally.stepped(Some(last), false) {
+                                self.metrics.record(action, outcome, took);
+                            }
                         }
                         Err(e) => {
                             tracing::warn!(job = %id, error = %e, "cannot record the end of the job");
@@ -522,6 +530,31 @@ impl Worker {
     }
 }
 
+/// A step as counted: the job's action at the step, how it ended, how long it took.
+type Counted = (JobAction, Outcome, Duration);
+
+/// Counts a job's steps once they are stored, so that each step is counted once in the
+/// cluster: a step folded into the next write (`Claim::advance`) waits for that write,
+/// and is never counted here when the claim ends first (the process that resumes the
+/// job redoes the step and counts it).
+#[derive(Debug, Default)]
+struct Tally {
+    unstored: Vec<Counted>,
+}
+
+impl Tally {
+    /// After a step that ended with `step` (`None`: nothing to count); `unsaved` tells
+    /// whether the claim still holds a step not written. Returns what to count now.
+    fn stepped(&mut self, step: Option<Counted>, unsaved: bool) -> Vec<Counted> {
+        self.unstored.extend(step);
+        if unsaved {
+            Vec::new()
+        } else {
+            std::mem::take(&mut self.unstored)
+        }
+    }
+}
+
 impl Handler for Worker {
     fn queue(&self) -> Queue {
         Queue::Work
@@ -535,6 +568,30 @@ impl Handler for Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_folded_into_the_next_write_is_counted_with_it() {
+        let ms = Duration::from_millis;
+        let fetched = (JobAction::Fetch, Outcome::Fetched, ms(5));
+        let started = (JobAction::Create, Outcome::Done, ms(7));
+        let mut tally = Tally::default();
+        // The fetch ended; its step waits for the create's first write.
+        assert!(tally.stepped(Some(fetched), true).is_empty());
+        // The create's start is written: the fetch is counted now.
+        assert_eq!(tally.stepped(None, false), vec![fetched]);
+        assert_eq!(tally.stepped(Some(started), false), vec![started]);
+        // A claim that ends before the write counts nothing (its tally is dropped).
+        let mut lost = Tally::default();
+        assert!(lost.stepped(Some(fetched), true).is_empty());
+        assert!(lost.stepped(None, true).is_empty());
+        // Finished at once after the fold (the agent had the guest): both counted.
+        let mut at_once = Tally::default();
+        assert!(at_once.stepped(Some(fetched), true).is_empty());
+        assert_eq!(
+            at_once.stepped(Some(started), false),
+            vec![fetched, started]
+        );
+    }
 
     #[test]
     fn failures_name_their_stage() {

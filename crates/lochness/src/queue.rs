@@ -248,6 +248,7 @@ impl Claimer {
             queue,
             guest: entry.text(),
             job,
+            unsaved: false,
             state: self.inner.state.clone(),
         }))
     }
@@ -375,6 +376,8 @@ pub struct Claim {
     queue: Queue,
     guest: String,
     job: Job,
+    /// Whether `job` holds a step applied by [`Claim::advance`] and not written yet.
+    unsaved: bool,
     state: watch::Receiver<Option<Lease>>,
 }
 
@@ -451,6 +454,7 @@ impl Claim {
         }
         next.set_revision(revision(&resp));
         self.job = next;
+        self.unsaved = false;
         Ok(())
     }
 
@@ -460,7 +464,14 @@ impl Claim {
     /// image fetched: it finds the agent's fetch job complete and goes on to create).
     pub fn advance(&mut self, step: Transition) -> Result<&Job> {
         self.job = self.step(step)?;
+        self.unsaved = true;
         Ok(&self.job)
+    }
+
+    /// Whether a step applied by [`Claim::advance`] is still to be written: if the claim
+    /// ends now (lost, given back), a process resuming the job redoes that step.
+    pub fn unsaved(&self) -> bool {
+        self.unsaved
     }
 
     /// Applies `step` to the job record and keeps the claim (a step in the middle of the

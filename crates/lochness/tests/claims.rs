@@ -32,10 +32,7 @@ async fn one_claimer_per_job_and_writes_check_the_claim() {
     let Some(ctx) = common::ctx().await else {
         return;
     };
-    let flavor = common::flavor(&ctx, 512, 1024, 1).await;
-    let network = common::network(&ctx).await;
-    let mut guest = common::guest(&ctx, &flavor, &network);
-    ctx.create_guest_with_job(&mut guest).await.unwrap();
+    let guest = common::created_guest(&ctx).await;
     let reboot = ctx.queue_job(&guest.id, JobAction::Reboot).await.unwrap();
     // The guest is not placed, but the queue does not care: claim the reboot directly.
     let a = Claimer::start(&ctx, "test-a", TTL).await.unwrap();
@@ -110,14 +107,64 @@ async fn one_claimer_per_job_and_writes_check_the_claim() {
 }
 
 #[tokio::test]
+async fn an_advanced_step_is_stored_with_the_next_write_or_redone_after_a_lost_claim() {
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let guest = common::created_guest(&ctx).await;
+    let fetch = ctx.queue_job(&guest.id, JobAction::Fetch).await.unwrap();
+    let a = Claimer::start(&ctx, "test-a", TTL).await.unwrap();
+    let b = Claimer::start(&ctx, "test-b", TTL).await.unwrap();
+    let started = |remote: &str| Transition::Started {
+        remote: remote.into(),
+    };
+    let mut claim = a.claim(&fetch.id, Queue::Work).await.unwrap().expect("a");
+    assert!(!claim.unsaved());
+    claim.save(started("agent-fetch")).await.unwrap();
+    // The fetch ended: applied in memory only, the record still says fetch.
+    claim.advance(Transition::Fetched).unwrap();
+    assert!(claim.unsaved());
+    assert_eq!(claim.job().action, JobAction::Create);
+    let stored = ctx.job(&fetch.id).await.unwrap();
+    assert_eq!(
+        (stored.action, stored.status, stored.remote.as_str()),
+        (JobAction::Fetch, JobStatus::Working, "agent-fetch")
+    );
+    // The claim is lost before the next write: nothing of the step is stored, and the
+    // process that takes the job over redoes the fetch.
+    ctx.client()
+        .delete(ctx.abs(&format!("lochness/claims/{}", fetch.id)), None)
+        .await
+        .unwrap();
+    let err = claim.save(started("agent-create")).await.unwrap_err();
+    assert!(matches!(err, Error::ClaimLost(_)), "{err}");
+    assert!(claim.unsaved(), "a failed write stores nothing");
+    let mut claim = b.claim(&fetch.id, Queue::Work).await.unwrap().expect("b");
+    assert_eq!(
+        (claim.job().action, claim.job().remote.as_str()),
+        (JobAction::Fetch, "agent-fetch")
+    );
+    // This time the next write goes through: the fetch is stored with the create's start.
+    claim.advance(Transition::Fetched).unwrap();
+    claim.save(started("agent-create")).await.unwrap();
+    assert!(!claim.unsaved());
+    let stored = ctx.job(&fetch.id).await.unwrap();
+    assert_eq!(
+        (stored.action, stored.status, stored.remote.as_str()),
+        (JobAction::Create, JobStatus::Working, "agent-create")
+    );
+    assert_eq!(stored, *claim.job());
+    claim.finish(Transition::Finished).await.unwrap();
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_stopped_claimer_gives_its_claims_back_and_cannot_write() {
     let Some(ctx) = common::ctx().await else {
         return;
     };
-    let flavor = common::flavor(&ctx, 512, 1024, 1).await;
-    let network = common::network(&ctx).await;
-    let mut guest = common::guest(&ctx, &flavor, &network);
-    ctx.create_guest_with_job(&mut guest).await.unwrap();
+    let guest = common::created_guest(&ctx).await;
     let job = ctx.queue_job(&guest.id, JobAction::Start).await.unwrap();
     let a = Claimer::start(&ctx, "test-a", TTL).await.unwrap();
     let a2 = a.clone();

@@ -70,10 +70,7 @@ async fn jobs_are_queued_only_on_existing_guests() {
     let Some(ctx) = common::ctx().await else {
         return;
     };
-    let flavor = common::flavor(&ctx, 512, 1024, 1).await;
-    let network = common::network(&ctx).await;
-    let mut guest = common::guest(&ctx, &flavor, &network);
-    ctx.create_guest_with_job(&mut guest).await.unwrap();
+    let guest = common::created_guest(&ctx).await;
 
     let reboot = ctx.queue_job(&guest.id, JobAction::Reboot).await.unwrap();
     assert_eq!(

@@ -135,7 +135,8 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `program` (`cplacerd` or `cworkerd`) on `etcd` with its metrics on a free
-    /// port, claims under a lease of `ttl`, and `extra` flags; waits until it listens.
+    /// port, claims under a lease of 2 s (unless `extra` sets `--lease-ttl`), and `extra`
+    /// flags; waits until it listens.
     pub fn start(program: &'static str, dir: &Path, etcd: &str, extra: &[&str]) -> Proc {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -155,12 +156,12 @@ impl Proc {
                 "--bind",
                 "127.0.0.1",
             ])
-            .args([
-                "--lease-ttl",
-                "2s",
-                "-l",
-                "info,lochness=debug,lochness_work=debug",
-            ])
+            .args(if extra.contains(&"--lease-ttl") {
+                &[][..]
+            } else {
+                &["--lease-ttl", "2s"][..]
+            })
+            .args(["-l", "info,lochness=debug,lochness_work=debug"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log"))

@@ -354,6 +354,18 @@ pub fn guest(ctx: &Context, flavor: &Flavor, network: &Network) -> Guest {
     g
 }
 
+/// A guest of a new small flavor on a new network, created with its placement job
+/// (not placed), so that jobs can be queued for it.
+pub async fn created_guest(ctx: &Context) -> Guest {
+    let flavor = flavor(ctx, 512, 1024, 1).await;
+    let network = network(ctx).await;
+    let mut g = guest(ctx, &flavor, &network);
+    ctx.create_guest_with_job(&mut g)
+        .await
+        .expect("create the guest");
+    g
+}
+
 /// Marks hypervisor `id` alive with a plain key (no lease) for placement tests.
 pub async fn mark_alive(ctx: &Context, id: &str) {
     ctx.client()
