@@ -28,8 +28,15 @@ async fn guests_are_placed_created_acted_on_and_deleted() {
     ];
     let cluster = Cluster::new(&etcd.url, &[&agents[0], &agents[1]]).await;
     let ctx = &cluster.ctx;
-    let placer = Proc::start("cplacerd", dir.path(), &etcd.url, &[]);
-    let worker = Proc::start("cworkerd", dir.path(), &etcd.url, &["--concurrency", "4"]);
+    // Nothing is killed, and the steps are counted exactly below: the daemons' default
+    // lease, which a stall of the machine does not lose.
+    let placer = Proc::start("cplacerd", dir.path(), &etcd.url, &["--lease-ttl", "10s"]);
+    let worker = Proc::start(
+        "cworkerd",
+        dir.path(),
+        &etcd.url,
+        &["--concurrency", "4", "--lease-ttl", "10s"],
+    );
     let logs = |open: &[String]| common::story(&[&placer, &worker], dir.path(), open);
 
     // Five guests; a start queued right after the first one's create waits for it.
