@@ -28,7 +28,9 @@ use crate::flavor::{Flavor, FlavorCache, Resources};
 use crate::guest::Guest;
 use crate::hypervisor::{ensure_allocated, Hypervisor};
 use crate::keys;
-use crate::subnet::{release_block_ops, AllocCache, AllocState, Subnet};
+use crate::subnet::{
+    ensure_index, release_block_ops, release_reads, AllocCache, AllocState, Subnet,
+};
 
 impl Guest {
     /// Deletes the guest. A placed guest is removed from its hypervisor and its address
@@ -363,11 +365,7 @@ async fn unplace(
     let placed = !guest.hypervisor.is_empty();
     let akey = keys::hypervisor_allocated(&guest.hypervisor);
     let addr = match (&guest.ip, guest.subnet.is_empty()) {
-        (Some(IpAddr::V4(ip)), false) => Some((
-            keys::subnet_address(&guest.subnet, *ip),
-            keys::subnet_alloc_block(&guest.subnet, keys::alloc_block_of(u32::from(*ip))),
-            *ip,
-        )),
+        (Some(IpAddr::V4(ip)), false) => Some((keys::subnet_address(&guest.subnet, *ip), *ip)),
         _ => None,
     };
     for attempt in 0..MAX_ATTEMPTS {
@@ -377,9 +375,9 @@ async fn unplace(
             ctx.op_get(&keys::hypervisor_metadata(&guest.hypervisor)),
             ctx.op_get(&keys::flavor_metadata(&guest.flavor)),
         ];
-        if let Some((a, alloc, _)) = &addr {
+        if let Some((a, ip)) = &addr {
             reads.push(ctx.op_get(a));
-            reads.push(ctx.op_get(alloc));
+            reads.extend(release_reads(ctx, &guest.subnet, *ip));
         }
         let r: Vec<TxnOpResponse> = ctx.txn(Txn::new().and_then(reads)).await?.op_responses();
         let stored: Option<Kv> = txn_get(ctx, &r, 0).into_iter().next();
@@ -432,18 +430,18 @@ async fn unplace(
                 }
             }
         }
-        if let Some((a, alloc, ip)) = &addr {
+        if let Some((a, ip)) = &addr {
             if let Some(held) = txn_get(ctx, &r, 4).into_iter().next() {
                 if held.text() == guest.id {
                     cmps.push(ctx.cmp_rev(a, held.mod_revision));
                     ops.push(ctx.op_delete(a));
-                    cmps.push(release_block_ops(
-                        ctx,
-                        alloc,
-                        txn_get(ctx, &r, 5),
-                        *ip,
-                        &mut ops,
-                    ));
+                    match release_block_ops(ctx, &guest.subnet, *ip, &r, 5, &mut ops) {
+                        Some(mut c) => cmps.append(&mut c),
+                        None => {
+                            ensure_index(ctx, &guest.subnet).await?;
+                            continue;
+                        }
+                    }
                 }
             }
         }

@@ -794,8 +794,13 @@ pub(crate) async fn release(
     owner: Option<&str>,
 ) -> Result<()> {
     for attempt in 0..MAX_ATTEMPTS {
-        let Some((cmps, ops)) = release_ops(ctx, id, ip, owner).await? else {
-            return Ok(());
+        let (cmps, ops) = match release_ops(ctx, id, ip, owner).await? {
+            Release::Nothing => return Ok(()),
+            Release::Write(cmps, ops) => (cmps, ops),
+            Release::NeedsIndex => {
+                ensure_index(ctx, id).await?;
+                continue;
+            }
         };
         let resp = ctx.commit(Txn::new().when(cmps).and_then(ops)).await?;
         if resp.succeeded() {
@@ -809,66 +814,114 @@ pub(crate) async fn release(
     })
 }
 
-/// Reads the reservation of `ip` and the index, and returns the compares and operations
-/// that release it; `None` when there is nothing to release (absent, or held by another
-/// owner).
+/// What releasing an address takes.
+#[derive(Debug)]
+pub(crate) enum Release {
+    /// Nothing to release (absent, or held by another owner).
+    Nothing,
+    /// These compares and operations release it.
+    Write(Vec<Compare>, Vec<TxnOp>),
+    /// The subnet's index is not built yet: build it ([`ensure_index`]), then read again.
+    NeedsIndex,
+}
+
+/// Reads the reservation of `ip` and what its release changes in the index, and returns
+/// what releases it.
 pub(crate) async fn release_ops(
     ctx: &Context,
     id: &str,
     ip: Ipv4Addr,
     owner: Option<&str>,
-) -> Result<Option<(Vec<Compare>, Vec<TxnOp>)>> {
+) -> Result<Release> {
     let addr = keys::subnet_address(id, ip);
-    let block_key = keys::subnet_alloc_block(id, keys::alloc_block_of(u32::from(ip)));
-    let resp = ctx
-        .txn(Txn::new().and_then(vec![ctx.op_get(&addr), ctx.op_get(&block_key)]))
-        .await?;
+    let mut reads = vec![ctx.op_get(&addr)];
+    reads.extend(release_reads(ctx, id, ip));
+    let resp = ctx.txn(Txn::new().and_then(reads)).await?;
     let r = resp.op_responses();
     let Some(held) = txn_get(ctx, &r, 0).into_iter().next() else {
-        return Ok(None);
+        return Ok(Release::Nothing);
     };
     if owner.is_some_and(|o| o != held.text()) {
-        return Ok(None);
+        return Ok(Release::Nothing);
     }
-    let mut cmps = vec![ctx.cmp_rev(&addr, held.mod_revision)];
     let mut ops = vec![ctx.op_delete(&addr)];
-    cmps.push(release_block_ops(
-        ctx,
-        &block_key,
-        txn_get(ctx, &r, 1),
-        ip,
-        &mut ops,
-    ));
-    Ok(Some((cmps, ops)))
+    let Some(mut cmps) = release_block_ops(ctx, id, ip, &r, 1, &mut ops) else {
+        return Ok(Release::NeedsIndex);
+    };
+    cmps.push(ctx.cmp_rev(&addr, held.mod_revision));
+    Ok(Release::Write(cmps, ops))
 }
 
-/// The compare (and, into `ops`, the write) that take `ip` out of its index block as
-/// read (`block`: the block key's read); a block that does not exist is left so.
+/// The reads [`release_block_ops`] takes, in its order: the block of `ip` in subnet
+/// `id`'s index, the index's marker, the subnet.
+pub(crate) fn release_reads(ctx: &Context, id: &str, ip: Ipv4Addr) -> [TxnOp; 3] {
+    [
+        ctx.op_get(&keys::subnet_alloc_block(
+            id,
+            keys::alloc_block_of(u32::from(ip)),
+        )),
+        ctx.op_get(&keys::subnet_alloc(id)),
+        ctx.op_get(&keys::subnet_metadata(id)),
+    ]
+}
+
+/// The compares (and, into `ops`, the write) that take `ip` out of subnet `id`'s index,
+/// from the answers to [`release_reads`] at `r[at..]`. `None` when the index is not built
+/// yet: a release must not go through then, because a process building the index from
+/// the reservations it read before this release would write the address back into its
+/// block, where it would stay reserved for nobody. A release therefore either changes
+/// the block (which the building compares) or finds the index built.
 pub(crate) fn release_block_ops(
     ctx: &Context,
-    key: &str,
-    block: Vec<Kv>,
+    id: &str,
     ip: Ipv4Addr,
+    r: &[TxnOpResponse],
+    at: usize,
     ops: &mut Vec<TxnOp>,
-) -> Compare {
-    match block.into_iter().next() {
-        Some(kv) => {
-            match AllocIndex::parse(&kv.text()) {
-                Ok(mut part) => {
-                    part.remove(u32::from(ip));
-                    if part.is_empty() {
-                        ops.push(ctx.op_delete(key));
-                    } else {
-                        ops.push(ctx.op_put(key, part.text()));
-                    }
+) -> Option<Vec<Compare>> {
+    let key = keys::subnet_alloc_block(id, keys::alloc_block_of(u32::from(ip)));
+    if let Some(kv) = txn_get(ctx, r, at).into_iter().next() {
+        match AllocIndex::parse(&kv.text()) {
+            Ok(mut part) => {
+                part.remove(u32::from(ip));
+                if part.is_empty() {
+                    ops.push(ctx.op_delete(&key));
+                } else {
+                    ops.push(ctx.op_put(&key, part.text()));
                 }
-                // Unreadable: gone, so that the index is built again.
-                Err(_) => ops.push(ctx.op_delete(key)),
             }
-            ctx.cmp_rev(key, kv.mod_revision)
+            // Unreadable: gone, so that the index is built again.
+            Err(_) => ops.push(ctx.op_delete(&key)),
         }
-        None => ctx.cmp_absent(key),
+        return Some(vec![ctx.cmp_rev(&key, kv.mod_revision)]);
     }
+    let marker = keys::subnet_alloc(id);
+    let built = txn_get(ctx, r, at + 1)
+        .first()
+        .is_some_and(|kv| kv.text() == keys::ALLOC_BUILT);
+    if built {
+        return Some(vec![
+            ctx.cmp_absent(&key),
+            ctx.cmp_value(&marker, keys::ALLOC_BUILT),
+        ]);
+    }
+    if txn_get(ctx, r, at + 2).is_empty() {
+        // No subnet: no index is built for it.
+        let meta = keys::subnet_metadata(id);
+        return Some(vec![ctx.cmp_absent(&key), ctx.cmp_absent(&meta)]);
+    }
+    None
+}
+
+/// Builds subnet `id`'s index if it is not built (see [`AllocState::from_reads`]); a
+/// subnet that does not exist is left so.
+pub(crate) async fn ensure_index(ctx: &Context, id: &str) -> Result<()> {
+    let r = ctx
+        .txn(Txn::new().and_then(Subnet::read_ops(ctx, id).to_vec()))
+        .await?
+        .op_responses();
+    AllocState::from_responses(ctx, id, &r, 0).await?;
+    Ok(())
 }
 
 /// What a context knows of subnets' allocation state: per subnet the last state read or

@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use etcd_client::DeleteOptions;
 use lochness::{AllocIndex, Context, Error, Guest, Hypervisor, Network, Resources, Subnet};
 
 struct World {
@@ -704,6 +705,65 @@ async fn an_index_not_kept_in_blocks_is_built_from_the_reservations() {
         common::keys(&ctx, &format!("lochness/subnets/{}/alloc/", w.subnet.id))
             .await
             .is_empty()
+    );
+}
+
+/// A release in a store whose index is not built (Go's) builds the index first and then
+/// takes the address out of it: were the address key deleted alone, a process building
+/// the index from reservations it read just before would write the freed address back
+/// into its block, reserved for nobody.
+#[tokio::test]
+async fn a_release_before_the_index_is_built_builds_it_first() {
+    if mistify_e2e::skipped("etcd") {
+        return;
+    }
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let mut w = world(ctx.clone()).await;
+    let sid = w.subnet.id.clone();
+    let marker = format!("lochness/subnets/{sid}/alloc");
+    for ip in ["192.168.100.2", "192.168.100.3"] {
+        let key = ctx.abs(&format!("lochness/subnets/{sid}/addresses/{ip}"));
+        ctx.client().put(key, "from-go", None).await.unwrap();
+    }
+    let mut g = common::guest(&ctx, &w.flavor, &w.net);
+    w.hv.add_guest(&mut g).await.unwrap();
+    assert_eq!(g.ip.unwrap().to_string(), "192.168.100.4");
+    // The store as Go left it: reservations, no index.
+    ctx.client()
+        .delete(ctx.abs(&marker), Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(index(&ctx, &sid).await, None, "not built");
+    // The guest's removal releases its address: the index is built, without it.
+    let mut hv = ctx.hypervisor(&w.hv.id).await.unwrap();
+    hv.remove_guest(&mut g).await.unwrap();
+    assert_eq!(
+        common::raw(&ctx, &marker).await.as_deref(),
+        Some(lochness::keys::ALLOC_BUILT)
+    );
+    assert_eq!(
+        index(&ctx, &sid).await.as_deref(),
+        Some("192.168.100.2-192.168.100.3")
+    );
+    // The same through a plain release.
+    ctx.client()
+        .delete(ctx.abs(&marker), Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    w.subnet
+        .release_address("192.168.100.3".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        common::raw(&ctx, &marker).await.as_deref(),
+        Some(lochness::keys::ALLOC_BUILT)
+    );
+    assert_eq!(index(&ctx, &sid).await.as_deref(), Some("192.168.100.2"));
+    assert_eq!(
+        common::keys(&ctx, &format!("lochness/subnets/{sid}/addresses/")).await,
+        vec![format!("lochness/subnets/{sid}/addresses/192.168.100.2")]
     );
 }
 
