@@ -86,6 +86,141 @@ async fn pages_visit_every_guest_once_while_guests_are_added() {
     );
 }
 
+/// Every id of a listing, following `next` with pages of `limit` (`None`: one listing).
+async fn walk<F, Fut>(limit: Option<usize>, read: F) -> Vec<String>
+where
+    F: Fn(PageRequest) -> Fut,
+    Fut: std::future::Future<Output = lochness::Page<String>>,
+{
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let p = read(PageRequest {
+            after: after.clone(),
+            limit,
+        })
+        .await;
+        if let Some(l) = limit {
+            assert!(p.items.len() <= l);
+        }
+        seen.extend(p.items);
+        match p.next {
+            Some(next) => after = Some(next),
+            None => return seen,
+        }
+    }
+}
+
+/// Reads bounded in the id space (the default) give the same pages as reads to the
+/// family's end: ids spread over the id space, ids outside it (upper-case, not hex,
+/// short), trees of one key (guests) and of many (hypervisors with guest links).
+#[tokio::test]
+async fn bounded_reads_list_what_reads_to_the_end_list() {
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let flavor = common::flavor(&ctx, 1, 1, 0).await;
+    let network = common::network(&ctx).await;
+    let mut sample = common::guest(&ctx, &flavor, &network);
+    sample.save().await.unwrap();
+    let json = sample.to_json();
+    let mut guests: BTreeSet<String> = BTreeSet::from([sample.id.clone()]);
+    guests.extend((0..700).map(|_| lochness::codec::new_id()));
+    let odd = [
+        "ABCDEF01-1111-4111-8111-000000000001",
+        "zz-not-hex",
+        "abc",
+        "0000000",
+        "ffffffff",
+    ];
+    guests.extend(odd.iter().map(|s| s.to_string()));
+    let puts: Vec<etcd_client::TxnOp> = guests
+        .iter()
+        .filter(|id| **id != sample.id)
+        .map(|id| {
+            let key = ctx.abs(&format!("lochness/guests/{id}/metadata"));
+            etcd_client::TxnOp::put(key, json.as_str(), None)
+        })
+        .collect();
+    for chunk in puts.chunks(100) {
+        let txn = etcd_client::Txn::new().and_then(chunk.to_vec());
+        ctx.client().txn(txn).await.unwrap();
+    }
+    let expected: Vec<String> = guests.iter().cloned().collect();
+    for limit in [Some(7), Some(250), Some(1000), None] {
+        let mut both = Vec::new();
+        for bounded in [true, false] {
+            ctx.set_bounded_reads(bounded);
+            let ctx = &ctx;
+            both.push(
+                walk(limit, |page| async move {
+                    let p = ctx
+                        .guests_page(&page, &GuestFilter::default())
+                        .await
+                        .unwrap();
+                    lochness::Page {
+                        items: p.items.into_iter().map(|g| g.id).collect(),
+                        next: p.next,
+                    }
+                })
+                .await,
+            );
+        }
+        assert_eq!(both[0], expected, "bounded reads, pages of {limit:?}");
+        assert_eq!(both[1], expected, "reads to the end, pages of {limit:?}");
+    }
+
+    // Hypervisors: trees of many keys, read keys-only.
+    let mut hvs = BTreeSet::new();
+    for _ in 0..40 {
+        let h = common::hypervisor(&ctx, Resources::default()).await;
+        let links: Vec<etcd_client::TxnOp> = (0..15)
+            .map(|_| {
+                let key = ctx.abs(&format!(
+                    "lochness/hypervisors/{}/guests/{}",
+                    h.id,
+                    lochness::codec::new_id()
+                ));
+                etcd_client::TxnOp::put(key, "", None)
+            })
+            .collect();
+        ctx.client()
+            .txn(etcd_client::Txn::new().and_then(links))
+            .await
+            .unwrap();
+        hvs.insert(h.id);
+    }
+    let hv_json = ctx
+        .hypervisor(hvs.first().unwrap())
+        .await
+        .unwrap()
+        .to_json();
+    for id in ["ABCDEF01-2222-4222-8222-000000000002", "zz-hv"] {
+        let key = ctx.abs(&format!("lochness/hypervisors/{id}/metadata"));
+        ctx.client().put(key, hv_json.as_str(), None).await.unwrap();
+        hvs.insert(id.to_string());
+    }
+    let expected: Vec<String> = hvs.iter().cloned().collect();
+    for limit in [Some(1), Some(4), None] {
+        for bounded in [true, false] {
+            ctx.set_bounded_reads(bounded);
+            let ctx = &ctx;
+            let seen = walk(limit, |page| async move {
+                let p = ctx
+                    .hypervisors_page(&page, &HypervisorFilter::default())
+                    .await
+                    .unwrap();
+                lochness::Page {
+                    items: p.items.into_iter().map(|h| h.id).collect(),
+                    next: p.next,
+                }
+            })
+            .await;
+            assert_eq!(seen, expected, "bounded {bounded}, pages of {limit:?}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn hypervisor_pages_skip_guest_links_and_filter_liveness_and_subnets() {
     let Some(ctx) = common::ctx().await else {
