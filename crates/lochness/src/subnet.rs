@@ -821,7 +821,8 @@ pub(crate) enum Release {
     Nothing,
     /// These compares and operations release it.
     Write(Vec<Compare>, Vec<TxnOp>),
-    /// The subnet's index is not built yet: build it ([`ensure_index`]), then read again.
+    /// The subnet's index is not built yet, or the address's block is unreadable: build
+    /// it ([`ensure_index`]), then read again.
     NeedsIndex,
 }
 
@@ -867,10 +868,11 @@ pub(crate) fn release_reads(ctx: &Context, id: &str, ip: Ipv4Addr) -> [TxnOp; 3]
 
 /// The compares (and, into `ops`, the write) that take `ip` out of subnet `id`'s index,
 /// from the answers to [`release_reads`] at `r[at..]`. `None` when the index is not built
-/// yet: a release must not go through then, because a process building the index from
-/// the reservations it read before this release would write the address back into its
-/// block, where it would stay reserved for nobody. A release therefore either changes
-/// the block (which the building compares) or finds the index built.
+/// yet or the block is unreadable: the index is to be built first. A release must not go
+/// through on an index not built, because a process building it from the reservations it
+/// read before this release would write the address back into its block, where it would
+/// stay reserved for nobody. A release therefore either changes the block (which the
+/// building compares) or finds the index built.
 pub(crate) fn release_block_ops(
     ctx: &Context,
     id: &str,
@@ -881,17 +883,14 @@ pub(crate) fn release_block_ops(
 ) -> Option<Vec<Compare>> {
     let key = keys::subnet_alloc_block(id, keys::alloc_block_of(u32::from(ip)));
     if let Some(kv) = txn_get(ctx, r, at).into_iter().next() {
-        match AllocIndex::parse(&kv.text()) {
-            Ok(mut part) => {
-                part.remove(u32::from(ip));
-                if part.is_empty() {
-                    ops.push(ctx.op_delete(&key));
-                } else {
-                    ops.push(ctx.op_put(&key, part.text()));
-                }
-            }
-            // Unreadable: gone, so that the index is built again.
-            Err(_) => ops.push(ctx.op_delete(&key)),
+        // Unreadable: the index is built again first (deleting the block alone would drop
+        // its other reservations from an index marked complete).
+        let mut part = AllocIndex::parse(&kv.text()).ok()?;
+        part.remove(u32::from(ip));
+        if part.is_empty() {
+            ops.push(ctx.op_delete(&key));
+        } else {
+            ops.push(ctx.op_put(&key, part.text()));
         }
         return Some(vec![ctx.cmp_rev(&key, kv.mod_revision)]);
     }

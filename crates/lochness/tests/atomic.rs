@@ -767,6 +767,34 @@ async fn a_release_before_the_index_is_built_builds_it_first() {
     );
 }
 
+/// A release that finds its block unreadable has the index built again before it goes
+/// through: the block's other reservations stay in the index.
+#[tokio::test]
+async fn a_release_in_an_unreadable_block_rebuilds_it_first() {
+    if mistify_e2e::skipped("etcd") {
+        return;
+    }
+    let Some(ctx) = common::ctx().await else {
+        return;
+    };
+    let mut w = world(ctx.clone()).await;
+    let sid = w.subnet.id.clone();
+    let first = w.subnet.reserve_address("one").await.unwrap();
+    let second = w.subnet.reserve_address("two").await.unwrap();
+    let block = format!("lochness/subnets/{sid}/alloc/192.168.100.0");
+    ctx.client()
+        .put(ctx.abs(&block), "not an index", None)
+        .await
+        .unwrap();
+    w.subnet.release_address(first).await.unwrap();
+    assert_eq!(
+        common::raw(&ctx, &block).await,
+        Some(second.to_string()),
+        "the block holds the reservation left"
+    );
+    assert_eq!(index(&ctx, &sid).await, Some(second.to_string()));
+}
+
 /// Placers in four processes (four contexts) on one subnet: every placement succeeds,
 /// no address is handed out twice, and the blocks of the index equal the reservations.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
